@@ -1,0 +1,57 @@
+# The Makefile mirrors CI: .ci/run installs what is missing and calls `make test`.
+GO       ?= go
+BIN      := bin/pgsidecar
+PKGS     := ./...
+FUZZTIME ?= 10s
+# The pgbench comparison harness shipped beside the repository; override to use another copy.
+PGBENCH_COMPARE ?= ../shared/bench/pgbench-compare.sh
+
+.PHONY: all build run test test-short lint fuzz bench bench-go bench-pgbench clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/pgsidecar
+
+# With DATABASE_URL set, proxies to it; without, starts a disposable local PostgreSQL.
+run: build
+	./$(BIN) $(ARGS)
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "not gofmt-formatted:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+# The whole suite: lint, unit and integration tests against real PostgreSQL with the race
+# detector, then a short run of every fuzz target.
+test: lint
+	$(GO) test -race -count=1 -timeout 30m $(PKGS)
+	$(MAKE) fuzz
+
+test-short: lint
+	$(GO) test -race -short $(PKGS)
+
+# Each fuzz target for FUZZTIME (go test allows one -fuzz target per run).
+fuzz:
+	@set -e; for pkg in $$($(GO) list $(PKGS)); do \
+		dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
+		for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/^func //'); do \
+			echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+			$(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) $$pkg; \
+		done; \
+	done
+
+bench: bench-go bench-pgbench
+
+# Go benchmarks of the relay and pool (allocations included).
+bench-go:
+	$(GO) test -run='^$$' -bench=. -benchmem $(PKGS)
+
+# pgbench through pgsidecar, directly and through PgBouncer, side by side from one run.
+bench-pgbench: build
+	PROXY_NAME=pgsidecar \
+	PROXY_CMD='$(CURDIR)/$(BIN) --listen {listen_host}:{listen_port} --http-listen= --database-url postgres://{user}@{upstream_host}:{upstream_port}/{dbname}?sslmode=disable --pool-size {pool_size} --max-client-conn {max_client_conn} --log-level warn' \
+	bash $(PGBENCH_COMPARE)
+
+clean:
+	rm -rf bin

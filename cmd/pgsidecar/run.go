@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/pflag"
+
+	"github.com/pgsidecar/pgsidecar/config"
+	"github.com/pgsidecar/pgsidecar/health"
+	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/pool"
+	"github.com/pgsidecar/pgsidecar/proxy"
+)
+
+// Exit codes.
+const (
+	exitOK       = 0
+	exitFailure  = 1
+	exitBadUsage = 2
+)
+
+// drainTimeout bounds how long a shutdown waits for clients to finish their transactions.
+const drainTimeout = 30 * time.Second
+
+// running describes a started instance; tests receive it to find the bound addresses.
+type running struct {
+	ProxyAddrs []net.Addr
+	HTTPAddr   net.Addr
+}
+
+// run is the whole program: it returns the exit code. started, if not nil, receives the
+// instance once it serves.
+func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer, started chan<- running) int {
+	if len(args) > 0 && args[0] == "config" {
+		return configCommand(args[1:], environ, stdout, stderr)
+	}
+	fs := config.NewFlagSet("pgsidecar")
+	cfg, err := config.Load(fs, args, environ)
+	if err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "pgsidecar: invalid configuration:\n%v\n", err)
+		return exitBadUsage
+	}
+	logger := newLogger(cfg, stderr)
+	if err := serve(ctx, cfg, logger, stdout, started); err != nil {
+		logger.Error("pgsidecar stopped", "err", err)
+		return exitFailure
+	}
+	return exitOK
+}
+
+func configCommand(args, environ []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || (args[0] != "check" && args[0] != "print") {
+		fmt.Fprintln(stderr, "usage: pgsidecar config check|print [flags]")
+		return exitBadUsage
+	}
+	cfg, err := config.Load(config.NewFlagSet("pgsidecar config "+args[0]), args[1:], environ)
+	if err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "pgsidecar: invalid configuration:\n%v\n", err)
+		return exitBadUsage
+	}
+	if args[0] == "print" {
+		if err := cfg.Print(stdout); err != nil {
+			fmt.Fprintf(stderr, "pgsidecar: %v\n", err)
+			return exitFailure
+		}
+		return exitOK
+	}
+	fmt.Fprintln(stdout, "configuration is valid")
+	return exitOK
+}
+
+func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// serve wires the packages together and runs until ctx is done or /quitquitquit is called.
+func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, stdout io.Writer, started chan<- running) error {
+	if cfg.DatabaseURL == "" && len(cfg.Routes) == 0 {
+		if cfg.Profile != "local" {
+			return errors.New("no upstream: set DATABASE_URL (or database_url / routes in the config file)")
+		}
+		cluster, err := startLocalCluster(ctx, logger)
+		if err != nil {
+			return err
+		}
+		defer cluster.Close()
+		cfg.DatabaseURL = cluster.DSN("postgres")
+		fmt.Fprintf(stdout, "pgsidecar: no DATABASE_URL given, started a disposable PostgreSQL on 127.0.0.1:%d (removed on exit)\n", cluster.Port())
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	pools := pool.NewSet()
+	defer pools.Close()
+	reg.MustRegister(pool.NewCollector(pools))
+
+	srv, err := proxy.New(proxy.Options{Config: cfg, Pools: pools, Logger: logger, Metrics: proxy.NewMetrics(reg)})
+	if err != nil {
+		return err
+	}
+	if err := srv.Start(ctx); err != nil {
+		return err
+	}
+	inst := running{ProxyAddrs: srv.Addrs()}
+
+	var hs *health.Server
+	var quit <-chan struct{}
+	if cfg.HTTPListen != "" {
+		hs = health.NewServer(health.Options{
+			Addr:     cfg.HTTPListen,
+			Gatherer: reg,
+			Status:   func() any { return pools.Stats() },
+			Logger:   logger,
+		})
+		if err := hs.Start(); err != nil {
+			_ = srv.Shutdown(ctx)
+			return fmt.Errorf("start http server: %w", err)
+		}
+		inst.HTTPAddr = hs.Addr()
+		quit = hs.QuitRequested()
+		hs.SetStarted()
+	}
+
+	addrs := make([]string, len(inst.ProxyAddrs))
+	for i, a := range inst.ProxyAddrs {
+		addrs[i] = a.String()
+	}
+	logger.Info("pgsidecar serving", "listen", strings.Join(addrs, ","), "http", cfg.HTTPListen,
+		"upstream", config.RedactDSN(cfg.DatabaseURL), "pool_mode", cfg.PoolMode, "profile", cfg.Profile)
+	if ta, ok := inst.ProxyAddrs[0].(*net.TCPAddr); ok {
+		fmt.Fprintf(stdout, "pgsidecar: connect with: psql \"postgres://postgres@%s/postgres?sslmode=disable\"\n",
+			net.JoinHostPort(ta.IP.String(), fmt.Sprint(ta.Port)))
+	}
+	if started != nil {
+		started <- inst
+	}
+
+	select {
+	case <-ctx.Done():
+	case <-quit:
+	}
+	logger.Info("pgsidecar shutting down", "drain_timeout", drainTimeout)
+	if hs != nil {
+		hs.SetDraining()
+	}
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drainTimeout)
+	defer cancel()
+	if err := srv.Shutdown(dctx); err != nil {
+		logger.Warn("drain incomplete", "err", err)
+	}
+	if hs != nil {
+		if err := hs.Shutdown(dctx); err != nil {
+			logger.Warn("http server shutdown", "err", err)
+		}
+	}
+	return nil
+}
+
+func startLocalCluster(ctx context.Context, logger *slog.Logger) (*pgtest.Cluster, error) {
+	if err := pgtest.Available(); err != nil {
+		return nil, fmt.Errorf("no DATABASE_URL and no local PostgreSQL to start: %w", err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	c, err := pgtest.Start(sctx, pgtest.Options{Logger: logger})
+	if err != nil {
+		return nil, fmt.Errorf("start local postgresql: %w", err)
+	}
+	return c, nil
+}

@@ -1,0 +1,349 @@
+package config
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Profile names. A profile selects a set of built-in defaults; see Defaults.
+const (
+	ProfileLocal      = "local"
+	ProfileProduction = "production"
+	ProfileEdge       = "edge"
+)
+
+// Pool modes.
+const (
+	PoolModeTransaction = "transaction"
+	PoolModeSession     = "session"
+)
+
+// Client authentication methods (auth_type).
+const (
+	AuthTrust       = "trust"
+	AuthMD5         = "md5"
+	AuthSCRAMSHA256 = "scram-sha-256"
+)
+
+// redacted replaces every secret in printed output.
+const redacted = "xxxxx"
+
+// Config is the complete, merged configuration of pgsidecar. Load builds it
+// from profile defaults, a YAML file, the environment and flags; Validate
+// checks it. Every field is documented, with its key, default and the meaning
+// of its zero value, in the package documentation.
+//
+// Config holds secrets (DatabaseURL, user and route passwords). Its String,
+// GoString and Print methods redact them; never log fields individually.
+type Config struct {
+	Profile                string
+	Listen                 []string
+	HTTPListen             string
+	DatabaseURL            string
+	PoolMode               string
+	PoolSize               int
+	MinPoolSize            int
+	MaxClientConn          int
+	QueryWaitTimeout       time.Duration
+	ServerIdleTimeout      time.Duration
+	ServerLifetime         time.Duration
+	ServerCheckDelay       time.Duration
+	ServerResetQuery       string
+	ConnectTimeout         time.Duration
+	QueryTimeout           time.Duration
+	Retries                int
+	RetryDelay             time.Duration
+	IdleTransactionTimeout time.Duration
+	ClientIdleTimeout      time.Duration
+	ClientLoginTimeout     time.Duration
+	MaxMessageSize         int
+	MaxPreparedStatements  int
+	AuthType               string
+	AuthTrustRemote        bool
+	Users                  []User
+	Routes                 []Route
+	TLS                    TLS
+	LogLevel               string
+	LogFormat              string
+}
+
+// User is one entry of the users key: a client login name and its secret.
+//
+// Password is a plain-text password, a SCRAM verifier
+// ("SCRAM-SHA-256$<iter>:<salt>$<storedkey>:<serverkey>") or an md5 hash
+// ("md5" followed by 32 hex digits). It authenticates clients and, when it is
+// plain text, is also the password pgsidecar uses to log in upstream as Name.
+type User struct {
+	Name     string
+	Password string
+}
+
+// Route maps a client-side (database, user) pair to an upstream. Routes are
+// read from the config file only. The first matching route wins; when none
+// matches, the default route (DatabaseURL with the client's database and
+// user) is used. See Config.Resolve.
+type Route struct {
+	// Database is the client-side database name; "*" matches any.
+	Database string
+	// User is the client-side user name; "" or "*" matches any.
+	User string
+	// DSN is the upstream connection string (URL or keyword/value);
+	// "" means DatabaseURL.
+	DSN string
+	// UpstreamDatabase is the database used upstream; "" means the client's.
+	UpstreamDatabase string
+	// UpstreamUser is the user used upstream; "" means the client's.
+	UpstreamUser string
+	// Password is the upstream password; "" means look it up (see Resolve).
+	Password string
+	// PoolSize is the pool size for this route; 0 means Config.PoolSize.
+	PoolSize int
+	// PoolMode is the pool mode for this route; "" means Config.PoolMode.
+	PoolMode string
+}
+
+// TLS holds the certificate and key for client-facing TLS. Both empty
+// disables TLS; setting only one is a validation error.
+type TLS struct {
+	CertFile string
+	KeyFile  string
+}
+
+// Defaults returns the built-in defaults of profile:
+//
+//	key               local   production  edge
+//	pool_size         10      50          100
+//	connect_timeout   5s      10s         5s
+//	query_timeout     60s     30s         15s
+//	retries           2       3           5
+//	retry_delay       500ms   1s          200ms
+//	log_format        text    json        json
+//
+// Every other key has the same default in all profiles (see the package
+// documentation). An unknown profile name yields the local defaults with
+// Profile set to that name, so that Validate reports it.
+func Defaults(profile string) Config {
+	c := Config{
+		Profile:                profile,
+		Listen:                 []string{"127.0.0.1:6432"},
+		HTTPListen:             "127.0.0.1:9930",
+		PoolMode:               PoolModeTransaction,
+		PoolSize:               10,
+		MinPoolSize:            0,
+		MaxClientConn:          1000,
+		QueryWaitTimeout:       30 * time.Second,
+		ServerIdleTimeout:      10 * time.Minute,
+		ServerLifetime:         time.Hour,
+		ServerCheckDelay:       30 * time.Second,
+		ServerResetQuery:       "DISCARD ALL",
+		ConnectTimeout:         5 * time.Second,
+		QueryTimeout:           60 * time.Second,
+		Retries:                2,
+		RetryDelay:             500 * time.Millisecond,
+		IdleTransactionTimeout: 0,
+		ClientIdleTimeout:      0,
+		ClientLoginTimeout:     60 * time.Second,
+		MaxMessageSize:         1 << 30,
+		MaxPreparedStatements:  200,
+		AuthType:               AuthTrust,
+		LogLevel:               "info",
+		LogFormat:              "text",
+	}
+	switch profile {
+	case ProfileProduction:
+		c.PoolSize = 50
+		c.ConnectTimeout = 10 * time.Second
+		c.QueryTimeout = 30 * time.Second
+		c.Retries = 3
+		c.RetryDelay = time.Second
+		c.LogFormat = "json"
+	case ProfileEdge:
+		c.PoolSize = 100
+		c.ConnectTimeout = 5 * time.Second
+		c.QueryTimeout = 15 * time.Second
+		c.Retries = 5
+		c.RetryDelay = 200 * time.Millisecond
+		c.LogFormat = "json"
+	}
+	return c
+}
+
+// UserSecret returns the secret of the users entry called name, for client
+// authentication. ok is false when there is no such entry.
+func (c *Config) UserSecret(name string) (secret string, ok bool) {
+	for _, u := range c.Users {
+		if u.Name == name {
+			return u.Password, true
+		}
+	}
+	return "", false
+}
+
+// printed is the YAML shape of Config used by Print; keys match the config
+// file keys.
+type printed struct {
+	Profile                string        `yaml:"profile"`
+	Listen                 []string      `yaml:"listen"`
+	HTTPListen             string        `yaml:"http_listen"`
+	DatabaseURL            string        `yaml:"database_url"`
+	PoolMode               string        `yaml:"pool_mode"`
+	PoolSize               int           `yaml:"pool_size"`
+	MinPoolSize            int           `yaml:"min_pool_size"`
+	MaxClientConn          int           `yaml:"max_client_conn"`
+	QueryWaitTimeout       string        `yaml:"query_wait_timeout"`
+	ServerIdleTimeout      string        `yaml:"server_idle_timeout"`
+	ServerLifetime         string        `yaml:"server_lifetime"`
+	ServerCheckDelay       string        `yaml:"server_check_delay"`
+	ServerResetQuery       string        `yaml:"server_reset_query"`
+	ConnectTimeout         string        `yaml:"connect_timeout"`
+	QueryTimeout           string        `yaml:"query_timeout"`
+	Retries                int           `yaml:"retries"`
+	RetryDelay             string        `yaml:"retry_delay"`
+	IdleTransactionTimeout string        `yaml:"idle_transaction_timeout"`
+	ClientIdleTimeout      string        `yaml:"client_idle_timeout"`
+	ClientLoginTimeout     string        `yaml:"client_login_timeout"`
+	MaxMessageSize         int           `yaml:"max_message_size"`
+	MaxPreparedStatements  int           `yaml:"max_prepared_statements"`
+	AuthType               string        `yaml:"auth_type"`
+	AuthTrustRemote        bool          `yaml:"auth_trust_remote"`
+	Users                  []printedUser `yaml:"users"`
+	Routes                 []printedRoute `yaml:"routes"`
+	TLS                    printedTLS    `yaml:"tls"`
+	LogLevel               string        `yaml:"log_level"`
+	LogFormat              string        `yaml:"log_format"`
+}
+
+type printedUser struct {
+	Name     string `yaml:"name"`
+	Password string `yaml:"password"`
+}
+
+type printedRoute struct {
+	Database         string `yaml:"database"`
+	User             string `yaml:"user,omitempty"`
+	DSN              string `yaml:"dsn,omitempty"`
+	UpstreamDatabase string `yaml:"upstream_database,omitempty"`
+	UpstreamUser     string `yaml:"upstream_user,omitempty"`
+	Password         string `yaml:"password,omitempty"`
+	PoolSize         int    `yaml:"pool_size,omitempty"`
+	PoolMode         string `yaml:"pool_mode,omitempty"`
+}
+
+type printedTLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+func redactSecret(s string) string {
+	if s == "" {
+		return ""
+	}
+	return redacted
+}
+
+func (c *Config) printable() printed {
+	d := func(v time.Duration) string { return v.String() }
+	p := printed{
+		Profile:                c.Profile,
+		Listen:                 c.Listen,
+		HTTPListen:             c.HTTPListen,
+		DatabaseURL:            RedactDSN(c.DatabaseURL),
+		PoolMode:               c.PoolMode,
+		PoolSize:               c.PoolSize,
+		MinPoolSize:            c.MinPoolSize,
+		MaxClientConn:          c.MaxClientConn,
+		QueryWaitTimeout:       d(c.QueryWaitTimeout),
+		ServerIdleTimeout:      d(c.ServerIdleTimeout),
+		ServerLifetime:         d(c.ServerLifetime),
+		ServerCheckDelay:       d(c.ServerCheckDelay),
+		ServerResetQuery:       c.ServerResetQuery,
+		ConnectTimeout:         d(c.ConnectTimeout),
+		QueryTimeout:           d(c.QueryTimeout),
+		Retries:                c.Retries,
+		RetryDelay:             d(c.RetryDelay),
+		IdleTransactionTimeout: d(c.IdleTransactionTimeout),
+		ClientIdleTimeout:      d(c.ClientIdleTimeout),
+		ClientLoginTimeout:     d(c.ClientLoginTimeout),
+		MaxMessageSize:         c.MaxMessageSize,
+		MaxPreparedStatements:  c.MaxPreparedStatements,
+		AuthType:               c.AuthType,
+		AuthTrustRemote:        c.AuthTrustRemote,
+		TLS:                    printedTLS{CertFile: c.TLS.CertFile, KeyFile: c.TLS.KeyFile},
+		LogLevel:               c.LogLevel,
+		LogFormat:              c.LogFormat,
+	}
+	if p.Listen == nil {
+		p.Listen = []string{}
+	}
+	p.Users = make([]printedUser, 0, len(c.Users))
+	for _, u := range c.Users {
+		p.Users = append(p.Users, printedUser{Name: u.Name, Password: redactSecret(u.Password)})
+	}
+	p.Routes = make([]printedRoute, 0, len(c.Routes))
+	for _, r := range c.Routes {
+		p.Routes = append(p.Routes, printedRoute{
+			Database:         r.Database,
+			User:             r.User,
+			DSN:              RedactDSN(r.DSN),
+			UpstreamDatabase: r.UpstreamDatabase,
+			UpstreamUser:     r.UpstreamUser,
+			Password:         redactSecret(r.Password),
+			PoolSize:         r.PoolSize,
+			PoolMode:         r.PoolMode,
+		})
+	}
+	return p
+}
+
+// Print writes the effective configuration to w as YAML, in the config file
+// format, with every secret redacted: DSNs through RedactDSN, user and route
+// passwords as "xxxxx".
+func (c *Config) Print(w io.Writer) error {
+	var buf bytes.Buffer
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(c.printable()); err != nil {
+		return fmt.Errorf("print config: %w", err)
+	}
+	if err := enc.Close(); err != nil {
+		return fmt.Errorf("print config: %w", err)
+	}
+	if _, err := w.Write(buf.Bytes()); err != nil {
+		return fmt.Errorf("print config: %w", err)
+	}
+	return nil
+}
+
+// String returns the redacted YAML form of c (as Print writes it), so that
+// formatting a Config with %v or %s never reveals a secret.
+func (c Config) String() string {
+	var buf bytes.Buffer
+	if err := c.Print(&buf); err != nil {
+		return "config: " + err.Error()
+	}
+	return buf.String()
+}
+
+// GoString makes %#v redact like String.
+func (c Config) GoString() string { return c.String() }
+
+// String returns the user's name with its secret redacted.
+func (u User) String() string {
+	return fmt.Sprintf("{name:%s password:%s}", u.Name, redactSecret(u.Password))
+}
+
+// GoString makes %#v redact like String.
+func (u User) GoString() string { return u.String() }
+
+// String returns the route with its DSN and password redacted.
+func (r Route) String() string {
+	return fmt.Sprintf("{database:%s user:%s dsn:%s upstream_database:%s upstream_user:%s password:%s pool_size:%d pool_mode:%s}",
+		r.Database, r.User, RedactDSN(r.DSN), r.UpstreamDatabase, r.UpstreamUser, redactSecret(r.Password), r.PoolSize, r.PoolMode)
+}
+
+// GoString makes %#v redact like String.
+func (r Route) GoString() string { return r.String() }

@@ -1,0 +1,102 @@
+package pool
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// Conn is one upstream server connection, authenticated and then hijacked from pgconn so that
+// the proxy can relay raw protocol frames over it.
+//
+// A Conn is owned by exactly one party at a time: the pool while it is idle, the holder between
+// Acquire and Release/Destroy. Only the owner may read from or write to it.
+type Conn struct {
+	net.Conn
+
+	// PID and SecretKey are the server's BackendKeyData, used to cancel its running query.
+	PID       uint32
+	SecretKey []byte
+	// Params holds the ParameterStatus values the server reported at startup.
+	Params map[string]string
+
+	hijacked *pgconn.HijackedConn
+	pool     *Pool
+	created  time.Time
+	// lifetime is this connection's own server_lifetime, with jitter applied.
+	lifetime time.Duration
+	// lastUsed is when the connection was last released to the pool.
+	lastUsed time.Time
+
+	// buf is the read buffer used by the proxy's relay; it lives as long as the connection so
+	// that a busy server connection never allocates per transaction.
+	buf []byte
+}
+
+// ReadBuffer returns the connection's relay read buffer, allocating it on first use.
+func (c *Conn) ReadBuffer() []byte {
+	if c.buf == nil {
+		c.buf = make([]byte, readBufferSize)
+	}
+	return c.buf
+}
+
+// readBufferSize fits many DataRows per read while staying small enough that a pool of a
+// hundred connections costs little memory.
+const readBufferSize = 32 << 10
+
+// Created returns when the connection was established.
+func (c *Conn) Created() time.Time { return c.created }
+
+// Exec runs sql with the simple query protocol and reads its whole result. It is used for
+// control statements (reset, rollback, health checks) while the proxy relays nothing, so it may
+// use pgconn's own machinery. The connection must be idle.
+func (c *Conn) Exec(ctx context.Context, sql string) error {
+	pc, err := pgconn.Construct(c.hijacked)
+	if err != nil {
+		return fmt.Errorf("rebuild connection: %w", err)
+	}
+	_, execErr := pc.Exec(ctx, sql).ReadAll()
+	hc, err := pc.Hijack()
+	if err != nil {
+		return fmt.Errorf("hijack connection: %w", err)
+	}
+	c.hijacked = hc
+	if execErr != nil {
+		return fmt.Errorf("exec %q: %w", sql, execErr)
+	}
+	if hc.TxStatus != 'I' {
+		return fmt.Errorf("exec %q: server left in transaction state %q", sql, hc.TxStatus)
+	}
+	return nil
+}
+
+// CancelRequest asks the server to cancel the query this connection is running, over a new
+// connection to the same address, as libpq does.
+func (c *Conn) CancelRequest(ctx context.Context) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, c.RemoteAddr().Network(), c.RemoteAddr().String())
+	if err != nil {
+		return fmt.Errorf("dial for cancel: %w", err)
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	msg, err := (&pgproto3.CancelRequest{ProcessID: c.PID, SecretKey: c.SecretKey}).Encode(nil)
+	if err != nil {
+		return fmt.Errorf("encode cancel: %w", err)
+	}
+	if _, err := conn.Write(msg); err != nil {
+		return fmt.Errorf("send cancel: %w", err)
+	}
+	// The server closes the connection once it has handled the request; waiting for that keeps
+	// the cancel ordered before whatever the client does next.
+	var b [1]byte
+	_, _ = conn.Read(b[:])
+	return nil
+}

@@ -1,0 +1,61 @@
+package pool
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Collector exposes every pool of a Set as Prometheus metrics, read from Stat snapshots at
+// scrape time so that the hot path pays nothing for them.
+type Collector struct {
+	set *Set
+
+	servers, waiting, size       *prometheus.Desc
+	acquires, waits, waitSeconds *prometheus.Desc
+	dials, dialErrors, closes    *prometheus.Desc
+}
+
+var _ prometheus.Collector = (*Collector)(nil)
+
+// NewCollector returns a collector for set; register it on the caller's registry.
+func NewCollector(set *Set) *Collector {
+	labels := []string{"database", "user"}
+	d := func(name, help string, extra ...string) *prometheus.Desc {
+		return prometheus.NewDesc(prometheus.BuildFQName("pgsidecar", "pool", name), help, append(labels, extra...), nil)
+	}
+	return &Collector{
+		set:         set,
+		servers:     d("server_connections", "Server connections by state (idle, active).", "state"),
+		waiting:     d("waiting_clients", "Clients waiting for a server connection."),
+		size:        d("size", "Maximum server connections of the pool."),
+		acquires:    d("acquires_total", "Server connections handed to clients."),
+		waits:       d("waits_total", "Acquires that had to wait for a server connection."),
+		waitSeconds: d("wait_seconds_total", "Total time clients spent waiting for a server connection."),
+		dials:       d("dials_total", "Server connections dialled."),
+		dialErrors:  d("dial_errors_total", "Server connection dials that failed."),
+		closes:      d("server_closes_total", "Server connections closed."),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.servers, c.waiting, c.size, c.acquires, c.waits, c.waitSeconds, c.dials, c.dialErrors, c.closes} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	for _, s := range c.set.Stats() {
+		db, user := s.Database, s.User
+		ch <- prometheus.MustNewConstMetric(c.servers, prometheus.GaugeValue, float64(s.Idle), db, user, "idle")
+		ch <- prometheus.MustNewConstMetric(c.servers, prometheus.GaugeValue, float64(s.InUse), db, user, "active")
+		ch <- prometheus.MustNewConstMetric(c.waiting, prometheus.GaugeValue, float64(s.Waiting), db, user)
+		ch <- prometheus.MustNewConstMetric(c.size, prometheus.GaugeValue, float64(s.Size), db, user)
+		ch <- prometheus.MustNewConstMetric(c.acquires, prometheus.CounterValue, float64(s.Acquires), db, user)
+		ch <- prometheus.MustNewConstMetric(c.waits, prometheus.CounterValue, float64(s.Waits), db, user)
+		ch <- prometheus.MustNewConstMetric(c.waitSeconds, prometheus.CounterValue, s.WaitDuration.Seconds(), db, user)
+		ch <- prometheus.MustNewConstMetric(c.dials, prometheus.CounterValue, float64(s.Dials), db, user)
+		ch <- prometheus.MustNewConstMetric(c.dialErrors, prometheus.CounterValue, float64(s.DialErrors), db, user)
+		ch <- prometheus.MustNewConstMetric(c.closes, prometheus.CounterValue, float64(s.Closes), db, user)
+	}
+}

@@ -1,0 +1,54 @@
+package proxy
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the proxy's client-side metrics. A nil *Metrics records nothing.
+type Metrics struct {
+	clientsConnected prometheus.Gauge
+	clientsTotal     prometheus.Counter
+	transactions     prometheus.Counter
+}
+
+// NewMetrics creates the proxy's metrics and registers them on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		clientsConnected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "pgsidecar", Name: "client_connections",
+			Help: "Client connections currently open (logging in or logged in).",
+		}),
+		clientsTotal: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "pgsidecar", Name: "client_connections_total",
+			Help: "Client connections accepted.",
+		}),
+		transactions: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "pgsidecar", Name: "transactions_total",
+			Help: "Server connections handed back to the pool after a transaction in transaction mode.",
+		}),
+	}
+	reg.MustRegister(m.clientsConnected, m.clientsTotal, m.transactions)
+	return m
+}
+
+func (m *Metrics) clientConnected() {
+	if m == nil {
+		return
+	}
+	m.clientsConnected.Inc()
+	m.clientsTotal.Inc()
+}
+
+func (m *Metrics) clientDisconnected() {
+	if m == nil {
+		return
+	}
+	m.clientsConnected.Dec()
+}
+
+func (m *Metrics) transactionDone() {
+	if m == nil {
+		return
+	}
+	m.transactions.Inc()
+}

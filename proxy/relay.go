@@ -1,0 +1,391 @@
+package proxy
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgsidecar/pgsidecar/pool"
+)
+
+// Relay buffers. An idle client holds only its small buffer; a large buffer is borrowed while a
+// message is too big for it and returned as soon as the client's input is drained.
+const (
+	smallBufSize = 1 << 10
+	largeBufSize = 64 << 10
+)
+
+var largeBufs = sync.Pool{New: func() any { b := make([]byte, largeBufSize); return &b }}
+
+// frameReader tracks the framing of one direction of the relay: where the next message header
+// starts, and how much of a message body that is streamed through is still to come.
+type frameReader struct {
+	buf       []byte
+	r, w      int
+	remaining int // body bytes of the current streamed message not yet seen
+}
+
+// compact moves unconsumed bytes to the front of the buffer.
+func (f *frameReader) compact() {
+	if f.r == f.w {
+		f.r, f.w = 0, 0
+		return
+	}
+	if f.r > 0 {
+		f.w = copy(f.buf, f.buf[f.r:f.w])
+		f.r = 0
+	}
+}
+
+// header returns the type and length (excluding the type byte) of the message at f.r, or ok=false
+// when fewer than 5 bytes are buffered.
+func (f *frameReader) header() (typ byte, length int, ok bool) {
+	if f.w-f.r < 5 {
+		return 0, 0, false
+	}
+	return f.buf[f.r], int(binary.BigEndian.Uint32(f.buf[f.r+1:])), true
+}
+
+// clientToServer reads the client's messages and forwards them to the attached server, taking
+// one from the pool when a message arrives and none is attached. It returns when the client
+// leaves or breaks the protocol; the caller cleans up.
+func (s *session) clientToServer() error {
+	small := make([]byte, smallBufSize)
+	f := frameReader{buf: small}
+	var large *[]byte
+	defer func() {
+		if large != nil {
+			largeBufs.Put(large)
+		}
+	}()
+	for {
+		// Switch buffers at message boundaries only, so no partial message is ever split.
+		if f.r == f.w && f.remaining == 0 {
+			f.r, f.w = 0, 0
+			if large != nil {
+				largeBufs.Put(large)
+				large = nil
+				f.buf = small
+			}
+		} else if large == nil && f.w == len(f.buf) {
+			large = largeBufs.Get().(*[]byte)
+			n := copy(*large, f.buf[f.r:f.w])
+			f.buf, f.r, f.w = *large, 0, n
+		}
+		n, err := s.conn.Read(f.buf[f.w:])
+		f.w += n
+		if n > 0 {
+			if ferr := s.forwardClient(&f); ferr != nil {
+				return ferr
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("read from client: %w", err)
+		}
+	}
+}
+
+// forwardClient scans the buffered client bytes, forwards every complete message and the
+// available part of a streamed one, and keeps an incomplete header for the next read.
+func (s *session) forwardClient(f *frameReader) error {
+	start := f.r
+	requests := 0
+	unsynced := -1 // -1: unchanged, 0: cleared by Sync, 1: set by an extended-protocol message
+	terminate := false
+	for f.r < f.w && !terminate {
+		if f.remaining > 0 {
+			k := min(f.remaining, f.w-f.r)
+			f.r += k
+			f.remaining -= k
+			continue
+		}
+		typ, length, ok := f.header()
+		if !ok {
+			break
+		}
+		if length < 4 || length-4 > s.maxMsg {
+			return protocolErrorf("invalid message length %d for message type %q", length, typ)
+		}
+		switch typ {
+		case 'Q', 'F':
+			requests++
+		case 'S':
+			requests++
+			unsynced = 0
+		case 'P', 'B', 'E', 'D', 'C', 'H':
+			unsynced = 1
+		case 'd', 'c', 'f':
+		case 'X':
+			terminate = true
+			// Terminate is the proxy's business: the server stays for the next client.
+			if f.r > start {
+				if err := s.sendToServer(f.buf[start:f.r], requests, unsynced); err != nil {
+					return err
+				}
+			}
+			return errTerminate
+		default:
+			return protocolErrorf("invalid frontend message type %d", typ)
+		}
+		f.r += 5
+		f.remaining = length - 4
+	}
+	if f.r > start {
+		if err := s.sendToServer(f.buf[start:f.r], requests, unsynced); err != nil {
+			return err
+		}
+	}
+	f.compact()
+	return nil
+}
+
+// sendToServer writes client bytes to the attached server, attaching one first if needed.
+func (s *session) sendToServer(b []byte, requests, unsynced int) error {
+	s.mu.Lock()
+	if s.server == nil {
+		s.mu.Unlock()
+		if err := s.attach(); err != nil {
+			return err
+		}
+		s.mu.Lock()
+	}
+	srv := s.server
+	if srv == nil {
+		// The server loop failed between attach and here; the client learns from it.
+		s.mu.Unlock()
+		return errServerLost
+	}
+	s.pending += requests
+	if unsynced >= 0 {
+		s.unsynced = unsynced == 1
+	}
+	s.writing = true
+	s.mu.Unlock()
+
+	_, err := srv.Write(b)
+
+	s.mu.Lock()
+	s.writing = false
+	s.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("write to server: %w", err)
+	}
+	return nil
+}
+
+var errServerLost = errors.New("server connection lost")
+
+// attach takes a server connection from the pool and starts relaying its output to the client.
+func (s *session) attach() error {
+	wait := s.srv.cfg.QueryWaitTimeout
+	ctx, cancel := s.ctx, context.CancelFunc(func() {})
+	if wait > 0 {
+		ctx, cancel = context.WithTimeoutCause(s.ctx, wait, errQueryWaitTimeout)
+	}
+	c, err := s.pool.Acquire(ctx)
+	cancel()
+	if err != nil {
+		if errors.Is(err, errQueryWaitTimeout) {
+			return &startupError{code: codeConnectionFailure, msg: fmt.Sprintf("pgsidecar: no server connection became free within query_wait_timeout (%s)", wait)}
+		}
+		return err
+	}
+	done := make(chan struct{})
+	s.mu.Lock()
+	s.server = c
+	s.pending = 0
+	s.unsynced = false
+	s.txStatus = 'I'
+	s.loopDone = done
+	s.loopErr = nil
+	s.mu.Unlock()
+	go s.serverToClient(c, done)
+	return nil
+}
+
+var errQueryWaitTimeout = errors.New("query_wait_timeout")
+
+// serverToClient relays srv's output to the client until the server can go back to the pool
+// (transaction mode, ReadyForQuery idle with nothing in flight), the client leaves, or either
+// side fails. It is the only writer to the client while it runs.
+func (s *session) serverToClient(srv *pool.Conn, done chan struct{}) {
+	defer close(done)
+	f := frameReader{buf: srv.ReadBuffer()}
+	for {
+		n, err := srv.Read(f.buf[f.w:])
+		f.w += n
+		if n > 0 {
+			start := f.r
+			ready, status, perr := s.scanServer(&f)
+			if f.r > start {
+				if werr := s.writeClient(f.buf[start:f.r]); werr != nil {
+					s.loopFailed(fmt.Errorf("write to client: %w", werr), false, false)
+					return
+				}
+			}
+			if perr != nil {
+				s.loopFailed(perr, true, false)
+				return
+			}
+			f.compact()
+			if ready > 0 && s.readyForQuery(ready, status, f.r == f.w && f.remaining == 0) {
+				s.srv.metrics.transactionDone()
+				s.pool.Release(srv)
+				return
+			}
+		}
+		if err != nil {
+			s.loopFailed(fmt.Errorf("read from server: %w", err), true, f.r == f.w && f.remaining == 0)
+			return
+		}
+	}
+}
+
+// inspect lists the server message types the relay must see whole: ReadyForQuery for the
+// transaction status. Everything else streams through without decoding.
+func inspectServerMsg(typ byte) bool { return typ == 'Z' }
+
+// scanServer advances over buffered server messages. It returns the number of ReadyForQuery
+// messages seen and the last transaction status.
+func (s *session) scanServer(f *frameReader) (ready int, status byte, err error) {
+	for f.r < f.w {
+		if f.remaining > 0 {
+			k := min(f.remaining, f.w-f.r)
+			f.r += k
+			f.remaining -= k
+			continue
+		}
+		typ, length, ok := f.header()
+		if !ok {
+			return ready, status, nil
+		}
+		if length < 4 || length-4 > s.maxMsg {
+			return ready, status, fmt.Errorf("server sent invalid message length %d for type %q", length, typ)
+		}
+		if inspectServerMsg(typ) && 1+length <= len(f.buf) {
+			if f.w-f.r < 1+length {
+				return ready, status, nil // wait for the rest of it
+			}
+			if typ == 'Z' && length == 5 {
+				ready++
+				status = f.buf[f.r+5]
+			}
+			f.r += 1 + length
+			continue
+		}
+		f.r += 5
+		f.remaining = length - 4
+	}
+	return ready, status, nil
+}
+
+// readyForQuery records ReadyForQuery messages and reports whether the server is to be released
+// now (clean is false when bytes after the last ReadyForQuery are buffered).
+func (s *session) readyForQuery(n int, status byte, clean bool) (release bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pending = max(s.pending-n, 0)
+	s.txStatus = status
+	if !s.txPooling || s.pending > 0 || s.unsynced || s.writing || status != 'I' || !clean || s.closing {
+		return false
+	}
+	s.server = nil
+	s.loopDone = nil
+	return true
+}
+
+func (s *session) writeClient(b []byte) error {
+	s.wmu.Lock()
+	_, err := s.conn.Write(b)
+	s.wmu.Unlock()
+	return err
+}
+
+// loopFailed records why serverToClient stopped. When the session is ending (finish woke the
+// loop with a deadline) and the loop stopped between messages, the server's state is still
+// known and loopErr stays nil. Otherwise the client is told and disconnected, which ends
+// clientToServer too; the server is left attached for the session owner to destroy.
+func (s *session) loopFailed(err error, tellClient, atBoundary bool) {
+	s.mu.Lock()
+	closing := s.closing
+	if !closing || !atBoundary || !errors.Is(err, os.ErrDeadlineExceeded) {
+		s.loopErr = err
+	}
+	s.mu.Unlock()
+	if closing {
+		return
+	}
+	if tellClient {
+		s.sendError(&pgconn.PgError{Severity: "FATAL", Code: codeConnectionFailure, Message: "pgsidecar: lost connection to the server: " + err.Error()})
+	}
+	_ = s.conn.Close()
+}
+
+// finish ends the session: it stops serverToClient and returns the attached server to the pool
+// when its state is known to be clean (rolling back an open transaction first), or closes it.
+func (s *session) finish(cause error) {
+	var pe *protocolError
+	if errors.As(cause, &pe) {
+		s.sendError(clientError(cause))
+	}
+	var se *startupError
+	if errors.As(cause, &se) {
+		s.sendError(clientError(cause))
+	}
+	s.logEnd("client session ended", cause)
+
+	s.mu.Lock()
+	s.closing = true
+	srv, done := s.server, s.loopDone
+	s.mu.Unlock()
+	if srv == nil {
+		return
+	}
+	// Wake serverToClient: it sees closing and returns without touching the server.
+	_ = srv.SetReadDeadline(time.Now())
+	_ = s.conn.SetWriteDeadline(time.Now())
+	if done != nil {
+		<-done
+	}
+	s.mu.Lock()
+	srv = s.server
+	s.server = nil
+	clean := s.loopErr == nil && s.pending == 0 && !s.unsynced
+	status := s.txStatus
+	s.mu.Unlock()
+	if srv == nil {
+		return
+	}
+	_ = srv.SetReadDeadline(time.Time{})
+	if !clean || !s.resetServer(srv, status) {
+		s.pool.Destroy(srv)
+		return
+	}
+	s.pool.Release(srv)
+}
+
+// resetServer makes a server that a client left fit for the next one: an open transaction is
+// rolled back, and in session mode server_reset_query runs. It reports success.
+func (s *session) resetServer(srv *pool.Conn, status byte) bool {
+	ctx, cancel := context.WithTimeout(s.srv.ctx, 10*time.Second)
+	defer cancel()
+	if status != 'I' {
+		if err := srv.Exec(ctx, "ROLLBACK"); err != nil {
+			s.log.Debug("rollback after client left failed", "err", err)
+			return false
+		}
+	}
+	if !s.txPooling && s.srv.cfg.ServerResetQuery != "" {
+		if err := srv.Exec(ctx, s.srv.cfg.ServerResetQuery); err != nil {
+			s.log.Debug("server_reset_query failed", "err", err)
+			return false
+		}
+	}
+	return true
+}

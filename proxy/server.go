@@ -1,0 +1,259 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pgsidecar/pgsidecar/config"
+	"github.com/pgsidecar/pgsidecar/pool"
+)
+
+// Options configures a Server.
+type Options struct {
+	// Config is the effective configuration; the Server reads it, never changes it.
+	Config *config.Config
+	// Pools holds the upstream pools; the Server creates pools in it as routes are used.
+	Pools *pool.Set
+	// Logger receives connection-level events. Required.
+	Logger *slog.Logger
+	// Metrics, when set, is updated as clients come and go. Optional.
+	Metrics *Metrics
+}
+
+// Server accepts PostgreSQL clients on the configured listeners and relays their sessions to
+// pooled upstream connections.
+type Server struct {
+	cfg     *config.Config
+	pools   *pool.Set
+	log     *slog.Logger
+	metrics *Metrics
+	tls     *tls.Config
+
+	listeners []net.Listener
+	acceptWG  sync.WaitGroup
+
+	// ctx is the parent of every session's context; cancel force-closes all sessions.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu       sync.Mutex
+	sessions map[*session]struct{}
+	closing  bool
+	sessWG   sync.WaitGroup
+
+	clients atomic.Int64
+	nextID  atomic.Uint64
+
+	cancelMu sync.Mutex
+	byPID    map[uint32]*session
+}
+
+// New validates what the proxy needs from opts (TLS files) and returns a Server that is not
+// listening yet.
+func New(opts Options) (*Server, error) {
+	if opts.Config == nil || opts.Pools == nil || opts.Logger == nil {
+		return nil, errors.New("proxy: Config, Pools and Logger are required")
+	}
+	s := &Server{
+		cfg:      opts.Config,
+		pools:    opts.Pools,
+		log:      opts.Logger,
+		metrics:  opts.Metrics,
+		sessions: make(map[*session]struct{}),
+		byPID:    make(map[uint32]*session),
+	}
+	if c := opts.Config.TLS; c.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("load tls certificate: %w", err)
+		}
+		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	return s, nil
+}
+
+// Start binds every listen address and starts accepting. Sessions live until they end, or
+// until Shutdown's deadline passes.
+func (s *Server) Start(ctx context.Context) error {
+	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	var lc net.ListenConfig
+	for _, addr := range s.cfg.Listen {
+		ln, err := lc.Listen(ctx, "tcp", addr)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("listen on %s: %w", addr, err)
+		}
+		s.listeners = append(s.listeners, ln)
+	}
+	for _, ln := range s.listeners {
+		s.acceptWG.Add(1)
+		go s.acceptLoop(ln)
+	}
+	return nil
+}
+
+// Addrs returns the bound listen addresses (useful with port 0).
+func (s *Server) Addrs() []net.Addr {
+	addrs := make([]net.Addr, len(s.listeners))
+	for i, ln := range s.listeners {
+		addrs[i] = ln.Addr()
+	}
+	return addrs
+}
+
+// Clients returns the number of connected clients.
+func (s *Server) Clients() int64 { return s.clients.Load() }
+
+func (s *Server) closeListeners() {
+	for _, ln := range s.listeners {
+		_ = ln.Close()
+	}
+}
+
+func (s *Server) acceptLoop(ln net.Listener) {
+	defer s.acceptWG.Done()
+	loopback := isLoopback(ln.Addr())
+	var delay time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and similar: back off instead of spinning.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept failed", "listen", ln.Addr().String(), "err", err, "retry_in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		sess := s.newSession(conn, loopback)
+		if sess == nil {
+			_ = conn.Close()
+			continue
+		}
+		go sess.run()
+	}
+}
+
+func isLoopback(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
+}
+
+// newSession registers a session for conn; nil once the server is shutting down.
+func (s *Server) newSession(conn net.Conn, loopback bool) *session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return nil
+	}
+	id := s.nextID.Add(1)
+	sess := &session{
+		srv:      s,
+		id:       id,
+		conn:     conn,
+		loopback: loopback,
+		log:      s.log.With("conn_id", id, "client", conn.RemoteAddr().String()),
+	}
+	sess.ctx, sess.cancel = context.WithCancel(s.ctx)
+	s.sessions[sess] = struct{}{}
+	s.sessWG.Add(1)
+	return sess
+}
+
+func (s *Server) removeSession(sess *session) {
+	s.mu.Lock()
+	delete(s.sessions, sess)
+	s.mu.Unlock()
+	s.sessWG.Done()
+}
+
+// registerCancelKey mints the BackendKeyData a client sees and maps it to sess.
+func (s *Server) registerCancelKey(sess *session) {
+	var b [8]byte
+	s.cancelMu.Lock()
+	defer s.cancelMu.Unlock()
+	for {
+		_, _ = rand.Read(b[:])
+		pid := binary.BigEndian.Uint32(b[:4])
+		if pid == 0 {
+			continue
+		}
+		if _, taken := s.byPID[pid]; taken {
+			continue
+		}
+		sess.cancelPID = pid
+		sess.cancelKey = [4]byte(b[4:8])
+		s.byPID[pid] = sess
+		return
+	}
+}
+
+func (s *Server) unregisterCancelKey(sess *session) {
+	if sess.cancelPID == 0 {
+		return
+	}
+	s.cancelMu.Lock()
+	if s.byPID[sess.cancelPID] == sess {
+		delete(s.byPID, sess.cancelPID)
+	}
+	s.cancelMu.Unlock()
+}
+
+// cancel forwards a client's CancelRequest to the server running that client's query. Requests
+// with an unknown or wrong key are ignored, as PostgreSQL does.
+func (s *Server) cancelQuery(ctx context.Context, pid uint32, key []byte) {
+	s.cancelMu.Lock()
+	sess := s.byPID[pid]
+	s.cancelMu.Unlock()
+	if sess == nil || subtle.ConstantTimeCompare(sess.cancelKey[:], key) != 1 {
+		return
+	}
+	sess.cancelRunningQuery(ctx)
+}
+
+// Shutdown stops accepting, then waits for sessions to end until ctx is done, after which the
+// remaining sessions are closed. Idle clients in transaction mode are told 57P01 first.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
+	s.closeListeners()
+	s.acceptWG.Wait()
+
+	done := make(chan struct{})
+	go func() {
+		s.sessWG.Wait()
+		close(done)
+	}()
+	s.mu.Lock()
+	for sess := range s.sessions {
+		sess.shutdownIfIdle()
+	}
+	s.mu.Unlock()
+	select {
+	case <-done:
+		s.cancel()
+		return nil
+	case <-ctx.Done():
+	}
+	s.cancel()
+	s.mu.Lock()
+	for sess := range s.sessions {
+		_ = sess.conn.Close()
+	}
+	s.mu.Unlock()
+	<-done
+	return fmt.Errorf("shutdown: sessions closed at deadline: %w", context.Cause(ctx))
+}

@@ -1,0 +1,344 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgsidecar/pgsidecar/pool"
+	"github.com/pgsidecar/pgsidecar/proxy/auth"
+)
+
+// session is one client connection. Its goroutine (run, then clientToServer) owns the client's
+// reads and the session's cleanup; while a server connection is attached, a serverToClient
+// goroutine owns that server's reads and is the only writer to the client, except for the
+// errors clientToServer sends when no server is attached.
+type session struct {
+	srv      *Server
+	id       uint64
+	conn     net.Conn
+	loopback bool
+	log      *slog.Logger
+	ctx      context.Context
+	cancel   context.CancelFunc
+
+	user, database string
+	pool           *pool.Pool
+	txPooling      bool
+	maxMsg         int
+
+	cancelPID uint32
+	cancelKey [4]byte
+
+	// mu guards the attachment state below. clientToServer and serverToClient both hold it only
+	// for short, non-blocking sections (except cancelRunningQuery, which is rare).
+	mu sync.Mutex
+	// server is the attached server connection; nil between transactions in transaction mode.
+	// Whoever sets it to nil owns the connection and must release or destroy it.
+	server *pool.Conn
+	// pending counts requests (Query, Sync, FunctionCall) sent to server whose ReadyForQuery has
+	// not come back yet.
+	pending int
+	// unsynced is set while extended-protocol messages have been sent without a Sync after them.
+	unsynced bool
+	// writing is set while clientToServer writes to server outside the lock, so that the server
+	// is not released in the middle of that write.
+	writing bool
+	// txStatus is the status of the last ReadyForQuery from server.
+	txStatus byte
+	// closing is set once the client is gone; serverToClient then stops quietly.
+	closing bool
+	// loopDone is closed when the current serverToClient goroutine has returned.
+	loopDone chan struct{}
+	// loopErr is why the last serverToClient goroutine stopped while still attached (nil after
+	// a clean release). A non-nil loopErr means the attached server is in an unknown state.
+	loopErr error
+
+	// wmu serialises writes to the client.
+	wmu sync.Mutex
+}
+
+// loginTimeout bounds the startup and authentication of a client when the config says nothing.
+const defaultLoginTimeout = time.Minute
+
+func (s *session) run() {
+	defer s.srv.removeSession(s)
+	defer s.cancel()
+	defer s.conn.Close()
+	s.srv.metrics.clientConnected()
+	defer s.srv.metrics.clientDisconnected()
+
+	ok, err := s.startup()
+	if err != nil {
+		s.logEnd("login failed", err)
+		return
+	}
+	if !ok {
+		return
+	}
+	defer s.srv.unregisterCancelKey(s)
+	defer s.srv.clients.Add(-1)
+
+	err = s.clientToServer()
+	s.finish(err)
+}
+
+// logEnd logs why a session ended: hang-ups at debug, everything else at info, once.
+func (s *session) logEnd(msg string, err error) {
+	if err == nil || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, errTerminate) {
+		s.log.Debug("client disconnected", "reason", errString(err))
+		return
+	}
+	s.log.Info(msg, "err", err)
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "eof"
+	}
+	return err.Error()
+}
+
+var errTerminate = errors.New("client sent Terminate")
+
+// startup runs the startup phase: encryption negotiation, cancel requests, authentication and
+// the initial server parameters. ok reports whether the client is logged in.
+func (s *session) startup() (ok bool, err error) {
+	timeout := s.srv.cfg.ClientLoginTimeout
+	if timeout <= 0 {
+		timeout = defaultLoginTimeout
+	}
+	_ = s.conn.SetDeadline(time.Now().Add(timeout))
+	var st *startup
+	for tries := 0; ; tries++ {
+		st, err = readStartup(s.conn)
+		if err != nil {
+			s.sendStartupError(err)
+			return false, err
+		}
+		switch st.code {
+		case codeSSLRequest:
+			if tries > 1 {
+				return false, protocolErrorf("repeated encryption requests")
+			}
+			if s.srv.tls == nil {
+				if _, err := s.conn.Write([]byte{'N'}); err != nil {
+					return false, fmt.Errorf("answer SSLRequest: %w", err)
+				}
+				continue
+			}
+			if _, isTLS := s.conn.(*tls.Conn); isTLS {
+				return false, protocolErrorf("SSLRequest inside TLS")
+			}
+			if _, err := s.conn.Write([]byte{'S'}); err != nil {
+				return false, fmt.Errorf("answer SSLRequest: %w", err)
+			}
+			tc := tls.Server(s.conn, s.srv.tls)
+			if err := tc.HandshakeContext(s.ctx); err != nil {
+				return false, fmt.Errorf("tls handshake: %w", err)
+			}
+			s.conn = tc
+			continue
+		case codeGSSENCRequest:
+			if tries > 1 {
+				return false, protocolErrorf("repeated encryption requests")
+			}
+			if _, err := s.conn.Write([]byte{'N'}); err != nil {
+				return false, fmt.Errorf("answer GSSENCRequest: %w", err)
+			}
+			continue
+		case codeCancelRequest:
+			ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+			s.srv.cancelQuery(ctx, st.cancelPID, st.cancelKey)
+			cancel()
+			return false, nil
+		}
+		break
+	}
+
+	if n := s.srv.clients.Add(1); n > int64(s.srv.cfg.MaxClientConn) {
+		s.srv.clients.Add(-1)
+		err := &startupError{code: codeTooManyConnections, msg: fmt.Sprintf("sorry, too many clients already (max_client_conn=%d)", s.srv.cfg.MaxClientConn)}
+		s.sendStartupError(err)
+		return false, err
+	}
+	loggedIn := false
+	defer func() {
+		if !loggedIn {
+			s.srv.clients.Add(-1)
+		}
+	}()
+
+	s.user = st.get("user")
+	s.database = st.get("database")
+	if s.database == "" {
+		s.database = s.user
+	}
+	s.log = s.log.With("user", s.user, "database", s.database)
+
+	method, err := auth.ParseMethod(s.srv.cfg.AuthType)
+	if err != nil {
+		return false, err
+	}
+	if method == auth.Trust && !s.loopback && !s.srv.cfg.AuthTrustRemote {
+		err := &startupError{code: codeInvalidAuthSpec, msg: "pgsidecar: trust authentication is only allowed on loopback listeners (set auth_trust_remote to force it)"}
+		s.sendStartupError(err)
+		return false, err
+	}
+	secret, found := s.srv.cfg.UserSecret(s.user)
+	if err := auth.Authenticate(s.conn, method, s.user, secret, found); err != nil {
+		s.sendStartupError(err)
+		return false, fmt.Errorf("authenticate %q: %w", s.user, err)
+	}
+
+	if err := s.bindPool(); err != nil {
+		s.sendStartupError(err)
+		return false, err
+	}
+	params, err := s.pool.ServerParams(s.ctx)
+	if err != nil {
+		s.sendStartupError(err)
+		return false, err
+	}
+	if len(st.unknownOptions) > 0 || st.code&0xffff > 0 {
+		// We speak 3.0 and no protocol options; a newer client downgrades on this reply.
+		if err := s.writeMsg(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: st.unknownOptions}); err != nil {
+			return false, err
+		}
+	}
+	s.srv.registerCancelKey(s)
+	if err := s.sendWelcome(params); err != nil {
+		s.srv.unregisterCancelKey(s)
+		return false, fmt.Errorf("send login response: %w", err)
+	}
+	_ = s.conn.SetDeadline(time.Time{})
+	loggedIn = true
+	s.log.Debug("client logged in")
+	return true, nil
+}
+
+// bindPool resolves the client's route and finds or creates its pool.
+func (s *session) bindPool() error {
+	up, err := s.srv.cfg.Resolve(s.database, s.user)
+	if err != nil {
+		return &startupError{code: codeInvalidCatalog, msg: fmt.Sprintf("pgsidecar: no upstream for database %q and user %q: %v", s.database, s.user, err)}
+	}
+	s.txPooling = up.PoolMode != "session"
+	s.maxMsg = s.srv.cfg.MaxMessageSize
+	if p, ok := s.srv.pools.Lookup(up.Key); ok {
+		s.pool = p
+		return nil
+	}
+	cc, err := pgconn.ParseConfig(up.ConnString)
+	if err != nil {
+		return &startupError{code: codeConnectionFailure, msg: fmt.Sprintf("pgsidecar: invalid upstream connection string for %s: %v", up.Key, redactedParseError(err))}
+	}
+	s.pool = s.srv.pools.Get(pool.Config{
+		Key:            up.Key,
+		Database:       up.Database,
+		User:           up.User,
+		ConnConfig:     cc,
+		Size:           up.PoolSize,
+		MinSize:        up.MinPoolSize,
+		IdleTimeout:    s.srv.cfg.ServerIdleTimeout,
+		Lifetime:       s.srv.cfg.ServerLifetime,
+		ConnectTimeout: s.srv.cfg.ConnectTimeout,
+	})
+	if s.pool == nil {
+		return &startupError{code: codeAdminShutdown, msg: "pgsidecar is shutting down"}
+	}
+	return nil
+}
+
+// redactedParseError drops pgconn's copy of the connection string, which holds the password.
+func redactedParseError(err error) string {
+	var pe *pgconn.ParseConfigError
+	if errors.As(err, &pe) {
+		if pe.Unwrap() != nil {
+			return pe.Unwrap().Error()
+		}
+		return "cannot parse"
+	}
+	return "cannot parse"
+}
+
+func (s *session) sendWelcome(params map[string]string) error {
+	buf, _ := (&pgproto3.AuthenticationOk{}).Encode(nil)
+	names := make([]string, 0, len(params))
+	for k := range params {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		buf, _ = (&pgproto3.ParameterStatus{Name: k, Value: params[k]}).Encode(buf)
+	}
+	buf, _ = (&pgproto3.BackendKeyData{ProcessID: s.cancelPID, SecretKey: s.cancelKey[:]}).Encode(buf)
+	buf, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(buf)
+	_, err := s.conn.Write(buf)
+	return err
+}
+
+func (s *session) writeMsg(m pgproto3.BackendMessage) error {
+	buf, err := m.Encode(nil)
+	if err != nil {
+		return err
+	}
+	_, err = s.conn.Write(buf)
+	return err
+}
+
+// sendStartupError tells the client why it is refused, if the error is one a client should see.
+func (s *session) sendStartupError(err error) {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, net.ErrClosed) {
+		return
+	}
+	s.sendError(clientError(err))
+}
+
+// sendError writes an ErrorResponse, bounded in time so a client that does not read cannot
+// block the session's cleanup.
+func (s *session) sendError(e *pgconn.PgError) {
+	buf := appendErrorResponse(nil, e)
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	_ = s.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, _ = s.conn.Write(buf)
+	_ = s.conn.SetWriteDeadline(time.Time{})
+}
+
+// cancelRunningQuery forwards a cancel to the attached server, if any. The session lock is held
+// meanwhile so that the server cannot move to another client before the cancel is delivered.
+func (s *session) cancelRunningQuery(ctx context.Context) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.server == nil || s.pending == 0 && !s.unsynced {
+		return
+	}
+	if err := s.server.CancelRequest(ctx); err != nil {
+		s.log.Info("forward cancel request", "err", err)
+	}
+}
+
+// shutdownIfIdle tells an idle transaction-mode client that the proxy is going away and closes
+// it; busy clients finish their transaction first.
+func (s *session) shutdownIfIdle() {
+	s.mu.Lock()
+	idle := s.server == nil && s.txPooling && s.pool != nil
+	s.mu.Unlock()
+	if !idle {
+		return
+	}
+	s.sendError(&pgconn.PgError{Severity: "FATAL", Code: codeAdminShutdown, Message: "terminating connection due to administrator command (pgsidecar is shutting down)"})
+	_ = s.conn.Close()
+}
