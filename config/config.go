@@ -186,35 +186,35 @@ func (c *Config) UserSecret(name string) (secret string, ok bool) {
 // printed is the YAML shape of Config used by Print; keys match the config
 // file keys.
 type printed struct {
-	Profile                string        `yaml:"profile"`
-	Listen                 []string      `yaml:"listen"`
-	HTTPListen             string        `yaml:"http_listen"`
-	DatabaseURL            string        `yaml:"database_url"`
-	PoolMode               string        `yaml:"pool_mode"`
-	PoolSize               int           `yaml:"pool_size"`
-	MinPoolSize            int           `yaml:"min_pool_size"`
-	MaxClientConn          int           `yaml:"max_client_conn"`
-	QueryWaitTimeout       string        `yaml:"query_wait_timeout"`
-	ServerIdleTimeout      string        `yaml:"server_idle_timeout"`
-	ServerLifetime         string        `yaml:"server_lifetime"`
-	ServerCheckDelay       string        `yaml:"server_check_delay"`
-	ServerResetQuery       string        `yaml:"server_reset_query"`
-	ConnectTimeout         string        `yaml:"connect_timeout"`
-	QueryTimeout           string        `yaml:"query_timeout"`
-	Retries                int           `yaml:"retries"`
-	RetryDelay             string        `yaml:"retry_delay"`
-	IdleTransactionTimeout string        `yaml:"idle_transaction_timeout"`
-	ClientIdleTimeout      string        `yaml:"client_idle_timeout"`
-	ClientLoginTimeout     string        `yaml:"client_login_timeout"`
-	MaxMessageSize         int           `yaml:"max_message_size"`
-	MaxPreparedStatements  int           `yaml:"max_prepared_statements"`
-	AuthType               string        `yaml:"auth_type"`
-	AuthTrustRemote        bool          `yaml:"auth_trust_remote"`
-	Users                  []printedUser `yaml:"users"`
+	Profile                string         `yaml:"profile"`
+	Listen                 []string       `yaml:"listen"`
+	HTTPListen             string         `yaml:"http_listen"`
+	DatabaseURL            string         `yaml:"database_url"`
+	PoolMode               string         `yaml:"pool_mode"`
+	PoolSize               int            `yaml:"pool_size"`
+	MinPoolSize            int            `yaml:"min_pool_size"`
+	MaxClientConn          int            `yaml:"max_client_conn"`
+	QueryWaitTimeout       string         `yaml:"query_wait_timeout"`
+	ServerIdleTimeout      string         `yaml:"server_idle_timeout"`
+	ServerLifetime         string         `yaml:"server_lifetime"`
+	ServerCheckDelay       string         `yaml:"server_check_delay"`
+	ServerResetQuery       string         `yaml:"server_reset_query"`
+	ConnectTimeout         string         `yaml:"connect_timeout"`
+	QueryTimeout           string         `yaml:"query_timeout"`
+	Retries                int            `yaml:"retries"`
+	RetryDelay             string         `yaml:"retry_delay"`
+	IdleTransactionTimeout string         `yaml:"idle_transaction_timeout"`
+	ClientIdleTimeout      string         `yaml:"client_idle_timeout"`
+	ClientLoginTimeout     string         `yaml:"client_login_timeout"`
+	MaxMessageSize         int            `yaml:"max_message_size"`
+	MaxPreparedStatements  int            `yaml:"max_prepared_statements"`
+	AuthType               string         `yaml:"auth_type"`
+	AuthTrustRemote        bool           `yaml:"auth_trust_remote"`
+	Users                  []printedUser  `yaml:"users"`
 	Routes                 []printedRoute `yaml:"routes"`
-	TLS                    printedTLS    `yaml:"tls"`
-	LogLevel               string        `yaml:"log_level"`
-	LogFormat              string        `yaml:"log_format"`
+	TLS                    printedTLS     `yaml:"tls"`
+	LogLevel               string         `yaml:"log_level"`
+	LogFormat              string         `yaml:"log_format"`
 }
 
 type printedUser struct {

@@ -91,14 +91,22 @@ func (s *session) clientToServer() error {
 	}
 }
 
-// forwardClient scans the buffered client bytes, forwards every complete message and the
-// available part of a streamed one, and keeps an incomplete header for the next read.
-func (s *session) forwardClient(f *frameReader) error {
-	start := f.r
-	requests := 0
-	unsynced := -1 // -1: unchanged, 0: cleared by Sync, 1: set by an extended-protocol message
-	terminate := false
-	for f.r < f.w && !terminate {
+// clientBatch summarises the client messages found by one scan.
+type clientBatch struct {
+	// requests counts messages that each end in one ReadyForQuery (Query, Sync, FunctionCall).
+	requests int
+	// unsynced is -1 when unchanged, 0 when a Sync ends the batch's extended-protocol
+	// messages, 1 when extended-protocol messages follow the last Sync.
+	unsynced int
+	// terminate is set when the client sent Terminate; the scan stops before it.
+	terminate bool
+}
+
+// scanClient advances f over the buffered client messages, validating each header, and stops at
+// an incomplete header or at Terminate. Bodies stream: a message may be only partly buffered.
+func scanClient(f *frameReader, maxMsg int) (clientBatch, error) {
+	b := clientBatch{unsynced: -1}
+	for f.r < f.w {
 		if f.remaining > 0 {
 			k := min(f.remaining, f.w-f.r)
 			f.r += k
@@ -109,37 +117,46 @@ func (s *session) forwardClient(f *frameReader) error {
 		if !ok {
 			break
 		}
-		if length < 4 || length-4 > s.maxMsg {
-			return protocolErrorf("invalid message length %d for message type %q", length, typ)
+		if length < 4 || length-4 > maxMsg {
+			return b, protocolErrorf("invalid message length %d for message type %q", length, typ)
 		}
 		switch typ {
 		case 'Q', 'F':
-			requests++
+			b.requests++
 		case 'S':
-			requests++
-			unsynced = 0
+			b.requests++
+			b.unsynced = 0
 		case 'P', 'B', 'E', 'D', 'C', 'H':
-			unsynced = 1
+			b.unsynced = 1
 		case 'd', 'c', 'f':
 		case 'X':
-			terminate = true
-			// Terminate is the proxy's business: the server stays for the next client.
-			if f.r > start {
-				if err := s.sendToServer(f.buf[start:f.r], requests, unsynced); err != nil {
-					return err
-				}
-			}
-			return errTerminate
+			b.terminate = true
+			return b, nil
 		default:
-			return protocolErrorf("invalid frontend message type %d", typ)
+			return b, protocolErrorf("invalid frontend message type %d", typ)
 		}
 		f.r += 5
 		f.remaining = length - 4
 	}
+	return b, nil
+}
+
+// forwardClient forwards every complete buffered client message and the available part of a
+// streamed one, and keeps an incomplete header for the next read.
+func (s *session) forwardClient(f *frameReader) error {
+	start := f.r
+	b, err := scanClient(f, s.maxMsg)
+	if err != nil {
+		return err
+	}
 	if f.r > start {
-		if err := s.sendToServer(f.buf[start:f.r], requests, unsynced); err != nil {
+		if err := s.sendToServer(f.buf[start:f.r], b.requests, b.unsynced); err != nil {
 			return err
 		}
+	}
+	if b.terminate {
+		// Terminate is the proxy's business: the server stays for the next client.
+		return errTerminate
 	}
 	f.compact()
 	return nil
@@ -194,7 +211,7 @@ func (s *session) attach() error {
 		if errors.Is(err, errQueryWaitTimeout) {
 			return &startupError{code: codeConnectionFailure, msg: fmt.Sprintf("pgsidecar: no server connection became free within query_wait_timeout (%s)", wait)}
 		}
-		return err
+		return &upstreamError{err: err}
 	}
 	done := make(chan struct{})
 	s.mu.Lock()
@@ -210,6 +227,12 @@ func (s *session) attach() error {
 }
 
 var errQueryWaitTimeout = errors.New("query_wait_timeout")
+
+// upstreamError is a failure to get a server connection; the client is shown it.
+type upstreamError struct{ err error }
+
+func (e *upstreamError) Error() string { return e.err.Error() }
+func (e *upstreamError) Unwrap() error { return e.err }
 
 // serverToClient relays srv's output to the client until the server can go back to the pool
 // (transaction mode, ReadyForQuery idle with nothing in flight), the client leaves, or either
@@ -330,28 +353,30 @@ func (s *session) loopFailed(err error, tellClient, atBoundary bool) {
 // finish ends the session: it stops serverToClient and returns the attached server to the pool
 // when its state is known to be clean (rolling back an open transaction first), or closes it.
 func (s *session) finish(cause error) {
-	var pe *protocolError
-	if errors.As(cause, &pe) {
-		s.sendError(clientError(cause))
-	}
-	var se *startupError
-	if errors.As(cause, &se) {
-		s.sendError(clientError(cause))
-	}
 	s.logEnd("client session ended", cause)
-
 	s.mu.Lock()
 	s.closing = true
 	srv, done := s.server, s.loopDone
 	s.mu.Unlock()
+	if srv != nil {
+		// Wake serverToClient: it sees closing and returns without touching the server.
+		_ = srv.SetReadDeadline(time.Now())
+		_ = s.conn.SetWriteDeadline(time.Now())
+		if done != nil {
+			<-done
+		}
+	}
+	// The client is told about its own protocol errors and about refusals (such as
+	// query_wait_timeout), once nothing else writes to it.
+	var pe *protocolError
+	var se *startupError
+	var ue *upstreamError
+	if errors.As(cause, &pe) || errors.As(cause, &se) || errors.As(cause, &ue) {
+		_ = s.conn.SetWriteDeadline(time.Time{})
+		s.sendError(clientError(cause))
+	}
 	if srv == nil {
 		return
-	}
-	// Wake serverToClient: it sees closing and returns without touching the server.
-	_ = srv.SetReadDeadline(time.Now())
-	_ = s.conn.SetWriteDeadline(time.Now())
-	if done != nil {
-		<-done
 	}
 	s.mu.Lock()
 	srv = s.server

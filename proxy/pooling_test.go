@@ -1,0 +1,235 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgsidecar/pgsidecar/config"
+)
+
+func TestSimpleQueryThroughProxy(t *testing.T) {
+	c := cluster(t)
+	p := startProxy(t, c, nil)
+	conn := p.connect(t, pgx.QueryExecModeSimpleProtocol)
+	var n int
+	var user string
+	if err := conn.QueryRow(testCtx(t), "select 41 + 1, current_user").Scan(&n, &user); err != nil {
+		t.Fatal(err)
+	}
+	if n != 42 || user != "postgres" {
+		t.Fatalf("got %d %q, want 42 postgres", n, user)
+	}
+}
+
+// TestManyClientsFewServers runs 200 clients over a pool of 10 in transaction mode; each
+// inserts rows tagged with its own id inside explicit transactions and checks that it sees
+// exactly its own rows, while a watcher checks the upstream never has more than 10 backends
+// from the proxy.
+func TestManyClientsFewServers(t *testing.T) {
+	c := cluster(t)
+	const clients, poolSize, txPerClient = 200, 10, 5
+	app := "pooltest_many"
+	p := startProxy(t, c, func(cfg *config.Config) {
+		cfg.PoolSize = poolSize
+		cfg.DatabaseURL = c.DSN("postgres") + "&application_name=" + app
+	})
+	ctx := testCtx(t)
+	admin := direct(t, c)
+	if _, err := admin.Exec(ctx, `drop table if exists many_clients; create table many_clients (client int, n int)`); err != nil {
+		t.Fatal(err)
+	}
+
+	var maxBackends atomic.Int64
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		for watchCtx.Err() == nil {
+			var n int64
+			if err := admin.QueryRow(watchCtx, `select count(*) from pg_stat_activity where application_name = $1`, app).Scan(&n); err == nil {
+				if n > maxBackends.Load() {
+					maxBackends.Store(n)
+				}
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	for i := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- runClient(ctx, p.dsn("postgres", "postgres"), i, txPerClient)
+		}()
+	}
+	wg.Wait()
+	stopWatch()
+	<-watchDone
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if m := maxBackends.Load(); m > poolSize || m == 0 {
+		t.Errorf("upstream backends seen: max %d, want 1..%d", m, poolSize)
+	}
+	var rows int
+	if err := admin.QueryRow(ctx, `select count(*) from many_clients`).Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if rows != clients*txPerClient*2 {
+		t.Errorf("rows = %d, want %d", rows, clients*txPerClient*2)
+	}
+}
+
+func runClient(ctx context.Context, dsn string, id, txs int) error {
+	// Alternate protocols across clients: both must pool correctly.
+	cc, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return err
+	}
+	if id%2 == 0 {
+		cc.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
+	} else {
+		cc.DefaultQueryExecMode = pgx.QueryExecModeExec
+	}
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return fmt.Errorf("client %d connect: %w", id, err)
+	}
+	defer conn.Close(context.Background())
+	for tx := range txs {
+		err := pgx.BeginFunc(ctx, conn, func(tx2 pgx.Tx) error {
+			if _, err := tx2.Exec(ctx, `insert into many_clients values ($1, $2), ($1, $2 + 1000)`, id, tx); err != nil {
+				return err
+			}
+			var n, sum int
+			if err := tx2.QueryRow(ctx, `select count(*), coalesce(sum(n), 0) from many_clients where client = $1`, id).Scan(&n, &sum); err != nil {
+				return err
+			}
+			// Rows of earlier transactions plus this one's two: 2*(tx+1) rows.
+			wantSum := 0
+			for k := 0; k <= tx; k++ {
+				wantSum += 2*k + 1000
+			}
+			if n != 2*(tx+1) || sum != wantSum {
+				return fmt.Errorf("client %d tx %d sees %d rows sum %d, want %d rows sum %d", id, tx, n, sum, 2*(tx+1), wantSum)
+			}
+			var txid1, txid2 int64
+			if err := tx2.QueryRow(ctx, `select txid_current()`).Scan(&txid1); err != nil {
+				return err
+			}
+			if err := tx2.QueryRow(ctx, `select txid_current()`).Scan(&txid2); err != nil {
+				return err
+			}
+			if txid1 != txid2 {
+				return fmt.Errorf("client %d: transaction moved servers: txid %d then %d", id, txid1, txid2)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("client %d tx %d: %w", id, tx, err)
+		}
+	}
+	return nil
+}
+
+// TestDisconnectMidTransaction leaves transactions open (and a statement half-sent) by dropping
+// clients, then checks the servers they used carry nothing over to the next clients.
+func TestDisconnectMidTransaction(t *testing.T) {
+	c := cluster(t)
+	p := startProxy(t, c, func(cfg *config.Config) { cfg.PoolSize = 2 })
+	ctx := testCtx(t)
+	admin := direct(t, c)
+	if _, err := admin.Exec(ctx, `drop table if exists midtx; create table midtx (v int)`); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 6 {
+		conn := p.connect(t, pgx.QueryExecModeSimpleProtocol)
+		if _, err := conn.Exec(ctx, `begin; insert into midtx values (1); set local statement_timeout = '1ms'`); err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 1 {
+			// Leave the transaction aborted rather than open.
+			_, _ = conn.Exec(ctx, `select 1/0`)
+		}
+		// Drop the TCP connection without Terminate.
+		_ = conn.PgConn().Conn().Close()
+	}
+	// The next clients get the same two servers.
+	for range 4 {
+		conn := p.connect(t, pgx.QueryExecModeSimpleProtocol)
+		var status string
+		if err := conn.QueryRow(ctx, `select count(*)::text from midtx`).Scan(&status); err != nil {
+			t.Fatal(err)
+		}
+		if status != "0" {
+			t.Fatalf("rows from abandoned transactions visible: %s", status)
+		}
+		var inTx bool
+		if err := conn.QueryRow(ctx, `select now() = statement_timestamp()`).Scan(&inTx); err != nil {
+			t.Fatal(err)
+		}
+		if !inTx {
+			t.Fatal("server handed over inside a transaction")
+		}
+		var timeout string
+		if err := conn.QueryRow(ctx, `show statement_timeout`).Scan(&timeout); err != nil {
+			t.Fatal(err)
+		}
+		if timeout != "0" {
+			t.Fatalf("statement_timeout leaked: %s", timeout)
+		}
+	}
+	var open int
+	if err := admin.QueryRow(ctx, `select count(*) from pg_stat_activity where state like 'idle in transaction%'`).Scan(&open); err != nil {
+		t.Fatal(err)
+	}
+	if open != 0 {
+		t.Fatalf("%d upstream backends idle in transaction", open)
+	}
+}
+
+// TestQueryWaitTimeout holds the only server connection and checks that the next client gets a
+// clear error after query_wait_timeout, then that service resumes.
+func TestQueryWaitTimeout(t *testing.T) {
+	c := cluster(t)
+	p := startProxy(t, c, func(cfg *config.Config) {
+		cfg.PoolSize = 1
+		cfg.QueryWaitTimeout = 300 * time.Millisecond
+	})
+	ctx := testCtx(t)
+	holder := p.connect(t, pgx.QueryExecModeSimpleProtocol)
+	if _, err := holder.Exec(ctx, "begin"); err != nil {
+		t.Fatal(err)
+	}
+	waiter := p.connect(t, pgx.QueryExecModeSimpleProtocol)
+	start := time.Now()
+	_, err := waiter.Exec(ctx, "select 1")
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != codeConnectionFailure {
+		t.Fatalf("got %v, want SQLSTATE %s", err, codeConnectionFailure)
+	}
+	if el := time.Since(start); el < 300*time.Millisecond || el > 5*time.Second {
+		t.Errorf("error after %v, want about 300ms", el)
+	}
+	if _, err := holder.Exec(ctx, "commit"); err != nil {
+		t.Fatal(err)
+	}
+	again := p.connect(t, pgx.QueryExecModeSimpleProtocol)
+	var one int
+	if err := again.QueryRow(ctx, "select 1").Scan(&one); err != nil || one != 1 {
+		t.Fatalf("after the holder committed: %v %d", err, one)
+	}
+}
