@@ -58,7 +58,8 @@
 //	database_url              PGSIDECAR_DATABASE_URL, DATABASE_URL --database-url
 //	    default: "". The default upstream, as a postgres:// URL or a
 //	    keyword/value string; its user logs in with its password. "" means
-//	    no default upstream (cmd then starts a local cluster).
+//	    no default upstream (cmd then starts a local cluster). Prefer the
+//	    environment to the flag: a flag is visible in the process list.
 //	pool_mode                 PGSIDECAR_POOL_MODE                 --pool-mode
 //	    default: "transaction". "transaction" returns a server connection to
 //	    the pool after each transaction; "session" after the client leaves.

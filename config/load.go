@@ -83,7 +83,8 @@ var settings = []setting{
 }
 
 // fileOnlyKeys are list keys accepted in the file besides settings.
-var fileOnlyKeys = []string{"users", "routes"}
+// "tls" appears alone when the file has a bare "tls:".
+var fileOnlyKeys = []string{"users", "routes", "tls"}
 
 // NewFlagSet returns a flag set defining --config and one flag per setting
 // (--pool-mode, --tls-cert-file, ...). Flags have zero defaults: a flag only
@@ -114,7 +115,8 @@ func NewFlagSet(name string) *pflag.FlagSet {
 
 // Load parses args into fs (from NewFlagSet, possibly with more flags added
 // by the caller; nil means a new one) and returns the merged, validated
-// configuration. environ is the environment as os.Environ returns it; Load
+// configuration. A caller that parsed fs itself passes nil args. Parse a flag
+// set only once: pflag appends to a list flag given again. environ is the environment as os.Environ returns it; Load
 // reads no other environment, so tests can pass their own. When a variable
 // appears more than once, the last occurrence wins.
 //
@@ -126,8 +128,10 @@ func Load(fs *pflag.FlagSet, args []string, environ []string) (*Config, error) {
 	if fs == nil {
 		fs = NewFlagSet("pgsidecar")
 	}
-	if err := fs.Parse(args); err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+	if args != nil || !fs.Parsed() {
+		if err := fs.Parse(args); err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
 	}
 	env := envMap(environ)
 

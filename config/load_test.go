@@ -328,3 +328,29 @@ func TestFlagSetHasEveryKey(t *testing.T) {
 		}
 	}
 }
+
+func TestLoadPreParsedFlagSet(t *testing.T) {
+	fs := NewFlagSet("test")
+	fs.Bool("version", false, "cmd's own flag")
+	if err := fs.Parse([]string{"--version", "--listen=127.0.0.1:1,127.0.0.1:2"}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(fs, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(c.Listen, []string{"127.0.0.1:1", "127.0.0.1:2"}) {
+		t.Errorf("Listen = %q", c.Listen)
+	}
+}
+
+func TestBareTLSKey(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(path, []byte("tls:\nusers: []\nroutes:\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := mustLoad(t, []string{"--config", path}, nil)
+	if c.TLS != (TLS{}) || c.Users != nil || c.Routes != nil {
+		t.Errorf("got %v", c)
+	}
+}

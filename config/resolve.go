@@ -9,7 +9,7 @@ import (
 // of Config.Resolve.
 type Upstream struct {
 	// Key identifies the pool: the connection string with database and user
-	// applied and no password. It holds no secret and may be logged or used
+	// applied, no password and any sslpassword masked. It holds no secret and may be logged or used
 	// as a map key. Two pairs with the same Key share a pool.
 	Key string
 	// ConnString is the full connection string for pgconn.ParseConfig, with
@@ -115,6 +115,7 @@ func (c *Config) Resolve(database, user string) (Upstream, error) {
 		}
 	}
 	up.ConnString = d.withLogin(up.Database, up.User, password)
-	up.Key = d.withLogin(up.Database, up.User, "")
+	// RedactDSN masks an sslpassword left in the options.
+	up.Key = RedactDSN(d.withLogin(up.Database, up.User, ""))
 	return up, nil
 }

@@ -2,22 +2,11 @@ package config
 
 import (
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
-
-// isolatePGEnv keeps the libpq environment of the test process out of
-// pgconn.ParseConfig.
-func isolatePGEnv(t *testing.T) {
-	t.Helper()
-	for _, k := range []string{"PGPASSWORD", "PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGSSLMODE", "PGSERVICE", "PGAPPNAME", "PGTARGETSESSIONATTRS"} {
-		t.Setenv(k, "")
-	}
-	t.Setenv("PGPASSFILE", filepath.Join(t.TempDir(), "nonexistent"))
-}
 
 const testSCRAM = "SCRAM-SHA-256$4096:c2FsdA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBA="
 
@@ -41,7 +30,6 @@ func resolveConfig() Config {
 }
 
 func TestResolve(t *testing.T) {
-	isolatePGEnv(t)
 	c := resolveConfig()
 	if err := c.Validate(); err != nil {
 		t.Fatalf("test config invalid: %v", err)
@@ -147,7 +135,6 @@ func TestResolveKeyStable(t *testing.T) {
 }
 
 func TestResolveSpecialCharacters(t *testing.T) {
-	isolatePGEnv(t)
 	for _, base := range []string{"postgres://db.example.com:5432/x?sslmode=disable", "host=db.example.com port=5432 sslmode=disable"} {
 		c := Defaults(ProfileLocal)
 		c.DatabaseURL = base
@@ -197,5 +184,20 @@ func TestRouteMatching(t *testing.T) {
 	}
 	if _, ok := (&Config{Routes: []Route{{Database: "a"}}}).Route("b", "u"); ok {
 		t.Error("Route matched a different database")
+	}
+}
+
+func TestResolveKeyMasksSSLPassword(t *testing.T) {
+	c := Defaults(ProfileLocal)
+	c.DatabaseURL = "host=db.example.com sslpassword=keypass user=admin password=adminpw"
+	up, err := c.Resolve("app", "admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(up.Key, "keypass") || strings.Contains(up.Key, "adminpw") {
+		t.Errorf("Key leaks a secret: %s", up.Key)
+	}
+	if !strings.Contains(up.ConnString, "sslpassword=keypass") || !strings.Contains(up.ConnString, "password=adminpw") {
+		t.Errorf("ConnString lost options: %s", RedactDSN(up.ConnString))
 	}
 }

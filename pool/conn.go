@@ -8,6 +8,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgsidecar/pgsidecar/internal/rawio"
 )
 
 // Conn is one upstream server connection, authenticated and then hijacked from pgconn so that
@@ -35,6 +37,24 @@ type Conn struct {
 	// buf is the read buffer used by the proxy's relay; it lives as long as the connection so
 	// that a busy server connection never allocates per transaction.
 	buf []byte
+	// raw does the relay's socket I/O on plain TCP connections; nil for TLS.
+	raw *rawio.Conn
+}
+
+// Read reads from the server for the relay. Only the connection's holder may call it.
+func (c *Conn) Read(p []byte) (int, error) {
+	if c.raw != nil {
+		return c.raw.Read(p)
+	}
+	return c.Conn.Read(p)
+}
+
+// Write writes to the server for the relay. Only the connection's holder may call it.
+func (c *Conn) Write(p []byte) (int, error) {
+	if c.raw != nil {
+		return c.raw.Write(p)
+	}
+	return c.Conn.Write(p)
 }
 
 // ReadBuffer returns the connection's relay read buffer, allocating it on first use.

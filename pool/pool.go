@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgsidecar/pgsidecar/internal/rawio"
 )
 
 // ErrClosed is returned by Acquire once the pool has been closed.
@@ -209,6 +211,7 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 		SecretKey: hc.SecretKey,
 		Params:    hc.ParameterStatuses,
 		hijacked:  hc,
+		raw:       rawio.New(hc.Conn),
 		pool:      p,
 		created:   now,
 		lastUsed:  now,

@@ -78,7 +78,7 @@ func (s *session) clientToServer() error {
 			n := copy(*large, f.buf[f.r:f.w])
 			f.buf, f.r, f.w = *large, 0, n
 		}
-		n, err := s.conn.Read(f.buf[f.w:])
+		n, err := s.cio.Read(f.buf[f.w:])
 		f.w += n
 		if n > 0 {
 			if ferr := s.forwardClient(&f); ferr != nil {
@@ -325,7 +325,7 @@ func (s *session) readyForQuery(n int, status byte, clean bool) (release bool) {
 
 func (s *session) writeClient(b []byte) error {
 	s.wmu.Lock()
-	_, err := s.conn.Write(b)
+	_, err := s.cio.Write(b)
 	s.wmu.Unlock()
 	return err
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/pgsidecar/pgsidecar/internal/rawio"
 	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/pgsidecar/pgsidecar/proxy/auth"
 )
@@ -25,9 +26,11 @@ import (
 // goroutine owns that server's reads and is the only writer to the client, except for the
 // errors clientToServer sends when no server is attached.
 type session struct {
-	srv      *Server
-	id       uint64
-	conn     net.Conn
+	srv  *Server
+	id   uint64
+	conn net.Conn
+	// cio does the relay's I/O on conn (raw socket calls when conn is plain TCP).
+	cio      io.ReadWriter
 	loopback bool
 	log      *slog.Logger
 	ctx      context.Context
@@ -223,6 +226,10 @@ func (s *session) startup() (ok bool, err error) {
 		return false, fmt.Errorf("send login response: %w", err)
 	}
 	_ = s.conn.SetDeadline(time.Time{})
+	s.cio = s.conn
+	if raw := rawio.New(s.conn); raw != nil {
+		s.cio = raw
+	}
 	loggedIn = true
 	s.log.Debug("client logged in")
 	return true, nil
