@@ -62,6 +62,7 @@ type Config struct {
 	ClientLoginTimeout     time.Duration
 	MaxMessageSize         int
 	MaxPreparedStatements  int
+	MaxProcs               int
 	AuthType               string
 	AuthTrustRemote        bool
 	Users                  []User
@@ -149,6 +150,7 @@ func Defaults(profile string) Config {
 		ClientLoginTimeout:     60 * time.Second,
 		MaxMessageSize:         1 << 30,
 		MaxPreparedStatements:  200,
+		MaxProcs:               1,
 		AuthType:               AuthTrust,
 		LogLevel:               "info",
 		LogFormat:              "text",
@@ -208,6 +210,7 @@ type printed struct {
 	ClientLoginTimeout     string         `yaml:"client_login_timeout"`
 	MaxMessageSize         int            `yaml:"max_message_size"`
 	MaxPreparedStatements  int            `yaml:"max_prepared_statements"`
+	MaxProcs               int            `yaml:"max_procs"`
 	AuthType               string         `yaml:"auth_type"`
 	AuthTrustRemote        bool           `yaml:"auth_trust_remote"`
 	Users                  []printedUser  `yaml:"users"`
@@ -270,6 +273,7 @@ func (c *Config) printable() printed {
 		ClientLoginTimeout:     d(c.ClientLoginTimeout),
 		MaxMessageSize:         c.MaxMessageSize,
 		MaxPreparedStatements:  c.MaxPreparedStatements,
+		MaxProcs:               c.MaxProcs,
 		AuthType:               c.AuthType,
 		AuthTrustRemote:        c.AuthTrustRemote,
 		TLS:                    printedTLS{CertFile: c.TLS.CertFile, KeyFile: c.TLS.KeyFile},

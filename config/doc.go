@@ -114,6 +114,12 @@
 //	max_prepared_statements   PGSIDECAR_MAX_PREPARED_STATEMENTS   --max-prepared-statements
 //	    default: 200. Prepared statements kept per server connection. 0
 //	    disables prepared-statement tracking.
+//	max_procs                 PGSIDECAR_MAX_PROCS                 --max-procs
+//	    default: 1. Threads executing Go code at once (GOMAXPROCS). Like
+//	    PgBouncer's single thread, one is the cheapest in CPU per
+//	    transaction: relaying is system-call bound, and more threads add
+//	    cross-thread wake-ups. Raise it when one core saturates (many TLS
+//	    clients). 0 = Go's default: the CPU count or the container's limit.
 //	auth_type                 PGSIDECAR_AUTH_TYPE                 --auth-type
 //	    default: "trust". Client authentication: "trust", "md5" or
 //	    "scram-sha-256". With md5 or scram-sha-256 and no users, nobody can

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"strings"
 	"time"
 
@@ -53,6 +54,9 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer, 
 		return exitBadUsage
 	}
 	logger := newLogger(cfg, stderr)
+	if cfg.MaxProcs > 0 {
+		runtime.GOMAXPROCS(cfg.MaxProcs)
+	}
 	if err := serve(ctx, cfg, logger, stdout, started); err != nil {
 		logger.Error("pgsidecar stopped", "err", err)
 		return exitFailure
