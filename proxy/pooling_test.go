@@ -233,3 +233,76 @@ func TestQueryWaitTimeout(t *testing.T) {
 		t.Fatalf("after the holder committed: %v %d", err, one)
 	}
 }
+
+// TestSessionModeReset checks that session mode gives a client one server for its whole
+// session and that server_reset_query wipes what it left before the next client gets it.
+func TestSessionModeReset(t *testing.T) {
+	c := cluster(t)
+	p := startProxy(t, c, func(cfg *config.Config) {
+		cfg.PoolMode = config.PoolModeSession
+		cfg.PoolSize = 1
+	})
+	ctx := testCtx(t)
+	first := p.connect(t, pgx.QueryExecModeSimpleProtocol)
+	var pid1, pid2 int
+	if err := first.QueryRow(ctx, "select pg_backend_pid()").Scan(&pid1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := first.Exec(ctx, "set search_path = pg_catalog; create temp table scratch (v int); prepare q as select 1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.QueryRow(ctx, "select pg_backend_pid()").Scan(&pid2); err != nil {
+		t.Fatal(err)
+	}
+	if pid1 != pid2 {
+		t.Fatalf("session moved servers: %d then %d", pid1, pid2)
+	}
+	if err := first.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	second := p.connect(t, pgx.QueryExecModeSimpleProtocol)
+	var pid3 int
+	var path string
+	var temps, prepared int
+	err := second.QueryRow(ctx, `select pg_backend_pid(), current_setting('search_path'),
+		(select count(*) from pg_class where relpersistence = 't'), (select count(*) from pg_prepared_statements)`).Scan(&pid3, &path, &temps, &prepared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pid3 != pid1 {
+		t.Fatalf("pool of one gave a different server: %d, want %d", pid3, pid1)
+	}
+	if path != `"$user", public` || temps != 0 || prepared != 0 {
+		t.Fatalf("state leaked to the next client: search_path=%q temp tables=%d prepared=%d", path, temps, prepared)
+	}
+}
+
+// TestRouteMapping maps a client-side database and user onto other upstream names.
+func TestRouteMapping(t *testing.T) {
+	c := cluster(t)
+	ctx := testCtx(t)
+	admin := direct(t, c)
+	if _, err := admin.Exec(ctx, `drop role if exists route_owner; create role route_owner login`); err != nil {
+		t.Fatal(err)
+	}
+	p := startProxy(t, c, func(cfg *config.Config) {
+		cfg.Routes = []config.Route{{Database: "appdb", User: "*", UpstreamDatabase: "postgres", UpstreamUser: "route_owner", PoolSize: 2}}
+	})
+	conn, err := pgx.Connect(ctx, p.dsn("appdb", "someone"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var db, user string
+	if err := conn.QueryRow(ctx, "select current_database(), current_user").Scan(&db, &user); err != nil {
+		t.Fatal(err)
+	}
+	if db != "postgres" || user != "route_owner" {
+		t.Fatalf("routed to %s/%s, want postgres/route_owner", db, user)
+	}
+	stats := p.pools.Stats()
+	if len(stats) != 1 || stats[0].Size != 2 || stats[0].Database != "postgres" || stats[0].User != "route_owner" {
+		t.Fatalf("pool stats %+v, want one pool of size 2 for postgres/route_owner", stats)
+	}
+}

@@ -146,13 +146,15 @@ func scanClient(f *frameReader, maxMsg int) (clientBatch, error) {
 func (s *session) forwardClient(f *frameReader) error {
 	start := f.r
 	b, err := scanClient(f, s.maxMsg)
+	if f.r > start {
+		// Messages before a bad one run, as they would on PostgreSQL (a COMMIT among them
+		// must not be lost); finish lets their results reach the client before the error.
+		if serr := s.sendToServer(f.buf[start:f.r], b.requests, b.unsynced, f.remaining > 0); serr != nil {
+			return serr
+		}
+	}
 	if err != nil {
 		return err
-	}
-	if f.r > start {
-		if err := s.sendToServer(f.buf[start:f.r], b.requests, b.unsynced); err != nil {
-			return err
-		}
 	}
 	if b.terminate {
 		// Terminate is the proxy's business: the server stays for the next client.
@@ -163,10 +165,17 @@ func (s *session) forwardClient(f *frameReader) error {
 }
 
 // sendToServer writes client bytes to the attached server, attaching one first if needed.
-func (s *session) sendToServer(b []byte, requests, unsynced int) error {
+// partial says b ends inside a message, whose rest must go to the same server.
+func (s *session) sendToServer(b []byte, requests, unsynced int, partial bool) error {
 	s.mu.Lock()
 	if s.server == nil {
 		s.mu.Unlock()
+		if requests == 0 && unsynced != 1 {
+			// Only CopyData/CopyDone/CopyFail outside COPY (which PostgreSQL drops, e.g. after
+			// a failed COPY) or Flush: nothing needs a server, and attaching one for them
+			// would hold it with nothing to release it on.
+			return nil
+		}
 		if err := s.attach(); err != nil {
 			return err
 		}
@@ -182,6 +191,7 @@ func (s *session) sendToServer(b []byte, requests, unsynced int) error {
 	if unsynced >= 0 {
 		s.unsynced = unsynced == 1
 	}
+	s.partial = partial
 	s.writing = true
 	s.mu.Unlock()
 
@@ -189,6 +199,7 @@ func (s *session) sendToServer(b []byte, requests, unsynced int) error {
 
 	s.mu.Lock()
 	s.writing = false
+	s.wrote.Broadcast()
 	s.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("write to server: %w", err)
@@ -218,6 +229,7 @@ func (s *session) attach() error {
 	s.server = c
 	s.pending = 0
 	s.unsynced = false
+	s.partial = false
 	s.txStatus = 'I'
 	s.loopDone = done
 	s.loopErr = nil
@@ -260,6 +272,9 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}) {
 			if ready > 0 && s.readyForQuery(ready, status, f.r == f.w && f.remaining == 0) {
 				s.srv.metrics.transactionDone()
 				s.pool.Release(srv)
+				if s.srv.draining.Load() {
+					s.shutdownIfIdle()
+				}
 				return
 			}
 		}
@@ -315,7 +330,19 @@ func (s *session) readyForQuery(n int, status byte, clean bool) (release bool) {
 	defer s.mu.Unlock()
 	s.pending = max(s.pending-n, 0)
 	s.txStatus = status
-	if !s.txPooling || s.pending > 0 || s.unsynced || s.writing || status != 'I' || !clean || s.closing {
+	if s.pending == 0 && s.drained != nil {
+		close(s.drained)
+		s.drained = nil
+	}
+	if !s.txPooling || s.pending > 0 || s.unsynced || status != 'I' || !clean {
+		return false
+	}
+	// The response can overtake clientToServer's return from writing its request. Waiting
+	// cannot deadlock: with nothing pending, the server has read everything sent so far.
+	for s.writing {
+		s.wrote.Wait()
+	}
+	if s.pending > 0 || s.unsynced || s.partial || s.closing {
 		return false
 	}
 	s.server = nil
@@ -354,6 +381,10 @@ func (s *session) loopFailed(err error, tellClient, atBoundary bool) {
 // when its state is known to be clean (rolling back an open transaction first), or closes it.
 func (s *session) finish(cause error) {
 	s.logEnd("client session ended", cause)
+	var pe *protocolError
+	if errors.As(cause, &pe) {
+		s.awaitResults(drainTimeout)
+	}
 	s.mu.Lock()
 	s.closing = true
 	srv, done := s.server, s.loopDone
@@ -368,7 +399,6 @@ func (s *session) finish(cause error) {
 	}
 	// The client is told about its own protocol errors and about refusals (such as
 	// query_wait_timeout), once nothing else writes to it.
-	var pe *protocolError
 	var se *startupError
 	var ue *upstreamError
 	if errors.As(cause, &pe) || errors.As(cause, &se) || errors.As(cause, &ue) {
@@ -381,7 +411,7 @@ func (s *session) finish(cause error) {
 	s.mu.Lock()
 	srv = s.server
 	s.server = nil
-	clean := s.loopErr == nil && s.pending == 0 && !s.unsynced
+	clean := s.loopErr == nil && s.pending == 0 && !s.unsynced && !s.partial
 	status := s.txStatus
 	s.mu.Unlock()
 	if srv == nil {
@@ -413,4 +443,27 @@ func (s *session) resetServer(srv *pool.Conn, status byte) bool {
 		}
 	}
 	return true
+}
+
+// drainTimeout bounds how long a session that is ending waits for results still in flight.
+const drainTimeout = 5 * time.Second
+
+// awaitResults waits until the server has answered every request sent so far, or timeout.
+func (s *session) awaitResults(timeout time.Duration) {
+	s.mu.Lock()
+	if s.server == nil || s.pending == 0 {
+		s.mu.Unlock()
+		return
+	}
+	ch := make(chan struct{})
+	s.drained = ch
+	done := s.loopDone
+	s.mu.Unlock()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-ch:
+	case <-done:
+	case <-t.C:
+	}
 }

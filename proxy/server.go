@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/pgsidecar/pgsidecar/config"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
@@ -52,7 +54,9 @@ type Server struct {
 	sessWG   sync.WaitGroup
 
 	clients atomic.Int64
-	nextID  atomic.Uint64
+	// draining is set by Shutdown: transaction-mode clients are let go once idle.
+	draining atomic.Bool
+	nextID   atomic.Uint64
 
 	cancelMu sync.Mutex
 	byPID    map[uint32]*session
@@ -166,6 +170,7 @@ func (s *Server) newSession(conn net.Conn, loopback bool) *session {
 		loopback: loopback,
 		log:      s.log.With("conn_id", id, "client", conn.RemoteAddr().String()),
 	}
+	sess.wrote.L = &sess.mu
 	sess.ctx, sess.cancel = context.WithCancel(s.ctx)
 	s.sessions[sess] = struct{}{}
 	s.sessWG.Add(1)
@@ -229,6 +234,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
 	s.mu.Unlock()
+	s.draining.Store(true)
 	s.closeListeners()
 	s.acceptWG.Wait()
 
@@ -251,7 +257,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.cancel()
 	s.mu.Lock()
 	for sess := range s.sessions {
-		_ = sess.conn.Close()
+		sess.abort(&pgconn.PgError{Severity: "FATAL", Code: codeAdminShutdown, Message: "terminating connection due to administrator command (pgsidecar shutdown deadline passed)"})
 	}
 	s.mu.Unlock()
 	<-done

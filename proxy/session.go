@@ -11,6 +11,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -55,21 +56,41 @@ type session struct {
 	pending int
 	// unsynced is set while extended-protocol messages have been sent without a Sync after them.
 	unsynced bool
+	// partial is set while the server has been sent part of a client message.
+	partial bool
 	// writing is set while clientToServer writes to server outside the lock, so that the server
 	// is not released in the middle of that write.
 	writing bool
+	// wrote is signalled (with mu) when writing is cleared.
+	wrote sync.Cond
 	// txStatus is the status of the last ReadyForQuery from server.
 	txStatus byte
 	// closing is set once the client is gone; serverToClient then stops quietly.
 	closing bool
 	// loopDone is closed when the current serverToClient goroutine has returned.
 	loopDone chan struct{}
+	// drained, when set, is closed once pending drops to zero (see awaitResults).
+	drained chan struct{}
 	// loopErr is why the last serverToClient goroutine stopped while still attached (nil after
 	// a clean release). A non-nil loopErr means the attached server is in an unknown state.
 	loopErr error
 
 	// wmu serialises writes to the client.
 	wmu sync.Mutex
+	// sentError is set once an ErrorResponse was sent; closeConn then lingers.
+	sentError atomic.Bool
+}
+
+// closeConn closes the client connection. After an error was sent it first half-closes and
+// drains what the client still sends, so that the kernel does not answer unread bytes with a
+// reset that could destroy the error before the client reads it.
+func (s *session) closeConn() {
+	if tc, ok := s.conn.(*net.TCPConn); ok && s.sentError.Load() {
+		_ = tc.CloseWrite()
+		_ = tc.SetReadDeadline(time.Now().Add(time.Second))
+		_, _ = io.CopyN(io.Discard, tc, 256<<10)
+	}
+	_ = s.conn.Close()
 }
 
 // loginTimeout bounds the startup and authentication of a client when the config says nothing.
@@ -78,7 +99,7 @@ const defaultLoginTimeout = time.Minute
 func (s *session) run() {
 	defer s.srv.removeSession(s)
 	defer s.cancel()
-	defer s.conn.Close()
+	defer s.closeConn()
 	s.srv.metrics.clientConnected()
 	defer s.srv.metrics.clientDisconnected()
 
@@ -124,7 +145,9 @@ func (s *session) startup() (ok bool, err error) {
 	}
 	_ = s.conn.SetDeadline(time.Now().Add(timeout))
 	var st *startup
-	for tries := 0; ; tries++ {
+	// Like PostgreSQL, accept at most one SSLRequest and one GSSENCRequest before the startup.
+	sslAsked, gssAsked := false, false
+	for {
 		st, err = readStartup(s.conn)
 		if err != nil {
 			s.sendStartupError(err)
@@ -132,17 +155,17 @@ func (s *session) startup() (ok bool, err error) {
 		}
 		switch st.code {
 		case codeSSLRequest:
-			if tries > 1 {
-				return false, protocolErrorf("repeated encryption requests")
+			if sslAsked {
+				err := protocolErrorf("duplicate SSLRequest")
+				s.sendStartupError(err)
+				return false, err
 			}
+			sslAsked = true
 			if s.srv.tls == nil {
 				if _, err := s.conn.Write([]byte{'N'}); err != nil {
 					return false, fmt.Errorf("answer SSLRequest: %w", err)
 				}
 				continue
-			}
-			if _, isTLS := s.conn.(*tls.Conn); isTLS {
-				return false, protocolErrorf("SSLRequest inside TLS")
 			}
 			if _, err := s.conn.Write([]byte{'S'}); err != nil {
 				return false, fmt.Errorf("answer SSLRequest: %w", err)
@@ -154,9 +177,12 @@ func (s *session) startup() (ok bool, err error) {
 			s.conn = tc
 			continue
 		case codeGSSENCRequest:
-			if tries > 1 {
-				return false, protocolErrorf("repeated encryption requests")
+			if gssAsked {
+				err := protocolErrorf("duplicate GSSENCRequest")
+				s.sendStartupError(err)
+				return false, err
 			}
+			gssAsked = true
 			if _, err := s.conn.Write([]byte{'N'}); err != nil {
 				return false, fmt.Errorf("answer GSSENCRequest: %w", err)
 			}
@@ -190,6 +216,13 @@ func (s *session) startup() (ok bool, err error) {
 	}
 	s.log = s.log.With("user", s.user, "database", s.database)
 
+	if len(st.unknownOptions) > 0 || st.code&0xffff > 0 {
+		// We speak 3.0 and no protocol options; a newer client downgrades on this reply, which
+		// PostgreSQL sends before authentication.
+		if err := s.writeMsg(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: st.unknownOptions}); err != nil {
+			return false, err
+		}
+	}
 	method, err := auth.ParseMethod(s.srv.cfg.AuthType)
 	if err != nil {
 		return false, err
@@ -213,12 +246,6 @@ func (s *session) startup() (ok bool, err error) {
 	if err != nil {
 		s.sendStartupError(err)
 		return false, err
-	}
-	if len(st.unknownOptions) > 0 || st.code&0xffff > 0 {
-		// We speak 3.0 and no protocol options; a newer client downgrades on this reply.
-		if err := s.writeMsg(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: st.unknownOptions}); err != nil {
-			return false, err
-		}
 	}
 	s.srv.registerCancelKey(s)
 	if err := s.sendWelcome(params); err != nil {
@@ -317,6 +344,7 @@ func (s *session) sendStartupError(err error) {
 // block the session's cleanup.
 func (s *session) sendError(e *pgconn.PgError) {
 	buf := appendErrorResponse(nil, e)
+	s.sentError.Store(true)
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	_ = s.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
@@ -347,5 +375,16 @@ func (s *session) shutdownIfIdle() {
 		return
 	}
 	s.sendError(&pgconn.PgError{Severity: "FATAL", Code: codeAdminShutdown, Message: "terminating connection due to administrator command (pgsidecar is shutting down)"})
+	_ = s.conn.Close()
+}
+
+// abort tells the client why and closes its connection at once; a client that does not read
+// gets only a moment to take the error.
+func (s *session) abort(e *pgconn.PgError) {
+	_ = s.conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	buf := appendErrorResponse(nil, e)
+	s.wmu.Lock()
+	_, _ = s.conn.Write(buf)
+	s.wmu.Unlock()
 	_ = s.conn.Close()
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"strings"
 )
 
 // Startup packet codes (protocol version numbers and special requests), as in PostgreSQL's
@@ -114,7 +115,7 @@ func parseStartup(body []byte) (*startup, error) {
 			return nil, protocolErrorf("missing value for startup parameter %q", name)
 		}
 		rest = after2
-		if len(name) > 5 && name[:5] == "_pq_." {
+		if strings.HasPrefix(name, "_pq_.") {
 			s.unknownOptions = append(s.unknownOptions, name)
 			continue
 		}
