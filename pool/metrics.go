@@ -43,10 +43,33 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
-// Collect implements prometheus.Collector.
+// Collect implements prometheus.Collector. Pools of the same database and user on different
+// upstreams (a primary and a replica route, say) are summed, so labels stay unique.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	type labels struct{ db, user string }
+	sums := make(map[labels]*Stat)
+	var order []labels
 	for _, s := range c.set.Stats() {
-		db, user := s.Database, s.User
+		k := labels{s.Database, s.User}
+		t, ok := sums[k]
+		if !ok {
+			t = &Stat{}
+			sums[k] = t
+			order = append(order, k)
+		}
+		t.Size += s.Size
+		t.Idle += s.Idle
+		t.InUse += s.InUse
+		t.Waiting += s.Waiting
+		t.Acquires += s.Acquires
+		t.Waits += s.Waits
+		t.WaitDuration += s.WaitDuration
+		t.Dials += s.Dials
+		t.DialErrors += s.DialErrors
+		t.Closes += s.Closes
+	}
+	for _, k := range order {
+		s, db, user := sums[k], k.db, k.user
 		ch <- prometheus.MustNewConstMetric(c.servers, prometheus.GaugeValue, float64(s.Idle), db, user, "idle")
 		ch <- prometheus.MustNewConstMetric(c.servers, prometheus.GaugeValue, float64(s.InUse), db, user, "active")
 		ch <- prometheus.MustNewConstMetric(c.waiting, prometheus.GaugeValue, float64(s.Waiting), db, user)

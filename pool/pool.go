@@ -66,6 +66,7 @@ type Pool struct {
 	mu      sync.Mutex
 	idle    []*Conn // most recently used last: reuse keeps warm connections busy
 	open    int
+	dialing int // of open, how many are being dialled
 	waiters []*waiter
 	params  map[string]string
 	closed  bool
@@ -107,7 +108,14 @@ func (p *Pool) Key() string { return p.cfg.Key }
 // Acquire returns a connection for the caller's exclusive use until Release or Destroy. It
 // waits, in FIFO order with other callers, until ctx is done.
 func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
-	p.acquires.Add(1)
+	c, err := p.acquire(ctx)
+	if err == nil {
+		p.acquires.Add(1)
+	}
+	return c, err
+}
+
+func (p *Pool) acquire(ctx context.Context) (*Conn, error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -178,7 +186,18 @@ func (p *Pool) removeWaiterLocked(w *waiter) bool {
 
 // dialSlot dials a connection into a slot already counted in p.open, freeing the slot on failure.
 func (p *Pool) dialSlot(ctx context.Context) (*Conn, error) {
+	p.mu.Lock()
+	p.dialing++
+	p.mu.Unlock()
 	c, err := p.dial(ctx)
+	p.mu.Lock()
+	p.dialing--
+	closed := p.closed
+	p.mu.Unlock()
+	if err == nil && closed {
+		p.closeConn(c)
+		err = ErrClosed
+	}
 	if err != nil {
 		p.slotFreed()
 		return nil, err
@@ -195,7 +214,10 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 	}
 	pc, err := pgconn.ConnectConfig(ctx, p.cfg.ConnConfig.Copy())
 	if err != nil {
-		p.dialErrors.Add(1)
+		// A caller giving up is not the upstream failing.
+		if ctx.Err() == nil || !errors.Is(err, ctx.Err()) {
+			p.dialErrors.Add(1)
+		}
 		return nil, fmt.Errorf("connect to upstream: %w", err)
 	}
 	hc, err := pc.Hijack()
@@ -209,7 +231,7 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 		Conn:      hc.Conn,
 		PID:       hc.PID,
 		SecretKey: hc.SecretKey,
-		Params:    hc.ParameterStatuses,
+		Params:    maps.Clone(hc.ParameterStatuses),
 		hijacked:  hc,
 		raw:       rawio.New(hc.Conn),
 		pool:      p,
@@ -263,8 +285,14 @@ func (p *Pool) Destroy(c *Conn) {
 
 func (p *Pool) closeConn(c *Conn) {
 	p.closes.Add(1)
+	// Say goodbye so that the server does not log an unexpected EOF; never wait for it.
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	_, _ = c.Conn.Write(terminateMsg)
 	_ = c.Conn.Close()
 }
+
+// terminateMsg is the protocol's Terminate message.
+var terminateMsg = []byte{'X', 0, 0, 0, 4}
 
 // slotFreed gives a freed slot to the first waiter, who then dials.
 func (p *Pool) slotFreed() {
@@ -317,7 +345,7 @@ func (p *Pool) Stat() Stat {
 		Size:     p.cfg.Size,
 		Open:     p.open,
 		Idle:     len(p.idle),
-		InUse:    p.open - len(p.idle),
+		InUse:    p.open - len(p.idle) - p.dialing,
 		Waiting:  len(p.waiters),
 	}
 	p.mu.Unlock()
