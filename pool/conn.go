@@ -39,6 +39,14 @@ type Conn struct {
 	buf []byte
 	// raw does the relay's socket I/O on plain TCP connections; nil for TLS.
 	raw *rawio.Conn
+
+	// Tag is the holder's per-connection state (the proxy keeps which statements are prepared
+	// on the server here). The pool never reads it; it lives and dies with the connection.
+	Tag any
+
+	// held is set while the connection is handed out (guarded by the pool's mu); a second
+	// Release or Destroy of the same hand-out is a bug that would give one server to two holders.
+	held bool
 }
 
 // Read reads from the server for the relay. Only the connection's holder may call it.
@@ -119,4 +127,26 @@ func (c *Conn) CancelRequest(ctx context.Context) error {
 	var b [1]byte
 	_, _ = conn.Read(b[:])
 	return nil
+}
+
+// QueryRows runs sql (simple protocol) while the proxy relays nothing and returns the text
+// values of its last result's rows. NULLs come back as nil.
+func (c *Conn) QueryRows(ctx context.Context, sql string) ([][][]byte, error) {
+	pc, err := pgconn.Construct(c.hijacked)
+	if err != nil {
+		return nil, fmt.Errorf("rebuild connection: %w", err)
+	}
+	results, execErr := pc.Exec(ctx, sql).ReadAll()
+	hc, err := pc.Hijack()
+	if err != nil {
+		return nil, fmt.Errorf("hijack connection: %w", err)
+	}
+	c.hijacked = hc
+	if execErr != nil {
+		return nil, fmt.Errorf("query %q: %w", sql, execErr)
+	}
+	if len(results) == 0 {
+		return nil, nil
+	}
+	return results[len(results)-1].Rows, nil
 }

@@ -126,6 +126,7 @@ func (p *Pool) acquire(ctx context.Context) (*Conn, error) {
 		p.idle[len(p.idle)-1] = nil
 		p.idle = p.idle[:len(p.idle)-1]
 		if !c.expired(time.Now()) {
+			c.held = true
 			p.mu.Unlock()
 			return c, nil
 		}
@@ -237,6 +238,7 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 		pool:      p,
 		created:   now,
 		lastUsed:  now,
+		held:      true,
 	}
 	if p.cfg.Lifetime > 0 {
 		c.lifetime = p.cfg.Lifetime - time.Duration(rand.Int64N(int64(p.cfg.Lifetime)/10+1))
@@ -259,6 +261,11 @@ func (p *Pool) Release(c *Conn) {
 	now := time.Now()
 	c.lastUsed = now
 	p.mu.Lock()
+	if !c.held {
+		p.mu.Unlock()
+		panic("pool: Release of a connection that is not handed out")
+	}
+	c.held = false
 	if p.closed || c.expired(now) {
 		p.open--
 		p.mu.Unlock()
@@ -269,6 +276,7 @@ func (p *Pool) Release(c *Conn) {
 	if len(p.waiters) > 0 {
 		w := p.waiters[0]
 		p.waiters = p.waiters[1:]
+		c.held = true
 		p.mu.Unlock()
 		w.ch <- grant{conn: c}
 		return
@@ -279,6 +287,13 @@ func (p *Pool) Release(c *Conn) {
 
 // Destroy closes a connection that cannot be reused (broken, or left in an unknown state).
 func (p *Pool) Destroy(c *Conn) {
+	p.mu.Lock()
+	if !c.held {
+		p.mu.Unlock()
+		panic("pool: Destroy of a connection that is not handed out")
+	}
+	c.held = false
+	p.mu.Unlock()
 	p.closeConn(c)
 	p.slotFreed()
 }

@@ -101,6 +101,11 @@ func startProxy(t testing.TB, c *pgtest.Cluster, mutate func(*config.Config)) *t
 		}
 		pools.Close()
 	})
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("proxy sessions at failure:\n%s", srv.debugState())
+		}
+	})
 	return tp
 }
 

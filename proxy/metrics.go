@@ -9,6 +9,7 @@ type Metrics struct {
 	clientsConnected prometheus.Gauge
 	clientsTotal     prometheus.Counter
 	transactions     prometheus.Counter
+	pins             *prometheus.CounterVec
 }
 
 // NewMetrics creates the proxy's metrics and registers them on reg.
@@ -27,7 +28,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Server connections handed back to the pool after a transaction in transaction mode.",
 		}),
 	}
-	reg.MustRegister(m.clientsConnected, m.clientsTotal, m.transactions)
+	m.pins = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "pgsidecar", Name: "client_pins_total",
+		Help: "Transaction-mode clients pinned to one server connection for the rest of their session, by reason.",
+	}, []string{"reason"})
+	reg.MustRegister(m.clientsConnected, m.clientsTotal, m.transactions, m.pins)
 	return m
 }
 
@@ -51,4 +56,11 @@ func (m *Metrics) transactionDone() {
 		return
 	}
 	m.transactions.Inc()
+}
+
+func (m *Metrics) pinned(reason string) {
+	if m == nil {
+		return
+	}
+	m.pins.WithLabelValues(reason).Inc()
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -48,13 +50,15 @@ func TestManyClientsFewServers(t *testing.T) {
 	}
 
 	var maxBackends atomic.Int64
+	// The watcher has its own connection: cancelling its context mid-query closes it.
+	watcher := direct(t, c)
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
 		for watchCtx.Err() == nil {
 			var n int64
-			if err := admin.QueryRow(watchCtx, `select count(*) from pg_stat_activity where application_name = $1`, app).Scan(&n); err == nil {
+			if err := watcher.QueryRow(watchCtx, `select count(*) from pg_stat_activity where application_name = $1`, app).Scan(&n); err == nil {
 				if n > maxBackends.Load() {
 					maxBackends.Store(n)
 				}
@@ -63,6 +67,35 @@ func TestManyClientsFewServers(t *testing.T) {
 		}
 	}()
 
+	dog := time.AfterFunc(15*time.Second, func() {
+		t.Logf("stuck after 15s:\n%s", p.srv.debugState())
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		for _, g := range strings.Split(string(buf), "\n\n") {
+			if strings.Contains(g, "proxy.(*session)") && !strings.Contains(g, "clientToServer") {
+				t.Logf("%s", g)
+			}
+		}
+		dc := direct(t, c)
+		rows, err := dc.Query(context.Background(), `select pid, state, wait_event_type, wait_event, query from pg_stat_activity where application_name = $1`, app)
+		if err != nil {
+			t.Log(err)
+			return
+		}
+		for rows.Next() {
+			var pid int
+			var state, wt, we, q *string
+			_ = rows.Scan(&pid, &state, &wt, &we, &q)
+			s := func(p *string) string {
+				if p == nil {
+					return "-"
+				}
+				return *p
+			}
+			t.Logf("backend %d state=%s wait=%s/%s query=%q", pid, s(state), s(wt), s(we), s(q))
+		}
+	})
+	defer dog.Stop()
 	var wg sync.WaitGroup
 	errs := make(chan error, clients)
 	for i := range clients {

@@ -28,7 +28,11 @@ var largeBufs = sync.Pool{New: func() any { b := make([]byte, largeBufSize); ret
 type frameReader struct {
 	buf       []byte
 	r, w      int
-	remaining int // body bytes of the current streamed message not yet seen
+	remaining int  // body bytes of the current streamed message not yet seen
+	dropping  bool // the rest of the current message is skipped, not relayed
+	// need asks the reader to buffer this many bytes from r before scanning again (a message
+	// the scanner must see whole).
+	need int
 }
 
 // compact moves unconsumed bytes to the front of the buffer.
@@ -66,17 +70,28 @@ func (s *session) clientToServer() error {
 	}()
 	for {
 		// Switch buffers at message boundaries only, so no partial message is ever split.
-		if f.r == f.w && f.remaining == 0 {
+		if f.r == f.w && f.remaining == 0 && f.need == 0 {
 			f.r, f.w = 0, 0
 			if large != nil {
 				largeBufs.Put(large)
 				large = nil
 				f.buf = small
 			}
-		} else if large == nil && f.w == len(f.buf) {
-			large = largeBufs.Get().(*[]byte)
-			n := copy(*large, f.buf[f.r:f.w])
-			f.buf, f.r, f.w = *large, 0, n
+		} else if want := max(f.need, f.w-f.r+1); len(f.buf)-f.r < want {
+			f.compact()
+			if len(f.buf) < want {
+				// Grow: the large buffer, or for a message larger than that, one of its size
+				// that is dropped once the message has been handled.
+				var nb []byte
+				if want <= largeBufSize && large == nil {
+					large = largeBufs.Get().(*[]byte)
+					nb = *large
+				} else {
+					nb = make([]byte, max(want, largeBufSize))
+				}
+				n := copy(nb, f.buf[f.r:f.w])
+				f.buf, f.r, f.w = nb, 0, n
+			}
 		}
 		n, err := s.cio.Read(f.buf[f.w:])
 		f.w += n
@@ -144,6 +159,9 @@ func scanClient(f *frameReader, maxMsg int) (clientBatch, error) {
 // forwardClient forwards every complete buffered client message and the available part of a
 // streamed one, and keeps an incomplete header for the next read.
 func (s *session) forwardClient(f *frameReader) error {
+	if s.txPooling {
+		return s.forwardTracked(f)
+	}
 	start := f.r
 	b, err := scanClient(f, s.maxMsg)
 	if f.r > start {
@@ -211,23 +229,37 @@ var errServerLost = errors.New("server connection lost")
 
 // attach takes a server connection from the pool and starts relaying its output to the client.
 func (s *session) attach() error {
+	// The parameters the client set in its last transaction are being read back from that
+	// server; the next one must get them.
+	s.mu.Lock()
+	reread := s.rereading
+	s.mu.Unlock()
+	if reread != nil {
+		<-reread
+	}
 	wait := s.srv.cfg.QueryWaitTimeout
 	ctx, cancel := s.ctx, context.CancelFunc(func() {})
 	if wait > 0 {
 		ctx, cancel = context.WithTimeoutCause(s.ctx, wait, errQueryWaitTimeout)
 	}
+	defer cancel()
 	c, err := s.pool.Acquire(ctx)
-	cancel()
 	if err != nil {
 		if errors.Is(err, errQueryWaitTimeout) {
 			return &startupError{code: codeConnectionFailure, msg: fmt.Sprintf("pgsidecar: no server connection became free within query_wait_timeout (%s)", wait)}
 		}
 		return &upstreamError{err: err}
 	}
+	if err := s.syncParams(ctx, c); err != nil {
+		s.pool.Destroy(c)
+		return &upstreamError{err: fmt.Errorf("apply session parameters: %w", err)}
+	}
 	done := make(chan struct{})
 	s.mu.Lock()
 	s.server = c
 	s.pending = 0
+	s.resp.reset()
+	s.skipping = false
 	s.unsynced = false
 	s.partial = false
 	s.txStatus = 'I'
@@ -252,37 +284,143 @@ func (e *upstreamError) Unwrap() error { return e.err }
 func (s *session) serverToClient(srv *pool.Conn, done chan struct{}) {
 	defer close(done)
 	f := frameReader{buf: srv.ReadBuffer()}
+	var st *serverState
+	if s.txPooling {
+		st = srv.Tag.(*serverState)
+		if !st.relaying.CompareAndSwap(false, true) {
+			panic("proxy: two relays on one server connection")
+		}
+	}
+	// On the paths that keep srv attached, the flag is cleared here; released clears it itself
+	// before the pool can hand srv to another client.
+	handedBack := false
+	defer func() {
+		if st != nil && !handedBack {
+			st.relaying.Store(false)
+		}
+	}()
 	for {
 		n, err := srv.Read(f.buf[f.w:])
 		f.w += n
 		if n > 0 {
-			start := f.r
-			ready, status, perr := s.scanServer(&f)
-			if f.r > start {
-				if werr := s.writeClient(f.buf[start:f.r]); werr != nil {
-					s.loopFailed(fmt.Errorf("write to client: %w", werr), false, false)
-					return
+			var ready int
+			var status byte
+			var perr, werr error
+			if st != nil {
+				// Matching replies to requests and writing them is one step under wmu, so that
+				// the proxy's own answers (emitSynths) cannot overtake relayed ones.
+				s.wmu.Lock()
+				s.mu.Lock()
+				var out []byte
+				out, ready, status, perr = s.relayTracked(&f, st)
+				s.mu.Unlock()
+				if len(out) > 0 {
+					_, werr = s.cio.Write(out)
 				}
+				s.wmu.Unlock()
+			} else {
+				start := f.r
+				ready, status, perr = s.scanServer(&f)
+				if f.r > start {
+					werr = s.writeClient(f.buf[start:f.r])
+				}
+			}
+			if werr != nil {
+				s.loopFailed(fmt.Errorf("write to client: %w", werr), false, false)
+				return
 			}
 			if perr != nil {
 				s.loopFailed(perr, true, false)
 				return
 			}
 			f.compact()
-			if ready > 0 && s.readyForQuery(ready, status, f.r == f.w && f.remaining == 0) {
-				s.srv.metrics.transactionDone()
-				s.pool.Release(srv)
-				if s.srv.draining.Load() {
-					s.shutdownIfIdle()
+			if ready > 0 {
+				if release, reread := s.readyForQuery(ready, status, f.r == f.w && f.remaining == 0); release {
+					handedBack = true
+					s.released(srv, reread)
+					return
 				}
-				return
 			}
 		}
 		if err != nil {
-			s.loopFailed(fmt.Errorf("read from server: %w", err), true, f.r == f.w && f.remaining == 0)
+			boundary := f.r == f.w && f.remaining == 0
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				// clientToServer's kick (or a stale one from the connection's previous holder),
+				// unless finish is stopping this loop.
+				s.mu.Lock()
+				closing := s.closing
+				release := !closing && boundary && s.server == srv && s.releasableLocked()
+				var reread chan struct{}
+				if release {
+					reread = s.detachLocked()
+				}
+				s.mu.Unlock()
+				if !closing {
+					_ = srv.SetReadDeadline(time.Time{})
+					if release {
+						handedBack = true
+						s.released(srv, reread)
+						return
+					}
+					continue
+				}
+			}
+			s.loopFailed(fmt.Errorf("read from server: %w", err), true, boundary)
 			return
 		}
 	}
+}
+
+// detachLocked takes the server from the session after a transaction. When the client changed
+// parameters with SQL, the returned channel is closed once they have been read back.
+func (s *session) detachLocked() (reread chan struct{}) {
+	s.server = nil
+	s.loopDone = nil
+	if !s.paramsDirty {
+		return nil
+	}
+	s.paramsDirty = false
+	reread = make(chan struct{})
+	s.rereading = reread
+	return reread
+}
+
+// released hands a detached server back to the pool after a transaction, reading back the
+// client's parameters from it first when reread is set.
+func (s *session) released(srv *pool.Conn, reread chan struct{}) {
+	if st, ok := srv.Tag.(*serverState); ok {
+		st.relaying.Store(false)
+	}
+	s.srv.metrics.transactionDone()
+	if reread != nil {
+		err := s.rereadParams(srv)
+		s.mu.Lock()
+		s.rereading = nil
+		s.mu.Unlock()
+		close(reread)
+		if err != nil {
+			s.log.Warn("could not read back session parameters; closing the server connection", "err", err)
+			s.pool.Destroy(srv)
+			return
+		}
+	}
+	s.pool.Release(srv)
+	if s.srv.draining.Load() {
+		s.shutdownIfIdle()
+	}
+}
+
+// releasableLocked reports whether the attached server can go back to the pool now: transaction
+// mode, not pinned, idle, and nothing in flight in either direction.
+func (s *session) releasableLocked() bool {
+	return s.txPooling && s.server != nil && s.pinned == "" && s.txStatus == 'I' &&
+		s.pending == 0 && s.resp.len() == 0 && !s.unsynced && !s.partial && !s.writing && !s.closing
+}
+
+// kickLoop wakes serverToClient so that it releases a server that became releasable without a
+// reply to wait for (the rest of a message arrived after the server's last ReadyForQuery).
+func (s *session) kickLoop(srv *pool.Conn) {
+	_ = srv.SetReadDeadline(time.Now())
 }
 
 // inspect lists the server message types the relay must see whole: ReadyForQuery for the
@@ -325,7 +463,7 @@ func (s *session) scanServer(f *frameReader) (ready int, status byte, err error)
 
 // readyForQuery records ReadyForQuery messages and reports whether the server is to be released
 // now (clean is false when bytes after the last ReadyForQuery are buffered).
-func (s *session) readyForQuery(n int, status byte, clean bool) (release bool) {
+func (s *session) readyForQuery(n int, status byte, clean bool) (release bool, reread chan struct{}) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.pending = max(s.pending-n, 0)
@@ -335,19 +473,17 @@ func (s *session) readyForQuery(n int, status byte, clean bool) (release bool) {
 		s.drained = nil
 	}
 	if !s.txPooling || s.pending > 0 || s.unsynced || status != 'I' || !clean {
-		return false
+		return false, nil
 	}
 	// The response can overtake clientToServer's return from writing its request. Waiting
 	// cannot deadlock: with nothing pending, the server has read everything sent so far.
 	for s.writing {
 		s.wrote.Wait()
 	}
-	if s.pending > 0 || s.unsynced || s.partial || s.closing {
-		return false
+	if !s.releasableLocked() {
+		return false, nil
 	}
-	s.server = nil
-	s.loopDone = nil
-	return true
+	return true, s.detachLocked()
 }
 
 func (s *session) writeClient(b []byte) error {
@@ -381,6 +517,11 @@ func (s *session) loopFailed(err error, tellClient, atBoundary bool) {
 // when its state is known to be clean (rolling back an open transaction first), or closes it.
 func (s *session) finish(cause error) {
 	s.logEnd("client session ended", cause)
+	defer func() {
+		s.mu.Lock()
+		s.dropAllStmtsLocked()
+		s.mu.Unlock()
+	}()
 	var pe *protocolError
 	if errors.As(cause, &pe) {
 		s.awaitResults(drainTimeout)
@@ -411,7 +552,8 @@ func (s *session) finish(cause error) {
 	s.mu.Lock()
 	srv = s.server
 	s.server = nil
-	clean := s.loopErr == nil && s.pending == 0 && !s.unsynced && !s.partial
+	clean := s.loopErr == nil && s.pending == 0 && s.resp.len() == 0 && !s.unsynced && !s.partial
+	s.resp.reset()
 	status := s.txStatus
 	s.mu.Unlock()
 	if srv == nil {
@@ -436,10 +578,28 @@ func (s *session) resetServer(srv *pool.Conn, status byte) bool {
 			return false
 		}
 	}
-	if !s.txPooling && s.srv.cfg.ServerResetQuery != "" {
-		if err := srv.Exec(ctx, s.srv.cfg.ServerResetQuery); err != nil {
-			s.log.Debug("server_reset_query failed", "err", err)
+	st := stateOf(srv)
+	s.mu.Lock()
+	pinned, dirty := s.pinned != "", s.paramsDirty
+	s.mu.Unlock()
+	reset := ""
+	switch {
+	case pinned:
+		// A pinned client left state behind that only a full reset removes.
+		reset = "DISCARD ALL"
+	case !s.txPooling:
+		reset = s.srv.cfg.ServerResetQuery
+	case dirty:
+		reset = "RESET ALL"
+	}
+	if reset != "" {
+		if err := srv.Exec(ctx, reset); err != nil {
+			s.log.Debug("server reset failed", "query", reset, "err", err)
 			return false
+		}
+		st.params = nil
+		if reset != "RESET ALL" {
+			st.clear()
 		}
 	}
 	return true

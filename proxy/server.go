@@ -60,6 +60,9 @@ type Server struct {
 
 	cancelMu sync.Mutex
 	byPID    map[uint32]*session
+
+	// stmts names the prepared statements shared by transaction-mode clients.
+	stmts stmtRegistry
 }
 
 // New validates what the proxy needs from opts (TLS files) and returns a Server that is not
@@ -171,6 +174,7 @@ func (s *Server) newSession(conn net.Conn, loopback bool) *session {
 		log:      s.log.With("conn_id", id, "client", conn.RemoteAddr().String()),
 	}
 	sess.wrote.L = &sess.mu
+	sess.stmts = make(map[string]*preparedStmt)
 	sess.ctx, sess.cancel = context.WithCancel(s.ctx)
 	s.sessions[sess] = struct{}{}
 	s.sessWG.Add(1)

@@ -20,6 +20,7 @@ import (
 	"github.com/pgsidecar/pgsidecar/internal/rawio"
 	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/pgsidecar/pgsidecar/proxy/auth"
+	"github.com/pgsidecar/pgsidecar/proxy/classify"
 )
 
 // session is one client connection. Its goroutine (run, then clientToServer) owns the client's
@@ -74,6 +75,30 @@ type session struct {
 	// loopErr is why the last serverToClient goroutine stopped while still attached (nil after
 	// a clean release). A non-nil loopErr means the attached server is in an unknown state.
 	loopErr error
+
+	// Transaction-mode state, guarded by mu (see tracked.go).
+	//
+	// resp lists the responses expected from the attached server, in order.
+	resp respQueue
+	// stmts maps the client's statement names to shared server-side statements.
+	stmts map[string]*preparedStmt
+	// unnamedParse is a copy of the client's last Parse of the unnamed statement, replayed on a
+	// server that does not hold it; unnamedSeq numbers those Parses.
+	unnamedParse []byte
+	unnamedSeq   uint64
+	// skipping drops client messages until Sync after an error the proxy raised itself.
+	skipping bool
+	// pinned is why the client keeps its server for the rest of its session ("" = it does not).
+	pinned classify.Reason
+	// params are the client's explicit session parameters (see params.go).
+	params map[string]string
+	// paramsDirty is set when the client changed a tracked parameter with SQL; rereading is
+	// closed once they have been read back from the server after the transaction.
+	paramsDirty bool
+	rereading   chan struct{}
+	// cout and sout are scratch buffers for rewritten batches (client to server, server to
+	// client), reused to avoid allocating per batch.
+	cout, sout []byte
 
 	// wmu serialises writes to the client.
 	wmu sync.Mutex
@@ -247,8 +272,9 @@ func (s *session) startup() (ok bool, err error) {
 		s.sendStartupError(err)
 		return false, err
 	}
+	s.params = clientParams(st, params)
 	s.srv.registerCancelKey(s)
-	if err := s.sendWelcome(params); err != nil {
+	if err := s.sendWelcome(reportedParams(params, s.params)); err != nil {
 		s.srv.unregisterCancelKey(s)
 		return false, fmt.Errorf("send login response: %w", err)
 	}

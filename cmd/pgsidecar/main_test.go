@@ -83,8 +83,10 @@ func TestEndToEndPgbench(t *testing.T) {
 	if err != nil {
 		t.Fatalf("pgbench -i: %v\n%s", err, out)
 	}
-	for _, mode := range [][]string{{"-S"}, {}} {
-		args := append([]string{"-n", "-c", "64", "-j", "2", "-T", "10", "-h", host, "-p", port, "-U", "postgres"}, mode...)
+	// Select-only and tpcb-like, with the simple protocol at 64 clients (issue 2) and with
+	// prepared statements at 32 clients (issue 3: transaction mode keeps them working).
+	for _, mode := range [][]string{{"-c", "64", "-S"}, {"-c", "64"}, {"-c", "32", "-M", "prepared", "-S"}, {"-c", "32", "-M", "prepared"}} {
+		args := append([]string{"-n", "-j", "2", "-T", "10", "-h", host, "-p", port, "-U", "postgres"}, mode...)
 		args = append(args, "bench")
 		out, err := exec.CommandContext(ctx, pgbench, args...).CombinedOutput()
 		if err != nil {

@@ -1,0 +1,28 @@
+package proxy
+
+import (
+	"fmt"
+	"strings"
+)
+
+// debugState describes every session's relay state, for diagnosing a stuck test.
+func (s *Server) debugState() string {
+	var b strings.Builder
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for sess := range s.sessions {
+		sess.mu.Lock()
+		var pid uint32
+		if sess.server != nil {
+			pid = sess.server.PID
+		}
+		fmt.Fprintf(&b, "conn %d: server=%v pid=%d pending=%d resp=%d unsynced=%v partial=%v writing=%v tx=%q pinned=%q closing=%v\n",
+			sess.id, sess.server != nil, pid, sess.pending, sess.resp.len(), sess.unsynced, sess.partial, sess.writing, sess.txStatus, sess.pinned, sess.closing)
+		for i := sess.resp.h; i < len(sess.resp.e); i++ {
+			e := sess.resp.e[i]
+			fmt.Fprintf(&b, "   entry msg=%q swallow=%v synth=%d\n", e.msg, e.swallow, len(e.synth))
+		}
+		sess.mu.Unlock()
+	}
+	return b.String()
+}

@@ -1,0 +1,198 @@
+package proxy
+
+import (
+	"context"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/pgsidecar/pgsidecar/pool"
+)
+
+// A client's session parameters (its startup parameters, options=-c settings, and what it later
+// SETs of the tracked parameters) are its own: every server it gets is brought to the same values
+// before its first message there. session.params holds the values the client set explicitly
+// (lower-case names); serverState.params holds the values set on a server beyond the defaults
+// it started with.
+
+// startupOnly are startup packet keys that are not run-time parameters.
+var startupOnly = map[string]bool{"user": true, "database": true, "replication": true, "options": true}
+
+// clientParams derives a client's explicit parameters from its startup packet, leaving out those
+// equal to what the server reports by default (serverParams, as reported at login).
+func clientParams(st *startup, serverParams map[string]string) map[string]string {
+	defaults := make(map[string]string, len(serverParams))
+	for k, v := range serverParams {
+		defaults[strings.ToLower(k)] = v
+	}
+	params := make(map[string]string)
+	set := func(name, value string) {
+		name = strings.ToLower(name)
+		if d, ok := defaults[name]; ok && strings.EqualFold(d, value) {
+			delete(params, name)
+			return
+		}
+		params[name] = value
+	}
+	for _, p := range st.params {
+		if startupOnly[p.name] {
+			continue
+		}
+		set(p.name, p.value)
+	}
+	for name, value := range parseOptions(st.get("options")) {
+		set(name, value)
+	}
+	return params
+}
+
+// parseOptions reads the settings in a startup "options" value: "-c name=value" and
+// "--name=value" arguments separated by spaces, with backslash escaping, as PostgreSQL does.
+func parseOptions(opts string) map[string]string {
+	var args []string
+	var cur strings.Builder
+	inArg := false
+	for i := 0; i < len(opts); i++ {
+		c := opts[i]
+		switch {
+		case c == '\\' && i+1 < len(opts):
+			i++
+			cur.WriteByte(opts[i])
+			inArg = true
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+			if inArg {
+				args = append(args, cur.String())
+				cur.Reset()
+				inArg = false
+			}
+		default:
+			cur.WriteByte(c)
+			inArg = true
+		}
+	}
+	if inArg {
+		args = append(args, cur.String())
+	}
+	out := make(map[string]string)
+	for i := 0; i < len(args); i++ {
+		var kv string
+		switch a := args[i]; {
+		case a == "-c" && i+1 < len(args):
+			i++
+			kv = args[i]
+		case strings.HasPrefix(a, "-c"):
+			kv = a[2:]
+		case strings.HasPrefix(a, "--"):
+			kv = a[2:]
+		default:
+			continue
+		}
+		name, value, ok := strings.Cut(kv, "=")
+		if !ok || name == "" {
+			continue
+		}
+		out[strings.ReplaceAll(name, "-", "_")] = value
+	}
+	return out
+}
+
+// paramsSQL returns the statements that bring a server whose explicit settings are have to the
+// explicit settings want, or "" when they already agree. Values go through set_config, which
+// parses them like postgresql.conf does (list values such as search_path included).
+func paramsSQL(want, have map[string]string) string {
+	var b strings.Builder
+	for _, name := range slices.Sorted(maps.Keys(have)) {
+		if _, ok := want[name]; !ok {
+			b.WriteString("RESET ")
+			b.WriteString(quoteIdent(name))
+			b.WriteString("; ")
+		}
+	}
+	first := true
+	for _, name := range slices.Sorted(maps.Keys(want)) {
+		if v, ok := have[name]; ok && v == want[name] {
+			continue
+		}
+		if first {
+			b.WriteString("SELECT ")
+			first = false
+		} else {
+			b.WriteString(", ")
+		}
+		b.WriteString("pg_catalog.set_config(")
+		b.WriteString(quoteLiteral(name))
+		b.WriteString(", ")
+		b.WriteString(quoteLiteral(want[name]))
+		b.WriteString(", false)")
+	}
+	return b.String()
+}
+
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+func quoteIdent(s string) string   { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+
+// syncParams brings a server to the client's parameters before the client uses it.
+func (s *session) syncParams(ctx context.Context, c *pool.Conn) error {
+	st := stateOf(c)
+	sql := paramsSQL(s.params, st.params)
+	if sql == "" {
+		return nil
+	}
+	if err := c.Exec(ctx, sql); err != nil {
+		st.params = nil
+		return err
+	}
+	st.params = maps.Clone(s.params)
+	return nil
+}
+
+// rereadParams reads back which parameters differ from the server's start values after the
+// client changed some with SQL, and makes that the client's view. Called on a server no longer
+// attached; on failure the server's state is unknown and the caller destroys it.
+func (s *session) rereadParams(c *pool.Conn) error {
+	names := make([]string, 0, len(trackedParams)+len(s.params))
+	for n := range trackedParams {
+		names = append(names, n)
+	}
+	for n := range s.params {
+		if !trackedParams[n] {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
+	for i, n := range names {
+		names[i] = quoteLiteral(n)
+	}
+	sql := "SELECT lower(name), pg_catalog.current_setting(name) FROM pg_catalog.pg_settings WHERE lower(name) IN (" +
+		strings.Join(names, ", ") + ") AND setting IS DISTINCT FROM reset_val"
+	ctx, cancel := context.WithTimeout(s.srv.ctx, 10*time.Second)
+	defer cancel()
+	rows, err := c.QueryRows(ctx, sql)
+	if err != nil {
+		return err
+	}
+	params := make(map[string]string, len(rows))
+	for _, r := range rows {
+		if len(r) == 2 && r[0] != nil && r[1] != nil {
+			params[string(r[0])] = string(r[1])
+		}
+	}
+	s.mu.Lock()
+	s.params = params
+	s.mu.Unlock()
+	stateOf(c).params = maps.Clone(params)
+	return nil
+}
+
+// reportedParams is what the client is told at login: the server's reported parameters, with
+// the values the client asked for itself.
+func reportedParams(server, client map[string]string) map[string]string {
+	out := maps.Clone(server)
+	for name := range out {
+		if v, ok := client[strings.ToLower(name)]; ok {
+			out[name] = v
+		}
+	}
+	return out
+}

@@ -1,0 +1,233 @@
+package proxy
+
+import (
+	"container/list"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/pgsidecar/pgsidecar/pool"
+)
+
+// Transaction pooling moves a client between server connections, but a named prepared statement
+// lives on one server. The proxy therefore keeps, per client, the statements it prepared, and
+// prepares them under shared server-side names on whichever server the client gets.
+
+// serverStmtPrefix starts every server-side statement name; clients are not expected to use it.
+const serverStmtPrefix = "pgsidecar_"
+
+// preparedStmt is one distinct statement (query text and parameter types), shared by every
+// client that prepared it, and known to servers under one name.
+type preparedStmt struct {
+	name  string
+	parse []byte // a Parse message naming the statement name
+	key   string
+	refs  int // clients holding it; guarded by stmtRegistry.mu
+	// valid is set once a server accepted the Parse: later Parses of the same text can be
+	// answered by the proxy without a server.
+	valid atomic.Bool
+}
+
+// stmtRegistry maps statement texts to their shared server-side names.
+type stmtRegistry struct {
+	mu    sync.Mutex
+	byKey map[string]*preparedStmt
+	seq   uint64
+}
+
+// get returns the shared statement for query and the Parse message's parameter-type section,
+// counting one more reference.
+func (r *stmtRegistry) get(query, paramTypes []byte) *preparedStmt {
+	key := string(query) + "\x00" + string(paramTypes)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if st, ok := r.byKey[key]; ok {
+		st.refs++
+		return st
+	}
+	if r.byKey == nil {
+		r.byKey = make(map[string]*preparedStmt)
+	}
+	r.seq++
+	name := serverStmtPrefix + strconv.FormatUint(r.seq, 36)
+	n := 4 + len(name) + 1 + len(query) + 1 + len(paramTypes)
+	parse := make([]byte, 0, 1+n)
+	parse = append(parse, 'P', byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	parse = append(parse, name...)
+	parse = append(parse, 0)
+	parse = append(parse, query...)
+	parse = append(parse, 0)
+	parse = append(parse, paramTypes...)
+	st := &preparedStmt{name: name, parse: parse, key: key, refs: 1}
+	r.byKey[key] = st
+	return st
+}
+
+// valid reports whether the statement exists and a server has accepted it.
+func (r *stmtRegistry) valid(query, paramTypes []byte) bool {
+	key := string(query) + "\x00" + string(paramTypes)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st, ok := r.byKey[key]
+	return ok && st.valid.Load()
+}
+
+// put drops a reference; a statement no client holds is forgotten (servers keep it until their
+// cache evicts it).
+func (r *stmtRegistry) put(st *preparedStmt) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st.refs--
+	if st.refs <= 0 && r.byKey[st.key] == st {
+		delete(r.byKey, st.key)
+	}
+}
+
+// serverState is what the proxy knows of one server connection's session state. It is kept in
+// pool.Conn.Tag and touched only by the session holding the connection, under its mu.
+type serverState struct {
+	prepared map[*preparedStmt]*list.Element
+	lru      list.List // of *preparedStmt, most recently used first
+
+	// relaying guards the rule that one serverToClient at a time reads the connection.
+	relaying atomic.Bool
+
+	// unnamedBy and unnamedSeq identify which client's unnamed statement the server holds.
+	unnamedBy  *session
+	unnamedSeq uint64
+
+	// params holds the parameters set on the server beyond the values it started with.
+	params map[string]string
+}
+
+func stateOf(c *pool.Conn) *serverState {
+	if st, ok := c.Tag.(*serverState); ok {
+		return st
+	}
+	st := &serverState{prepared: make(map[*preparedStmt]*list.Element)}
+	c.Tag = st
+	return st
+}
+
+// has reports whether ps is prepared on the server, marking it recently used.
+func (st *serverState) has(ps *preparedStmt) bool {
+	e, ok := st.prepared[ps]
+	if ok {
+		st.lru.MoveToFront(e)
+	}
+	return ok
+}
+
+func (st *serverState) add(ps *preparedStmt) {
+	if _, ok := st.prepared[ps]; ok {
+		return
+	}
+	st.prepared[ps] = st.lru.PushFront(ps)
+}
+
+func (st *serverState) remove(ps *preparedStmt) {
+	if e, ok := st.prepared[ps]; ok {
+		st.lru.Remove(e)
+		delete(st.prepared, ps)
+	}
+}
+
+// evict removes and returns the least recently used statement when more than max are prepared.
+func (st *serverState) evict(max int) *preparedStmt {
+	if max <= 0 || len(st.prepared) <= max {
+		return nil
+	}
+	e := st.lru.Back()
+	ps := e.Value.(*preparedStmt)
+	st.lru.Remove(e)
+	delete(st.prepared, ps)
+	return ps
+}
+
+func (st *serverState) clear() {
+	clear(st.prepared)
+	st.lru.Init()
+	st.unnamedBy = nil
+}
+
+// respEntry is one expected response (or group of responses) from the server, in the order the
+// requests were sent, so that the server's replies can be matched to what the client sent.
+type respEntry struct {
+	// msg is the client message type this answers ('Q','F','P','B','D','E','C','S'), or 0 when
+	// the proxy answers on its own with synth once every earlier response has been relayed.
+	msg byte
+	// swallow marks a message the proxy sent for its own purposes: its responses are not
+	// relayed, except errors, which explain why the client's next message fails.
+	swallow bool
+	// stmt is the statement a Parse prepares; unnamed is set for the unnamed statement.
+	stmt    *preparedStmt
+	unnamed bool
+	synth   []byte
+	// ready appends a ReadyForQuery with the session's current status to synth (the proxy
+	// answered a whole simple Query).
+	ready bool
+}
+
+// respQueue is a FIFO of respEntry that reuses its storage.
+type respQueue struct {
+	e []respEntry
+	h int
+}
+
+func (q *respQueue) push(e respEntry) { q.e = append(q.e, e) }
+func (q *respQueue) len() int         { return len(q.e) - q.h }
+
+func (q *respQueue) head() *respEntry {
+	if q.h == len(q.e) {
+		return nil
+	}
+	return &q.e[q.h]
+}
+
+func (q *respQueue) pop() {
+	q.e[q.h] = respEntry{}
+	q.h++
+	if q.h == len(q.e) {
+		q.e, q.h = q.e[:0], 0
+	}
+}
+
+func (q *respQueue) reset() {
+	clear(q.e)
+	q.e, q.h = q.e[:0], 0
+}
+
+// completes reports whether server message typ is the last response to client message msg.
+func completes(msg, typ byte) bool {
+	switch msg {
+	case 'Q', 'F', 'S':
+		return typ == 'Z'
+	case 'P':
+		return typ == '1'
+	case 'B':
+		return typ == '2'
+	case 'C':
+		return typ == '3'
+	case 'D':
+		return typ == 'T' || typ == 'n'
+	case 'E':
+		return typ == 'C' || typ == 'I' || typ == 's'
+	}
+	return false
+}
+
+// extended reports whether msg is an extended-protocol message, after whose error the server
+// skips everything until Sync.
+func extended(msg byte) bool {
+	switch msg {
+	case 'P', 'B', 'D', 'E', 'C':
+		return true
+	}
+	return false
+}
+
+// Canned responses the proxy sends for messages it answers itself.
+var (
+	parseComplete = []byte{'1', 0, 0, 0, 4}
+	closeComplete = []byte{'3', 0, 0, 0, 4}
+)

@@ -1,0 +1,870 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"unsafe"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgsidecar/pgsidecar/proxy/classify"
+)
+
+// maxInspect is the largest Query or Parse the proxy buffers whole to inspect it in transaction
+// mode. A larger Query streams through unclassified and pins its client.
+const maxInspect = 1 << 20
+
+// reasonUnclassified pins a client whose Query was too large to classify.
+const reasonUnclassified classify.Reason = "unclassified"
+
+// trackedParams are the parameters the proxy replays when a client moves between servers;
+// a session-level SET of any other parameter pins the client.
+var trackedParams = map[string]bool{
+	"application_name": true, "client_encoding": true, "datestyle": true, "intervalstyle": true,
+	"timezone": true, "search_path": true, "extra_float_digits": true, "statement_timeout": true,
+	"lock_timeout": true, "idle_in_transaction_session_timeout": true, "bytea_output": true,
+	"default_transaction_isolation": true,
+	"default_transaction_read_only": true, "default_transaction_deferrable": true,
+	"xmloption": true, "work_mem": true, "jit": true, "enable_seqscan": true,
+}
+
+func isTracked(name string) bool { return trackedParams[name] }
+
+// bytesString views b as a string without copying; the string must not outlive b's contents.
+func bytesString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
+
+// cstring splits b at its first NUL.
+func cstring(b []byte) (s, rest []byte, ok bool) {
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return nil, nil, false
+	}
+	return b[:i], b[i+1:], true
+}
+
+// batchWriter collects what one scan sends on: runs of the input buffer passed through as they
+// are, and messages the proxy rewrote or added. Until something is rewritten, the output is the
+// input run itself and nothing is copied.
+type batchWriter struct {
+	f        *frameReader
+	out      []byte
+	used     bool
+	runStart int
+}
+
+// cut ends the pass-through run at the current message (f.r) and skips to skipTo.
+func (w *batchWriter) cut(skipTo int) {
+	w.out = append(w.out, w.f.buf[w.runStart:w.f.r]...)
+	w.used = true
+	w.runStart = skipTo
+}
+
+func (w *batchWriter) add(b []byte) {
+	w.out = append(w.out, b...)
+	w.used = true
+}
+
+func (w *batchWriter) addString(s string) {
+	w.out = append(w.out, s...)
+	w.used = true
+}
+
+func (w *batchWriter) addByte(b byte) {
+	w.out = append(w.out, b)
+	w.used = true
+}
+
+// bytes returns everything to send for the scanned part of the buffer.
+func (w *batchWriter) bytes() []byte {
+	if !w.used {
+		return w.f.buf[w.runStart:w.f.r]
+	}
+	w.out = append(w.out, w.f.buf[w.runStart:w.f.r]...)
+	return w.out
+}
+
+// needsServer reports whether the buffered client messages need a server connection: anything
+// but Flush and COPY messages outside COPY (which PostgreSQL ignores) does.
+func needsServer(f *frameReader) bool {
+	r := f.r
+	if f.remaining > 0 {
+		if !f.dropping {
+			return true
+		}
+		r += f.remaining // the rest of a message being dropped
+	}
+	for f.w-r >= 5 {
+		switch typ := f.buf[r]; typ {
+		case 'd', 'c', 'f', 'H':
+		case 'X':
+			return false
+		default:
+			return true
+		}
+		r += 1 + int(binary.BigEndian.Uint32(f.buf[r+1:]))
+	}
+	return false
+}
+
+// forwardTracked is forwardClient for transaction mode: besides relaying, it keeps each
+// client's prepared statements on whichever server it has, pins clients that leave state
+// behind, and queues what each message expects back so that serverToClient can match replies.
+func (s *session) forwardTracked(f *frameReader) error {
+	f.need = 0
+	if err := s.answerLocally(f); err != nil {
+		return err
+	}
+	// Attach a server if the messages need one. The check is repeated under the lock: the
+	// server may be released between a check and the scan.
+	for {
+		s.mu.Lock()
+		if s.server != nil || !needsServer(f) {
+			break
+		}
+		s.mu.Unlock()
+		if err := s.attach(); err != nil {
+			return err
+		}
+	}
+	srv := s.server
+	var st *serverState
+	if srv != nil {
+		st = stateOf(srv)
+	}
+	w := batchWriter{f: f, out: s.cout[:0], runStart: f.r}
+	requests, unsynced := 0, -1
+	var err error
+	terminate := false
+scan:
+	for f.r < f.w {
+		if f.remaining > 0 {
+			k := min(f.remaining, f.w-f.r)
+			if f.dropping {
+				w.cut(f.r + k)
+			}
+			f.r += k
+			f.remaining -= k
+			if f.remaining == 0 {
+				f.dropping = false
+			}
+			continue
+		}
+		typ, length, ok := f.header()
+		if !ok {
+			break
+		}
+		if length < 4 || length-4 > s.maxMsg {
+			err = protocolErrorf("invalid message length %d for message type %q", length, typ)
+			break
+		}
+		total := 1 + length
+		whole := f.w-f.r >= total
+		if srv == nil && typ != 'X' {
+			// Only messages needsServer lets through get here: drop them.
+			w.cut(f.r)
+			if !whole {
+				f.dropping = true
+				f.remaining = length - 4
+				f.r += 5
+				w.runStart = f.r
+				continue
+			}
+			f.r += total
+			w.runStart = f.r
+			continue
+		}
+		if s.skipping && typ != 'S' && typ != 'X' {
+			// After an error the proxy raised itself, PostgreSQL would ignore messages until Sync.
+			w.cut(f.r)
+			if !whole {
+				f.dropping = true
+				f.remaining = length - 4
+				f.r += 5
+				w.runStart = f.r
+				continue
+			}
+			f.r += total
+			w.runStart = f.r
+			continue
+		}
+		switch typ {
+		case 'Q', 'P', 'D', 'C':
+			if !whole {
+				if total <= maxInspect || typ == 'D' || typ == 'C' {
+					f.need = total
+					break scan
+				}
+				if typ == 'Q' {
+					s.pinLocked(reasonUnclassified)
+					s.resp.push(respEntry{msg: 'Q'})
+					st.unnamedBy = nil
+					requests++
+					f.r += 5
+					f.remaining = length - 4
+					continue
+				}
+				err = &startupError{code: "54000", msg: fmt.Sprintf("pgsidecar: %c message of %d bytes is too large to track in transaction mode (limit %d)", typ, total, maxInspect)}
+				break scan
+			}
+		}
+		body := f.buf[f.r+5 : min(f.r+total, f.w)]
+		switch typ {
+		case 'Q':
+			if s.trackQuery(body, st, &w, total) {
+				requests++
+			}
+		case 'P':
+			unsynced = 1
+			if perr := s.trackParse(body, st, &w, total); perr != nil {
+				err = perr
+				break scan
+			}
+		case 'B':
+			unsynced = 1
+			need, berr := s.trackBind(body, st, &w, total)
+			if berr != nil {
+				err = berr
+				break scan
+			}
+			if need > 0 {
+				f.need = need
+				break scan
+			}
+		case 'D':
+			unsynced = 1
+			if derr := s.trackDescribe(body, st, &w, total); derr != nil {
+				err = derr
+				break scan
+			}
+		case 'C':
+			unsynced = 1
+			s.trackClose(body, &w, total)
+		case 'E':
+			unsynced = 1
+			s.resp.push(respEntry{msg: 'E'})
+		case 'S':
+			s.resp.push(respEntry{msg: 'S'})
+			requests++
+			unsynced = 0
+			s.skipping = false
+		case 'F':
+			s.resp.push(respEntry{msg: 'F'})
+			requests++
+		case 'H', 'd', 'c', 'f':
+		case 'X':
+			terminate = true
+			break scan
+		default:
+			err = protocolErrorf("invalid frontend message type %d", typ)
+			break scan
+		}
+		if w.runStart > f.r {
+			// The handler consumed the message, or its head, itself (dropped or rewrote it);
+			// whatever is left of it streams through.
+			consumed := w.runStart - f.r
+			f.r = w.runStart
+			f.remaining = total - consumed
+			continue
+		}
+		f.r += 5
+		f.remaining = length - 4
+	}
+	out := w.bytes()
+	if w.used {
+		s.cout = w.out[:0]
+	}
+	synthAtHead := s.resp.len() > 0 && s.resp.head().msg == 0
+	if len(out) > 0 && srv != nil {
+		s.pending += requests
+		if unsynced >= 0 {
+			s.unsynced = unsynced == 1
+		}
+		s.partial = f.remaining > 0 && !f.dropping
+		s.writing = true
+	}
+	s.mu.Unlock()
+
+	if len(out) > 0 && srv != nil {
+		_, werr := srv.Write(out)
+		s.mu.Lock()
+		s.writing = false
+		s.wrote.Broadcast()
+		kick := werr == nil && s.server == srv && s.releasableLocked()
+		s.mu.Unlock()
+		if werr != nil {
+			return fmt.Errorf("write to server: %w", werr)
+		}
+		if kick {
+			s.kickLoop(srv)
+		}
+	}
+	if synthAtHead {
+		if werr := s.emitSynths(); werr != nil {
+			return werr
+		}
+		// A batch the proxy answered entirely leaves nothing to release the server on.
+		s.mu.Lock()
+		kick := s.server
+		if kick != nil && !s.releasableLocked() {
+			kick = nil
+		}
+		s.mu.Unlock()
+		if kick != nil {
+			s.kickLoop(kick)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if terminate {
+		return errTerminate
+	}
+	f.compact()
+	return nil
+}
+
+// trackQuery inspects a simple Query: what it leaves on the session decides pinning. It
+// reports whether the Query goes to the server (DEALLOCATE of the client's own statements is
+// answered by the proxy: the server knows them under other names).
+func (s *session) trackQuery(body []byte, st *serverState, w *batchWriter, total int) (forward bool) {
+	sql := body
+	if len(sql) > 0 && sql[len(sql)-1] == 0 {
+		sql = sql[:len(sql)-1]
+	}
+	res := classify.Classify(bytesString(sql), isTracked)
+	if res.Statements == 1 && len(res.Deallocate) == 1 && s.txStatus != 'E' {
+		if ps, ok := s.stmts[res.Deallocate[0]]; ok {
+			delete(s.stmts, res.Deallocate[0])
+			s.srv.stmts.put(ps)
+			w.cut(w.f.r + total)
+			s.resp.push(respEntry{synth: commandComplete("DEALLOCATE"), ready: true})
+			return false
+		}
+	}
+	if res.Pin != classify.None {
+		s.pinLocked(res.Pin)
+	}
+	if res.DiscardAll {
+		// DISCARD ALL / DEALLOCATE ALL drop the shared statements on this server as well.
+		s.dropAllStmtsLocked()
+		st.clear()
+	}
+	for _, name := range res.Deallocate {
+		if ps, ok := s.stmts[name]; ok {
+			delete(s.stmts, name)
+			s.srv.stmts.put(ps)
+		}
+	}
+	if res.SetsTracked {
+		s.paramsDirty = true
+	}
+	// A simple Query destroys the unnamed statement, on the server and so for the client.
+	st.unnamedBy = nil
+	s.unnamedParse = s.unnamedParse[:0]
+	s.resp.push(respEntry{msg: 'Q'})
+	return true
+}
+
+func commandComplete(tag string) []byte {
+	n := 4 + len(tag) + 1
+	b := []byte{'C', byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}
+	b = append(b, tag...)
+	return append(b, 0)
+}
+
+// trackParse handles Parse: a named statement is mapped to its shared server-side statement,
+// prepared on this server unless it already is; the unnamed one is remembered for replay.
+func (s *session) trackParse(body []byte, st *serverState, w *batchWriter, total int) error {
+	name, rest, ok := cstring(body)
+	if !ok {
+		return protocolErrorf("malformed Parse message")
+	}
+	query, paramTypes, ok := cstring(rest)
+	if !ok {
+		return protocolErrorf("malformed Parse message")
+	}
+	if res := classify.Classify(bytesString(query), isTracked); res.Pin != classify.None {
+		s.pinLocked(res.Pin)
+	} else if res.SetsTracked {
+		s.paramsDirty = true
+	}
+	if len(name) == 0 {
+		s.unnamedParse = append(s.unnamedParse[:0], w.f.buf[w.f.r:w.f.r+total]...)
+		s.unnamedSeq++
+		st.unnamedBy, st.unnamedSeq = s, s.unnamedSeq
+		s.resp.push(respEntry{msg: 'P', unnamed: true})
+		return nil
+	}
+	if _, dup := s.stmts[string(name)]; dup {
+		e := &pgconn.PgError{Severity: "ERROR", Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", name)}
+		s.resp.push(respEntry{synth: appendErrorResponse(nil, e)})
+		s.skipping = true
+		w.cut(w.f.r + total)
+		return nil
+	}
+	ps := s.srv.stmts.get(query, paramTypes)
+	s.stmts[string(name)] = ps
+	w.cut(w.f.r + total)
+	if st.has(ps) {
+		s.resp.push(respEntry{synth: parseComplete})
+		return nil
+	}
+	s.prepareLocked(ps, st, w, false)
+	return nil
+}
+
+// prepareLocked sends ps's Parse to the server, making room in its statement cache first.
+func (s *session) prepareLocked(ps *preparedStmt, st *serverState, w *batchWriter, swallow bool) {
+	if old := st.evict(s.srv.cfg.MaxPreparedStatements - 1); old != nil {
+		w.add(closeMessage('S', old.name))
+		s.resp.push(respEntry{msg: 'C', swallow: true})
+	}
+	st.add(ps)
+	w.add(ps.parse)
+	s.resp.push(respEntry{msg: 'P', swallow: swallow, stmt: ps})
+}
+
+func closeMessage(kind byte, name string) []byte {
+	n := 4 + 1 + len(name) + 1
+	b := make([]byte, 0, 1+n)
+	b = append(b, 'C', byte(n>>24), byte(n>>16), byte(n>>8), byte(n), kind)
+	b = append(b, name...)
+	return append(b, 0)
+}
+
+// ensureUnnamedLocked replays the client's last unnamed Parse when the server holds another
+// client's unnamed statement.
+func (s *session) ensureUnnamedLocked(st *serverState, w *batchWriter) {
+	if len(s.unnamedParse) == 0 || (st.unnamedBy == s && st.unnamedSeq == s.unnamedSeq) {
+		return
+	}
+	w.cut(w.f.r)
+	w.add(s.unnamedParse)
+	st.unnamedBy, st.unnamedSeq = s, s.unnamedSeq
+	s.resp.push(respEntry{msg: 'P', swallow: true, unnamed: true})
+}
+
+// maxBindNames bounds the head of a Bind (portal and statement names) the proxy waits for.
+const maxBindNames = 4096
+
+// trackBind rewrites a Bind of a named statement to its server-side name, preparing it first
+// if this server does not have it. body may hold only the start of a large Bind: only the names
+// are needed, and the parameters stream through. need > 0 asks for that many bytes buffered.
+func (s *session) trackBind(body []byte, st *serverState, w *batchWriter, total int) (need int, err error) {
+	portal, rest, ok := cstring(body)
+	var name []byte
+	if ok {
+		name, _, ok = cstring(rest)
+	}
+	if !ok {
+		if len(body) < total-5 && len(body) < maxBindNames {
+			return min(total, 5+maxBindNames), nil
+		}
+		return 0, protocolErrorf("malformed Bind message")
+	}
+	if len(name) == 0 {
+		s.ensureUnnamedLocked(st, w)
+		s.resp.push(respEntry{msg: 'B'})
+		return 0, nil
+	}
+	ps, ok := s.stmts[string(name)]
+	if !ok {
+		if s.refuseUnknownLocked(name, w, total) {
+			return 0, nil
+		}
+		// The server has no statement by the client's name either, so it answers with the
+		// error PostgreSQL would give.
+		s.resp.push(respEntry{msg: 'B'})
+		return 0, nil
+	}
+	head := 5 + len(portal) + 1 + len(name) + 1
+	w.cut(w.f.r + head)
+	if !st.has(ps) {
+		s.prepareLocked(ps, st, w, true)
+	}
+	n := total - 1 - len(name) + len(ps.name)
+	w.add([]byte{'B', byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
+	w.add(portal)
+	w.addByte(0)
+	w.addString(ps.name)
+	w.addByte(0)
+	s.resp.push(respEntry{msg: 'B'})
+	return 0, nil
+}
+
+// trackDescribe rewrites a Describe of a named statement like trackBind.
+func (s *session) trackDescribe(body []byte, st *serverState, w *batchWriter, total int) error {
+	if len(body) < 2 {
+		return protocolErrorf("malformed Describe message")
+	}
+	name, _, ok := cstring(body[1:])
+	if !ok {
+		return protocolErrorf("malformed Describe message")
+	}
+	if body[0] != 'S' {
+		s.resp.push(respEntry{msg: 'D'})
+		return nil
+	}
+	if len(name) == 0 {
+		s.ensureUnnamedLocked(st, w)
+		s.resp.push(respEntry{msg: 'D'})
+		return nil
+	}
+	ps, ok := s.stmts[string(name)]
+	if !ok {
+		if !s.refuseUnknownLocked(name, w, total) {
+			s.resp.push(respEntry{msg: 'D'})
+		}
+		return nil
+	}
+	w.cut(w.f.r + total)
+	if !st.has(ps) {
+		s.prepareLocked(ps, st, w, true)
+	}
+	n := 4 + 1 + len(ps.name) + 1
+	w.add([]byte{'D', byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n), 'S'})
+	w.addString(ps.name)
+	w.addByte(0)
+	s.resp.push(respEntry{msg: 'D'})
+	return nil
+}
+
+// trackClose answers Close of a named statement itself: the shared server-side statement may
+// serve other clients and stays until evicted.
+func (s *session) trackClose(body []byte, w *batchWriter, total int) {
+	if len(body) < 2 || body[0] != 'S' {
+		s.resp.push(respEntry{msg: 'C'})
+		return
+	}
+	name, _, _ := cstring(body[1:])
+	if len(name) == 0 {
+		s.unnamedParse = s.unnamedParse[:0]
+		s.resp.push(respEntry{msg: 'C'})
+		return
+	}
+	if ps, ok := s.stmts[string(name)]; ok {
+		delete(s.stmts, string(name))
+		s.srv.stmts.put(ps)
+	}
+	w.cut(w.f.r + total)
+	s.resp.push(respEntry{synth: closeComplete})
+}
+
+// dropAllStmtsLocked forgets every statement the client prepared.
+func (s *session) dropAllStmtsLocked() {
+	for name, ps := range s.stmts {
+		delete(s.stmts, name)
+		s.srv.stmts.put(ps)
+	}
+	s.unnamedParse = s.unnamedParse[:0]
+}
+
+// pinLocked keeps the client on its current server for the rest of its session.
+func (s *session) pinLocked(reason classify.Reason) {
+	if s.pinned != "" {
+		return
+	}
+	s.pinned = reason
+	s.srv.metrics.pinned(string(reason))
+	s.log.Info("client pinned to its server connection", "reason", string(reason))
+}
+
+// emitSynths sends the responses the proxy answers itself that are next in line. The lock
+// order is wmu, then mu, as in serverToClient.
+func (s *session) emitSynths() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.mu.Lock()
+	var out []byte
+	for h := s.resp.head(); h != nil && h.msg == 0; h = s.resp.head() {
+		out = append(out, h.synth...)
+		if h.ready {
+			out = append(out, 'Z', 0, 0, 0, 5, s.readyStatusLocked())
+		}
+		s.resp.pop()
+	}
+	s.mu.Unlock()
+	if len(out) == 0 {
+		return nil
+	}
+	if _, err := s.cio.Write(out); err != nil {
+		return fmt.Errorf("write to client: %w", err)
+	}
+	return nil
+}
+
+// relayTracked is scanServer for transaction mode: it matches each server message to the
+// request it answers, drops replies to the proxy's own requests, inserts the replies the proxy
+// makes itself, and keeps the statement caches right when a request fails. Called with wmu
+// and mu held; it returns what to write to the client.
+func (s *session) relayTracked(f *frameReader, st *serverState) (out []byte, ready int, status byte, err error) {
+	w := batchWriter{f: f, out: s.sout[:0], runStart: f.r}
+	defer func() {
+		if w.used {
+			s.sout = w.out[:0]
+		}
+	}()
+	for f.r < f.w {
+		if f.remaining > 0 {
+			k := min(f.remaining, f.w-f.r)
+			if f.dropping {
+				w.cut(f.r + k)
+			}
+			f.r += k
+			f.remaining -= k
+			if f.remaining == 0 {
+				f.dropping = false
+			}
+			continue
+		}
+		typ, length, ok := f.header()
+		if !ok {
+			break
+		}
+		if length < 4 || length-4 > s.maxMsg {
+			return w.bytes(), ready, status, fmt.Errorf("server sent invalid message length %d for type %q", length, typ)
+		}
+		total := 1 + length
+		if (typ == 'Z' || typ == 'E') && total <= len(f.buf) && f.w-f.r < total {
+			break // inspected whole: wait for the rest
+		}
+		s.synthsBefore(&w)
+		h := s.resp.head()
+		drop := false
+		switch typ {
+		case 'N', 'S', 'A':
+			// Notices, parameter reports and notifications belong to no request; those caused
+			// by the proxy's own statements are not the client's business.
+			drop = h != nil && h.swallow && h.msg == 'Q'
+		case 'E':
+			if h == nil {
+				break
+			}
+			if !extended(h.msg) {
+				drop = h.swallow
+				break
+			}
+			// The failed request, and everything up to the next Sync, which the server skips.
+			s.failEntryLocked(h, st)
+			s.resp.pop()
+			for h = s.resp.head(); h != nil && h.msg != 'S'; h = s.resp.head() {
+				s.failEntryLocked(h, st)
+				s.resp.pop()
+			}
+		case 'Z':
+			for h != nil && h.msg != 'Q' && h.msg != 'F' && h.msg != 'S' {
+				s.resp.pop() // out of step: should not happen
+				h = s.resp.head()
+			}
+			if f.w-f.r >= 6 {
+				status = f.buf[f.r+5]
+			}
+			if h != nil {
+				drop = h.swallow
+				if !h.swallow {
+					ready++
+				}
+				s.resp.pop()
+			} else {
+				ready++
+			}
+		default:
+			if h != nil {
+				drop = h.swallow
+				if completes(h.msg, typ) {
+					if typ == '1' && h.stmt != nil {
+						h.stmt.valid.Store(true)
+					}
+					s.resp.pop()
+				}
+			}
+		}
+		if drop {
+			if f.w-f.r >= total {
+				w.cut(f.r + total)
+				f.r += total
+			} else {
+				w.cut(f.w)
+				f.dropping = true
+				f.remaining = total - (f.w - f.r)
+				f.r = f.w
+			}
+			continue
+		}
+		if f.w-f.r >= total {
+			f.r += total
+		} else {
+			f.r += 5
+			f.remaining = length - 4
+		}
+	}
+	if f.remaining == 0 {
+		s.synthsBefore(&w)
+	}
+	return w.bytes(), ready, status, nil
+}
+
+// synthsBefore inserts the proxy's own responses that are next in line at the current position.
+func (s *session) synthsBefore(w *batchWriter) {
+	for h := s.resp.head(); h != nil && h.msg == 0; h = s.resp.head() {
+		w.cut(w.f.r)
+		w.add(h.synth)
+		if h.ready {
+			w.add([]byte{'Z', 0, 0, 0, 5, s.readyStatusLocked()})
+		}
+		s.resp.pop()
+	}
+}
+
+// failEntryLocked undoes what the proxy assumed of a request that failed or was skipped: a
+// statement it meant to prepare is not prepared, and a client's new statement is forgotten.
+func (s *session) failEntryLocked(e *respEntry, st *serverState) {
+	if e.msg != 'P' {
+		return
+	}
+	if e.unnamed {
+		if st.unnamedBy == s {
+			st.unnamedBy = nil
+		}
+		if !e.swallow {
+			// The client's own Parse failed: like PostgreSQL, it has no unnamed statement now.
+			s.unnamedParse = s.unnamedParse[:0]
+		}
+		return
+	}
+	if e.stmt == nil {
+		return
+	}
+	st.remove(e.stmt)
+	if e.swallow {
+		return
+	}
+	for name, ps := range s.stmts {
+		if ps == e.stmt {
+			delete(s.stmts, name)
+			s.srv.stmts.put(ps)
+		}
+	}
+}
+
+// refuseUnknownLocked answers a Bind or Describe naming a statement the client does not have but
+// whose name is the proxy's (another client's shared statement) with the error PostgreSQL
+// gives for a missing statement; the server would run it. It reports whether it did. The rest
+// of the message (for a large Bind) is dropped with it.
+func (s *session) refuseUnknownLocked(name []byte, w *batchWriter, total int) bool {
+	if !bytes.HasPrefix(name, []byte(serverStmtPrefix)) {
+		return false
+	}
+	e := &pgconn.PgError{Severity: "ERROR", Code: "26000", Message: fmt.Sprintf("prepared statement %q does not exist", name)}
+	s.resp.push(respEntry{synth: appendErrorResponse(nil, e)})
+	s.skipping = true
+	w.cut(w.f.r)
+	if avail := w.f.w - w.f.r; avail < total {
+		w.f.dropping = true
+		w.runStart = w.f.w
+	} else {
+		w.runStart = w.f.r + total
+	}
+	return true
+}
+
+// answerLocally answers, without a server, what an idle client sends that the proxy can answer
+// as PostgreSQL would: Parse of a statement text a server has already accepted, Close of a
+// statement, and the Sync after them. Drivers prepare statements this way before using them
+// (pgbench -M prepared does, one blocking round trip per statement), and needing a server for
+// it would make such a client wait for one, or deadlock with its siblings holding them.
+func (s *session) answerLocally(f *frameReader) error {
+	s.mu.Lock()
+	if s.server != nil || s.skipping || f.remaining > 0 {
+		s.mu.Unlock()
+		return nil
+	}
+	// Find a run of such messages ending in Sync, all buffered whole.
+	end := -1
+	for r := f.r; f.w-r >= 5; {
+		typ := f.buf[r]
+		length := int(binary.BigEndian.Uint32(f.buf[r+1:]))
+		if length < 4 || length-4 > s.maxMsg || f.w-r < 1+length {
+			break
+		}
+		body := f.buf[r+5 : r+1+length]
+		ok := false
+		switch typ {
+		case 'P':
+			ok = s.knownParseLocked(body)
+		case 'C':
+			ok = len(body) >= 2 && body[0] == 'S' && body[1] != 0
+		case 'S':
+			end = r + 1 + length
+		}
+		if typ == 'S' || !ok {
+			break
+		}
+		r += 1 + length
+	}
+	if end < 0 {
+		s.mu.Unlock()
+		return nil
+	}
+	var out []byte
+	for f.r < end {
+		typ := f.buf[f.r]
+		length := int(binary.BigEndian.Uint32(f.buf[f.r+1:]))
+		body := f.buf[f.r+5 : f.r+1+length]
+		switch typ {
+		case 'P':
+			name, rest, _ := cstring(body)
+			query, paramTypes, _ := cstring(rest)
+			if res := classify.Classify(bytesString(query), isTracked); res.Pin != classify.None {
+				s.pinLocked(res.Pin)
+			}
+			s.stmts[string(name)] = s.srv.stmts.get(query, paramTypes)
+			out = append(out, parseComplete...)
+		case 'C':
+			name, _, _ := cstring(body[1:])
+			if ps, ok := s.stmts[string(name)]; ok {
+				delete(s.stmts, string(name))
+				s.srv.stmts.put(ps)
+			}
+			out = append(out, closeComplete...)
+		case 'S':
+			out = append(out, 'Z', 0, 0, 0, 5, 'I')
+		}
+		f.r += 1 + length
+	}
+	s.mu.Unlock()
+	s.wmu.Lock()
+	_, err := s.cio.Write(out)
+	s.wmu.Unlock()
+	if err != nil {
+		return fmt.Errorf("write to client: %w", err)
+	}
+	return nil
+}
+
+// knownParseLocked reports whether a Parse names a new statement whose text and parameter types
+// a server has already accepted.
+func (s *session) knownParseLocked(body []byte) bool {
+	name, rest, ok := cstring(body)
+	if !ok || len(name) == 0 {
+		return false
+	}
+	if _, dup := s.stmts[string(name)]; dup {
+		return false
+	}
+	query, paramTypes, ok := cstring(rest)
+	if !ok {
+		return false
+	}
+	return s.srv.stmts.valid(query, paramTypes)
+}
+
+// readyStatusLocked is the transaction status for a ReadyForQuery the proxy makes up: the
+// server's last one, as every earlier reply has been relayed when it is sent.
+func (s *session) readyStatusLocked() byte {
+	if s.txStatus == 0 {
+		return 'I'
+	}
+	return s.txStatus
+}
