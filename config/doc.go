@@ -112,8 +112,9 @@
 //	    default: 1073741824 (1 GiB). Largest protocol message accepted, in
 //	    bytes. At least 1024.
 //	max_prepared_statements   PGSIDECAR_MAX_PREPARED_STATEMENTS   --max-prepared-statements
-//	    default: 200. Prepared statements kept per server connection. 0
-//	    disables prepared-statement tracking.
+//	    default: 200. Prepared statements kept per server connection in
+//	    transaction mode; the least recently used is closed to make room.
+//	    0 = no limit.
 //	max_procs                 PGSIDECAR_MAX_PROCS                 --max-procs
 //	    default: 1. Threads executing Go code at once (GOMAXPROCS). Like
 //	    PgBouncer's single thread, one is the cheapest in CPU per

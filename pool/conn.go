@@ -89,6 +89,9 @@ func (c *Conn) Exec(ctx context.Context, sql string) error {
 		return fmt.Errorf("rebuild connection: %w", err)
 	}
 	_, execErr := pc.Exec(ctx, sql).ReadAll()
+	if err := pc.SyncConn(ctx); err != nil {
+		return fmt.Errorf("sync connection: %w", err)
+	}
 	hc, err := pc.Hijack()
 	if err != nil {
 		return fmt.Errorf("hijack connection: %w", err)
@@ -137,6 +140,9 @@ func (c *Conn) QueryRows(ctx context.Context, sql string) ([][][]byte, error) {
 		return nil, fmt.Errorf("rebuild connection: %w", err)
 	}
 	results, execErr := pc.Exec(ctx, sql).ReadAll()
+	if err := pc.SyncConn(ctx); err != nil {
+		return nil, fmt.Errorf("sync connection: %w", err)
+	}
 	hc, err := pc.Hijack()
 	if err != nil {
 		return nil, fmt.Errorf("hijack connection: %w", err)

@@ -221,6 +221,13 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 		}
 		return nil, fmt.Errorf("connect to upstream: %w", err)
 	}
+	// pgconn may still have a background reader blocked on the socket (started when a write
+	// was slow); it would steal the first reply relayed later. SyncConn stops it.
+	if err := pc.SyncConn(ctx); err != nil {
+		pc.Close(context.Background())
+		p.dialErrors.Add(1)
+		return nil, fmt.Errorf("sync upstream connection: %w", err)
+	}
 	hc, err := pc.Hijack()
 	if err != nil {
 		pc.Close(context.Background())

@@ -13,11 +13,13 @@ func (s *Server) debugState() string {
 	for sess := range s.sessions {
 		sess.mu.Lock()
 		var pid uint32
+		local := ""
 		if sess.server != nil {
 			pid = sess.server.PID
+			local = sess.server.LocalAddr().String()
 		}
-		fmt.Fprintf(&b, "conn %d: server=%v pid=%d pending=%d resp=%d unsynced=%v partial=%v writing=%v tx=%q pinned=%q closing=%v\n",
-			sess.id, sess.server != nil, pid, sess.pending, sess.resp.len(), sess.unsynced, sess.partial, sess.writing, sess.txStatus, sess.pinned, sess.closing)
+		fmt.Fprintf(&b, "conn %d: server=%v pid=%d local=%s pending=%d resp=%d unsynced=%v partial=%v writing=%v tx=%q pinned=%q closing=%v\n",
+			sess.id, sess.server != nil, pid, local, sess.pending, sess.resp.len(), sess.unsynced, sess.partial, sess.writing, sess.txStatus, sess.pinned, sess.closing)
 		for i := sess.resp.h; i < len(sess.resp.e); i++ {
 			e := sess.resp.e[i]
 			fmt.Fprintf(&b, "   entry msg=%q swallow=%v synth=%d\n", e.msg, e.swallow, len(e.synth))

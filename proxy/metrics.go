@@ -10,6 +10,7 @@ type Metrics struct {
 	clientsTotal     prometheus.Counter
 	transactions     prometheus.Counter
 	pins             *prometheus.CounterVec
+	retries          *prometheus.CounterVec
 }
 
 // NewMetrics creates the proxy's metrics and registers them on reg.
@@ -32,7 +33,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Namespace: "pgsidecar", Name: "client_pins_total",
 		Help: "Transaction-mode clients pinned to one server connection for the rest of their session, by reason.",
 	}, []string{"reason"})
-	reg.MustRegister(m.clientsConnected, m.clientsTotal, m.transactions, m.pins)
+	m.retries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "pgsidecar", Name: "retries_total",
+		Help: "Requests the proxy ran again on the client's behalf, by reason.",
+	}, []string{"reason"})
+	reg.MustRegister(m.clientsConnected, m.clientsTotal, m.transactions, m.pins, m.retries)
 	return m
 }
 
@@ -63,4 +68,11 @@ func (m *Metrics) pinned(reason string) {
 		return
 	}
 	m.pins.WithLabelValues(reason).Inc()
+}
+
+func (m *Metrics) retried(reason string) {
+	if m == nil {
+		return
+	}
+	m.retries.WithLabelValues(reason).Inc()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os/exec"
 	"runtime"
 	"strings"
 	"sync"
@@ -76,8 +77,16 @@ func TestManyClientsFewServers(t *testing.T) {
 				t.Logf("%s", g)
 			}
 		}
-		dc := direct(t, c)
-		rows, err := dc.Query(context.Background(), `select pid, state, wait_event_type, wait_event, query from pg_stat_activity where application_name = $1`, app)
+		if out, err := exec.Command("ss", "-tn").CombinedOutput(); err == nil {
+			t.Logf("sockets:\n%s", out)
+		}
+		dc, err := pgx.Connect(context.Background(), c.DSN("postgres"))
+		if err != nil {
+			t.Log(err)
+			return
+		}
+		defer dc.Close(context.Background())
+		rows, err := dc.Query(context.Background(), `select pid, state, wait_event_type, wait_event, query || ' port ' || client_port from pg_stat_activity where application_name = $1`, app)
 		if err != nil {
 			t.Log(err)
 			return

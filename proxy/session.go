@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -96,6 +97,10 @@ type session struct {
 	// closed once they have been read back from the server after the transaction.
 	paramsDirty bool
 	rereading   chan struct{}
+	// retryBatch and retryEntries keep the last batch that could be re-run after a schema
+	// change (see retrySchemaChangeLocked).
+	retryBatch   []byte
+	retryEntries []respEntry
 	// cout and sout are scratch buffers for rewritten batches (client to server, server to
 	// client), reused to avoid allocating per batch.
 	cout, sout []byte
@@ -117,9 +122,6 @@ func (s *session) closeConn() {
 	}
 	_ = s.conn.Close()
 }
-
-// loginTimeout bounds the startup and authentication of a client when the config says nothing.
-const defaultLoginTimeout = time.Minute
 
 func (s *session) run() {
 	defer s.srv.removeSession(s)
@@ -164,11 +166,9 @@ var errTerminate = errors.New("client sent Terminate")
 // startup runs the startup phase: encryption negotiation, cancel requests, authentication and
 // the initial server parameters. ok reports whether the client is logged in.
 func (s *session) startup() (ok bool, err error) {
-	timeout := s.srv.cfg.ClientLoginTimeout
-	if timeout <= 0 {
-		timeout = defaultLoginTimeout
+	if timeout := s.srv.cfg.ClientLoginTimeout; timeout > 0 {
+		_ = s.conn.SetDeadline(time.Now().Add(timeout))
 	}
-	_ = s.conn.SetDeadline(time.Now().Add(timeout))
 	var st *startup
 	// Like PostgreSQL, accept at most one SSLRequest and one GSSENCRequest before the startup.
 	sslAsked, gssAsked := false, false
@@ -273,6 +273,12 @@ func (s *session) startup() (ok bool, err error) {
 		return false, err
 	}
 	s.params = clientParams(st, params)
+	if v, ok := s.params["standard_conforming_strings"]; ok && !strings.EqualFold(v, "on") {
+		// The SQL classifier reads strings as PostgreSQL does with this on; it cannot vouch
+		// for this client's SQL, so the client keeps its server.
+		s.pinned = classify.SetUntracked
+		s.srv.metrics.pinned(string(s.pinned))
+	}
 	s.srv.registerCancelKey(s)
 	if err := s.sendWelcome(reportedParams(params, s.params)); err != nil {
 		s.srv.unregisterCancelKey(s)

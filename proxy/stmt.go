@@ -26,6 +26,15 @@ type preparedStmt struct {
 	// valid is set once a server accepted the Parse: later Parses of the same text can be
 	// answered by the proxy without a server.
 	valid atomic.Bool
+	// gen is bumped when a server reports that the statement's plan changed its result type
+	// (0A000 after a schema change): every server then prepares it afresh on next use.
+	gen atomic.Uint32
+}
+
+// cachedStmt is a statement prepared on a server, at the generation it was prepared.
+type cachedStmt struct {
+	ps  *preparedStmt
+	gen uint32
 }
 
 // stmtRegistry maps statement texts to their shared server-side names.
@@ -109,20 +118,31 @@ func stateOf(c *pool.Conn) *serverState {
 	return st
 }
 
-// has reports whether ps is prepared on the server, marking it recently used.
+// has reports whether ps is prepared on the server at its current generation, marking it
+// recently used.
 func (st *serverState) has(ps *preparedStmt) bool {
 	e, ok := st.prepared[ps]
-	if ok {
-		st.lru.MoveToFront(e)
+	if !ok || e.Value.(*cachedStmt).gen != ps.gen.Load() {
+		return false
 	}
-	return ok
+	st.lru.MoveToFront(e)
+	return true
+}
+
+// stale reports whether the server holds ps at an older generation (so it must be closed
+// before it is prepared again).
+func (st *serverState) stale(ps *preparedStmt) bool {
+	e, ok := st.prepared[ps]
+	return ok && e.Value.(*cachedStmt).gen != ps.gen.Load()
 }
 
 func (st *serverState) add(ps *preparedStmt) {
-	if _, ok := st.prepared[ps]; ok {
+	if e, ok := st.prepared[ps]; ok {
+		e.Value.(*cachedStmt).gen = ps.gen.Load()
+		st.lru.MoveToFront(e)
 		return
 	}
-	st.prepared[ps] = st.lru.PushFront(ps)
+	st.prepared[ps] = st.lru.PushFront(&cachedStmt{ps: ps, gen: ps.gen.Load()})
 }
 
 func (st *serverState) remove(ps *preparedStmt) {
@@ -132,13 +152,14 @@ func (st *serverState) remove(ps *preparedStmt) {
 	}
 }
 
-// evict removes and returns the least recently used statement when more than max are prepared.
+// evict removes and returns the least recently used statement when the server already holds
+// max (so that one more fits); max <= 0 means no limit.
 func (st *serverState) evict(max int) *preparedStmt {
-	if max <= 0 || len(st.prepared) <= max {
+	if max <= 0 || len(st.prepared) < max {
 		return nil
 	}
 	e := st.lru.Back()
-	ps := e.Value.(*preparedStmt)
+	ps := e.Value.(*cachedStmt).ps
 	st.lru.Remove(e)
 	delete(st.prepared, ps)
 	return ps

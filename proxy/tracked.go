@@ -132,6 +132,9 @@ func (s *session) forwardTracked(f *frameReader) error {
 	if srv != nil {
 		st = stateOf(srv)
 	}
+	// A batch that starts a transaction with nothing in flight can be re-run if a schema change
+	// fails it before any of its results reached the client (see retrySchemaChangeLocked).
+	startsIdle := s.resp.len() == 0 && s.pending == 0 && s.txStatus != 'T' && s.txStatus != 'E'
 	w := batchWriter{f: f, out: s.cout[:0], runStart: f.r}
 	requests, unsynced := 0, -1
 	var err error
@@ -275,6 +278,9 @@ scan:
 		s.cout = w.out[:0]
 	}
 	synthAtHead := s.resp.len() > 0 && s.resp.head().msg == 0
+	if len(out) > 0 {
+		s.rememberBatchLocked(out, startsIdle && f.remaining == 0)
+	}
 	if len(out) > 0 && srv != nil {
 		s.pending += requests
 		if unsynced >= 0 {
@@ -416,7 +422,12 @@ func (s *session) trackParse(body []byte, st *serverState, w *batchWriter, total
 
 // prepareLocked sends ps's Parse to the server, making room in its statement cache first.
 func (s *session) prepareLocked(ps *preparedStmt, st *serverState, w *batchWriter, swallow bool) {
-	if old := st.evict(s.srv.cfg.MaxPreparedStatements - 1); old != nil {
+	if st.stale(ps) {
+		w.add(closeMessage('S', ps.name))
+		s.resp.push(respEntry{msg: 'C', swallow: true})
+		st.remove(ps)
+	}
+	if old := st.evict(s.srv.cfg.MaxPreparedStatements); old != nil {
 		w.add(closeMessage('S', old.name))
 		s.resp.push(respEntry{msg: 'C', swallow: true})
 	}
@@ -489,7 +500,7 @@ func (s *session) trackBind(body []byte, st *serverState, w *batchWriter, total 
 	w.addByte(0)
 	w.addString(ps.name)
 	w.addByte(0)
-	s.resp.push(respEntry{msg: 'B'})
+	s.resp.push(respEntry{msg: 'B', stmt: ps})
 	return 0, nil
 }
 
@@ -644,6 +655,15 @@ func (s *session) relayTracked(f *frameReader, st *serverState) (out []byte, rea
 			if !extended(h.msg) {
 				drop = h.swallow
 				break
+			}
+			// A schema change invalidated a shared statement's result type: every server must
+			// prepare it afresh (the client sees this error once, as it would directly).
+			if h.msg == 'B' && h.stmt != nil && f.w-f.r >= total && errorCode(f.buf[f.r+5:f.r+total]) == "0A000" {
+				h.stmt.gen.Add(1)
+				if s.retrySchemaChangeLocked(h.stmt, st) {
+					drop = true
+					break
+				}
 			}
 			// The failed request, and everything up to the next Sync, which the server skips.
 			s.failEntryLocked(h, st)
@@ -867,4 +887,87 @@ func (s *session) readyStatusLocked() byte {
 		return 'I'
 	}
 	return s.txStatus
+}
+
+// errorCode returns the SQLSTATE field of an ErrorResponse body.
+func errorCode(body []byte) string {
+	for len(body) > 0 && body[0] != 0 {
+		field := body[0]
+		v, rest, ok := cstring(body[1:])
+		if !ok {
+			return ""
+		}
+		if field == 'C' {
+			return string(v)
+		}
+		body = rest
+	}
+	return ""
+}
+
+// maxRetryBatch bounds the batches kept for a re-run after a schema change.
+const maxRetryBatch = 16 << 10
+
+// rememberBatchLocked keeps a copy of what a batch sent to the server when it could be re-run:
+// it started with nothing in flight and only executes statements (Bind, Describe, Execute,
+// Sync), so sending it again cannot run anything twice.
+func (s *session) rememberBatchLocked(out []byte, startsIdle bool) {
+	s.retryBatch = s.retryBatch[:0]
+	s.retryEntries = s.retryEntries[:0]
+	if !startsIdle || len(out) > maxRetryBatch || s.resp.len() == 0 {
+		return
+	}
+	entries := s.resp.e[s.resp.h:]
+	for _, e := range entries {
+		switch e.msg {
+		case 'B', 'D', 'E', 'S':
+		default:
+			return
+		}
+		if e.swallow {
+			return
+		}
+	}
+	if entries[len(entries)-1].msg != 'S' {
+		return
+	}
+	s.retryBatch = append(s.retryBatch, out...)
+	s.retryEntries = append(s.retryEntries, entries...)
+}
+
+// retrySchemaChangeLocked handles 0A000 "cached plan must not change result type" on the first
+// message of a remembered batch: nothing of the batch reached the client, so the proxy drops the
+// error and the ReadyForQuery that follows it, prepares the statement afresh and sends the batch
+// again. The client sees the new result (its Describe of the portal tells it the new shape),
+// where PostgreSQL alone would have failed the statement once. It reports whether it did so.
+func (s *session) retrySchemaChangeLocked(ps *preparedStmt, st *serverState) bool {
+	n := len(s.retryEntries)
+	if n == 0 || s.writing || s.resp.len() != n || s.server == nil {
+		return false
+	}
+	// The failed Bind heads the queue and the batch's Sync ends it: the server skips to it.
+	for h := s.resp.head(); h.msg != 'S'; h = s.resp.head() {
+		s.resp.pop()
+	}
+	s.resp.head().swallow = true
+	st.remove(ps)
+	var buf []byte
+	buf = append(buf, closeMessage('S', ps.name)...)
+	buf = append(buf, ps.parse...)
+	buf = append(buf, s.retryBatch...)
+	s.resp.push(respEntry{msg: 'C', swallow: true})
+	s.resp.push(respEntry{msg: 'P', swallow: true, stmt: ps})
+	for _, e := range s.retryEntries {
+		s.resp.push(e)
+	}
+	st.add(ps)
+	s.retryBatch = s.retryBatch[:0]
+	s.retryEntries = s.retryEntries[:0]
+	if _, err := s.server.Write(buf); err != nil {
+		// The loop's next read fails too and ends the session with a clear error.
+		s.log.Info("re-run after schema change: write to server failed", "err", err)
+	}
+	s.srv.metrics.retried("schema_change")
+	s.log.Debug("statement re-prepared and re-run after a schema change", "statement", ps.name)
+	return true
 }

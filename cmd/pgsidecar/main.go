@@ -18,5 +18,7 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// Reload on SIGHUP is not implemented yet; until it is, SIGHUP must not kill a sidecar.
+	signal.Ignore(syscall.SIGHUP)
 	os.Exit(run(ctx, os.Args[1:], os.Environ(), os.Stdout, os.Stderr, nil))
 }
