@@ -84,6 +84,7 @@ func (c *Conn) Created() time.Time { return c.created }
 // control statements (reset, rollback, health checks) while the proxy relays nothing, so it may
 // use pgconn's own machinery. The connection must be idle.
 func (c *Conn) Exec(ctx context.Context, sql string) error {
+	_ = c.Conn.SetDeadline(time.Time{})
 	pc, err := pgconn.Construct(c.hijacked)
 	if err != nil {
 		return fmt.Errorf("rebuild connection: %w", err)
@@ -135,6 +136,7 @@ func (c *Conn) CancelRequest(ctx context.Context) error {
 // QueryRows runs sql (simple protocol) while the proxy relays nothing and returns the text
 // values of its last result's rows. NULLs come back as nil.
 func (c *Conn) QueryRows(ctx context.Context, sql string) ([][][]byte, error) {
+	_ = c.Conn.SetDeadline(time.Time{})
 	pc, err := pgconn.Construct(c.hijacked)
 	if err != nil {
 		return nil, fmt.Errorf("rebuild connection: %w", err)

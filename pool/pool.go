@@ -267,6 +267,8 @@ func (c *Conn) expired(now time.Time) bool {
 func (p *Pool) Release(c *Conn) {
 	now := time.Now()
 	c.lastUsed = now
+	// A holder may have left a deadline set (the proxy wakes its reader with one).
+	_ = c.Conn.SetDeadline(time.Time{})
 	p.mu.Lock()
 	if !c.held {
 		p.mu.Unlock()

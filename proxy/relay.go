@@ -56,6 +56,37 @@ func (f *frameReader) header() (typ byte, length int, ok bool) {
 	return f.buf[f.r], int(binary.BigEndian.Uint32(f.buf[f.r+1:])), true
 }
 
+// errBadLength is wrapped by next's errors.
+var errBadLength = errors.New("invalid message length")
+
+// next returns the header of the message at f.r (ok=false when it is not all buffered),
+// checking its length against maxMsg before anything is allocated for it.
+func (f *frameReader) next(maxMsg int) (typ byte, length int, ok bool, err error) {
+	typ, length, ok = f.header()
+	if ok && (length < 4 || length-4 > maxMsg) {
+		return typ, length, false, fmt.Errorf("%w %d for message type %q", errBadLength, length, typ)
+	}
+	return typ, length, ok, nil
+}
+
+// advance consumes the buffered part of a message being streamed through, reporting whether
+// there was one. The bytes of a message being dropped are cut from w's output.
+func (f *frameReader) advance(w *batchWriter) bool {
+	if f.remaining == 0 {
+		return false
+	}
+	k := min(f.remaining, f.w-f.r)
+	if f.dropping && w != nil {
+		w.cut(f.r + k)
+	}
+	f.r += k
+	f.remaining -= k
+	if f.remaining == 0 {
+		f.dropping = false
+	}
+	return true
+}
+
 // clientToServer reads the client's messages and forwards them to the attached server, taking
 // one from the pool when a message arrives and none is attached. It returns when the client
 // leaves or breaks the protocol; the caller cleans up.
@@ -122,18 +153,15 @@ type clientBatch struct {
 func scanClient(f *frameReader, maxMsg int) (clientBatch, error) {
 	b := clientBatch{unsynced: -1}
 	for f.r < f.w {
-		if f.remaining > 0 {
-			k := min(f.remaining, f.w-f.r)
-			f.r += k
-			f.remaining -= k
+		if f.advance(nil) {
 			continue
 		}
-		typ, length, ok := f.header()
+		typ, length, ok, err := f.next(maxMsg)
+		if err != nil {
+			return b, protocolErrorf("%v", err)
+		}
 		if !ok {
 			break
-		}
-		if length < 4 || length-4 > maxMsg {
-			return b, protocolErrorf("invalid message length %d for message type %q", length, typ)
 		}
 		switch typ {
 		case 'Q', 'F':
@@ -345,10 +373,13 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}) {
 		if err != nil {
 			boundary := f.r == f.w && f.remaining == 0
 			if errors.Is(err, os.ErrDeadlineExceeded) {
-				// clientToServer's kick (or a stale one from the connection's previous holder),
-				// unless finish is stopping this loop.
+				// clientToServer's kick, unless finish is stopping this loop. The deadline is
+				// cleared under mu, so a later kick is not lost.
 				s.mu.Lock()
 				closing := s.closing
+				if !closing {
+					_ = srv.SetReadDeadline(time.Time{})
+				}
 				release := !closing && boundary && s.server == srv && s.releasableLocked()
 				var reread chan struct{}
 				if release {
@@ -356,7 +387,6 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}) {
 				}
 				s.mu.Unlock()
 				if !closing {
-					_ = srv.SetReadDeadline(time.Time{})
 					if release {
 						handedBack = true
 						s.released(srv, reread)
@@ -417,10 +447,15 @@ func (s *session) releasableLocked() bool {
 		s.pending == 0 && s.resp.len() == 0 && !s.unsynced && !s.partial && !s.writing && !s.closing
 }
 
-// kickLoop wakes serverToClient so that it releases a server that became releasable without a
-// reply to wait for (the rest of a message arrived after the server's last ReadyForQuery).
-func (s *session) kickLoop(srv *pool.Conn) {
-	_ = srv.SetReadDeadline(time.Now())
+// kickIfReleasableLocked wakes serverToClient, with a read deadline in the past, when the
+// attached server became releasable without a reply to wait for (the rest of a message arrived
+// after the server's last ReadyForQuery, or the proxy answered a batch itself). Doing it under
+// mu while the server is attached means the deadline cannot land on a server already released:
+// every release clears it.
+func (s *session) kickIfReleasableLocked() {
+	if s.server != nil && s.releasableLocked() {
+		_ = s.server.SetReadDeadline(time.Now())
+	}
 }
 
 // inspect lists the server message types the relay must see whole: ReadyForQuery for the
@@ -431,18 +466,15 @@ func inspectServerMsg(typ byte) bool { return typ == 'Z' }
 // messages seen and the last transaction status.
 func (s *session) scanServer(f *frameReader) (ready int, status byte, err error) {
 	for f.r < f.w {
-		if f.remaining > 0 {
-			k := min(f.remaining, f.w-f.r)
-			f.r += k
-			f.remaining -= k
+		if f.advance(nil) {
 			continue
 		}
-		typ, length, ok := f.header()
+		typ, length, ok, err := f.next(s.maxMsg)
+		if err != nil {
+			return ready, status, fmt.Errorf("server sent %w", err)
+		}
 		if !ok {
 			return ready, status, nil
-		}
-		if length < 4 || length-4 > s.maxMsg {
-			return ready, status, fmt.Errorf("server sent invalid message length %d for type %q", length, typ)
 		}
 		if inspectServerMsg(typ) && 1+length <= len(f.buf) {
 			if f.w-f.r < 1+length {

@@ -141,24 +141,15 @@ func (s *session) forwardTracked(f *frameReader) error {
 	terminate := false
 scan:
 	for f.r < f.w {
-		if f.remaining > 0 {
-			k := min(f.remaining, f.w-f.r)
-			if f.dropping {
-				w.cut(f.r + k)
-			}
-			f.r += k
-			f.remaining -= k
-			if f.remaining == 0 {
-				f.dropping = false
-			}
+		if f.advance(&w) {
 			continue
 		}
-		typ, length, ok := f.header()
-		if !ok {
+		typ, length, ok, herr := f.next(s.maxMsg)
+		if herr != nil {
+			err = protocolErrorf("%v", herr)
 			break
 		}
-		if length < 4 || length-4 > s.maxMsg {
-			err = protocolErrorf("invalid message length %d for message type %q", length, typ)
+		if !ok {
 			break
 		}
 		total := 1 + length
@@ -296,13 +287,12 @@ scan:
 		s.mu.Lock()
 		s.writing = false
 		s.wrote.Broadcast()
-		kick := werr == nil && s.server == srv && s.releasableLocked()
+		if werr == nil {
+			s.kickIfReleasableLocked()
+		}
 		s.mu.Unlock()
 		if werr != nil {
 			return fmt.Errorf("write to server: %w", werr)
-		}
-		if kick {
-			s.kickLoop(srv)
 		}
 	}
 	if synthAtHead {
@@ -311,14 +301,8 @@ scan:
 		}
 		// A batch the proxy answered entirely leaves nothing to release the server on.
 		s.mu.Lock()
-		kick := s.server
-		if kick != nil && !s.releasableLocked() {
-			kick = nil
-		}
+		s.kickIfReleasableLocked()
 		s.mu.Unlock()
-		if kick != nil {
-			s.kickLoop(kick)
-		}
 	}
 	if err != nil {
 		return err
@@ -617,24 +601,15 @@ func (s *session) relayTracked(f *frameReader, st *serverState) (out []byte, rea
 		}
 	}()
 	for f.r < f.w {
-		if f.remaining > 0 {
-			k := min(f.remaining, f.w-f.r)
-			if f.dropping {
-				w.cut(f.r + k)
-			}
-			f.r += k
-			f.remaining -= k
-			if f.remaining == 0 {
-				f.dropping = false
-			}
+		if f.advance(&w) {
 			continue
 		}
-		typ, length, ok := f.header()
+		typ, length, ok, herr := f.next(s.maxMsg)
+		if herr != nil {
+			return w.bytes(), ready, status, fmt.Errorf("server sent %w", herr)
+		}
 		if !ok {
 			break
-		}
-		if length < 4 || length-4 > s.maxMsg {
-			return w.bytes(), ready, status, fmt.Errorf("server sent invalid message length %d for type %q", length, typ)
 		}
 		total := 1 + length
 		if (typ == 'Z' || typ == 'E') && total <= len(f.buf) && f.w-f.r < total {
