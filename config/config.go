@@ -10,6 +10,14 @@ import (
 )
 
 // Profile names. A profile selects a set of built-in defaults; see Defaults.
+// What transaction mode does with session state that cannot move between servers.
+const (
+	// SessionStatePin keeps the client on its server for the rest of its session.
+	SessionStatePin = "pin"
+	// SessionStateRefuse fails the statement with an error instead.
+	SessionStateRefuse = "refuse"
+)
+
 const (
 	ProfileLocal      = "local"
 	ProfileProduction = "production"
@@ -63,6 +71,7 @@ type Config struct {
 	MaxMessageSize         int
 	MaxPreparedStatements  int
 	MaxProcs               int
+	SessionState           string
 	AuthType               string
 	AuthTrustRemote        bool
 	Users                  []User
@@ -151,6 +160,7 @@ func Defaults(profile string) Config {
 		MaxMessageSize:         1 << 30,
 		MaxPreparedStatements:  200,
 		MaxProcs:               1,
+		SessionState:           SessionStatePin,
 		AuthType:               AuthTrust,
 		LogLevel:               "info",
 		LogFormat:              "text",
@@ -211,6 +221,7 @@ type printed struct {
 	MaxMessageSize         int            `yaml:"max_message_size"`
 	MaxPreparedStatements  int            `yaml:"max_prepared_statements"`
 	MaxProcs               int            `yaml:"max_procs"`
+	SessionState           string         `yaml:"session_state"`
 	AuthType               string         `yaml:"auth_type"`
 	AuthTrustRemote        bool           `yaml:"auth_trust_remote"`
 	Users                  []printedUser  `yaml:"users"`
@@ -274,6 +285,7 @@ func (c *Config) printable() printed {
 		MaxMessageSize:         c.MaxMessageSize,
 		MaxPreparedStatements:  c.MaxPreparedStatements,
 		MaxProcs:               c.MaxProcs,
+		SessionState:           c.SessionState,
 		AuthType:               c.AuthType,
 		AuthTrustRemote:        c.AuthTrustRemote,
 		TLS:                    printedTLS{CertFile: c.TLS.CertFile, KeyFile: c.TLS.KeyFile},

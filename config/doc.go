@@ -115,6 +115,13 @@
 //	    default: 200. Prepared statements kept per server connection in
 //	    transaction mode; the least recently used is closed to make room.
 //	    0 = no limit.
+//	session_state             PGSIDECAR_SESSION_STATE             --session-state
+//	    default: "pin". Transaction mode, for SQL that leaves state on the
+//	    server that cannot move with the client (LISTEN, session advisory
+//	    locks, temporary tables, WITH HOLD cursors, SQL PREPARE, SET ROLE,
+//	    LOAD, SET of an untracked parameter): "pin" keeps the client on its
+//	    server for the rest of its session; "refuse" fails the statement
+//	    with SQLSTATE 0A000 instead, so servers stay shared.
 //	max_procs                 PGSIDECAR_MAX_PROCS                 --max-procs
 //	    default: 1. Threads executing Go code at once (GOMAXPROCS). Like
 //	    PgBouncer's single thread, one is the cheapest in CPU per

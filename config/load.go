@@ -74,6 +74,7 @@ var settings = []setting{
 	{"client_login_timeout", kindDuration, func(c *Config) any { return &c.ClientLoginTimeout }, `time a client has to complete startup and authentication; 0 none (default 60s)`},
 	{"max_message_size", kindInt, func(c *Config) any { return &c.MaxMessageSize }, `largest protocol message accepted, in bytes, at least 1024 (default 1073741824)`},
 	{"max_procs", kindInt, func(c *Config) any { return &c.MaxProcs }, `threads running Go code (GOMAXPROCS); 0 = Go's default, the CPU count or container CPU limit (default 1)`},
+	{"session_state", kindString, func(c *Config) any { return &c.SessionState }, `transaction mode, for SQL that leaves state on the server (LISTEN, session advisory locks, temp tables, ...): "pin" the client to its server, or "refuse" the statement with an error (default "pin")`},
 	{"max_prepared_statements", kindInt, func(c *Config) any { return &c.MaxPreparedStatements }, `prepared statements kept per server connection in transaction mode, least recently used closed first; 0 = no limit (default 200)`},
 	{"auth_type", kindString, func(c *Config) any { return &c.AuthType }, `client authentication: "trust", "md5" or "scram-sha-256" (default "trust")`},
 	{"auth_trust_remote", kindBool, func(c *Config) any { return &c.AuthTrustRemote }, `allow auth_type trust on non-loopback listen addresses (default false)`},

@@ -177,6 +177,9 @@ func (c *Config) Validate() error {
 	if c.MaxMessageSize < 1024 {
 		add("max_message_size", "must be at least 1024 bytes, got %d", c.MaxMessageSize)
 	}
+	if c.SessionState != SessionStatePin && c.SessionState != SessionStateRefuse {
+		add("session_state", "must be %q or %q, got %q", SessionStatePin, SessionStateRefuse, c.SessionState)
+	}
 	if c.MaxProcs < 0 {
 		add("max_procs", "must not be negative, got %d", c.MaxProcs)
 	}

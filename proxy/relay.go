@@ -233,7 +233,7 @@ func (s *session) sendToServer(b []byte, requests, unsynced int, partial bool) e
 		s.mu.Unlock()
 		return errServerLost
 	}
-	s.pending += requests
+	s.addPendingLocked(requests)
 	if unsynced >= 0 {
 		s.unsynced = unsynced == 1
 	}
@@ -265,22 +265,9 @@ func (s *session) attach() error {
 	if reread != nil {
 		<-reread
 	}
-	wait := s.srv.cfg.QueryWaitTimeout
-	ctx, cancel := s.ctx, context.CancelFunc(func() {})
-	if wait > 0 {
-		ctx, cancel = context.WithTimeoutCause(s.ctx, wait, errQueryWaitTimeout)
-	}
-	defer cancel()
-	c, err := s.pool.Acquire(ctx)
+	c, err := s.acquireServer()
 	if err != nil {
-		if errors.Is(err, errQueryWaitTimeout) {
-			return &startupError{code: codeConnectionFailure, msg: fmt.Sprintf("pgsidecar: no server connection became free within query_wait_timeout (%s)", wait)}
-		}
-		return &upstreamError{err: err}
-	}
-	if err := s.syncParams(ctx, c); err != nil {
-		s.pool.Destroy(c)
-		return &upstreamError{err: fmt.Errorf("apply session parameters: %w", err)}
+		return err
 	}
 	done := make(chan struct{})
 	s.mu.Lock()
@@ -361,6 +348,23 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}) {
 				s.loopFailed(perr, true, false)
 				return
 			}
+			if st != nil && s.dropGoneServer() {
+				// Already answered; the server is closing. Not released: destroyed.
+				st.relaying.Store(false)
+				handedBack = true
+				s.pool.Destroy(srv)
+				return
+			}
+			if st != nil && s.takeRetryNeeded() {
+				c, cst, ok := s.retryOnNewServer(srv)
+				if !ok {
+					s.loopFailed(s.retryFailure(), true, false)
+					return
+				}
+				srv, st = c, cst
+				f = frameReader{buf: srv.ReadBuffer()}
+				continue
+			}
 			f.compact()
 			if ready > 0 {
 				if release, reread := s.readyForQuery(ready, status, f.r == f.w && f.remaining == 0); release {
@@ -372,6 +376,13 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}) {
 		}
 		if err != nil {
 			boundary := f.r == f.w && f.remaining == 0
+			if st != nil && !deadlineErr(err) && connectionLost(err) && s.lostBeforeRequest() {
+				if c, cst, ok := s.retryOnNewServer(srv); ok {
+					srv, st = c, cst
+					f = frameReader{buf: srv.ReadBuffer()}
+					continue
+				}
+			}
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				// clientToServer's kick, unless finish is stopping this loop. The deadline is
 				// cleared under mu, so a later kick is not lost.
@@ -499,6 +510,9 @@ func (s *session) readyForQuery(n int, status byte, clean bool) (release bool, r
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.pending = max(s.pending-n, 0)
+	if s.pending == 0 && s.queryTimer != nil {
+		s.queryTimer.Stop()
+	}
 	s.txStatus = status
 	if s.pending == 0 && s.drained != nil {
 		close(s.drained)
@@ -552,6 +566,9 @@ func (s *session) finish(cause error) {
 	defer func() {
 		s.mu.Lock()
 		s.dropAllStmtsLocked()
+		if s.queryTimer != nil {
+			s.queryTimer.Stop()
+		}
 		s.mu.Unlock()
 	}()
 	var pe *protocolError

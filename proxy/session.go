@@ -101,6 +101,25 @@ type session struct {
 	// change (see retrySchemaChangeLocked).
 	retryBatch   []byte
 	retryEntries []respEntry
+	// retryAttempts counts how often the remembered batch was sent again; retrying holds off
+	// clientToServer while the batch moves to a new server; retryNeeded is set by relayTracked
+	// when the server refused the batch in a way that makes sending it again safe.
+	retryAttempts int
+	// replied is set once the server sent any part of the remembered batch's results.
+	replied     bool
+	retrying    bool
+	retryNeeded bool
+	// writeFailed is set when clientToServer could not write to the server: the batch did not
+	// reach it, and serverToClient decides whether to send it to another server.
+	writeFailed bool
+	// retryErr is why a retry could not get another server; the client is told.
+	retryErr error
+	// serverGone is set when the attached server announced its shutdown after the client's
+	// last request completed: its end is expected and is no error for the client.
+	serverGone bool
+	// queryTimer cancels the server's query when a request runs past query_timeout. It is
+	// created once and reset per request, so the hot path does not allocate.
+	queryTimer *time.Timer
 	// cout and sout are scratch buffers for rewritten batches (client to server, server to
 	// client), reused to avoid allocating per batch.
 	cout, sout []byte

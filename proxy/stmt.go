@@ -187,6 +187,9 @@ type respEntry struct {
 	// ready appends a ReadyForQuery with the session's current status to synth (the proxy
 	// answered a whole simple Query).
 	ready bool
+	// single marks a simple Query of one statement; done is set once its CommandComplete was
+	// relayed: PostgreSQL commits an implicit transaction before sending that.
+	single, done bool
 }
 
 // respQueue is a FIFO of respEntry that reuses its storage.

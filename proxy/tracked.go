@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"strings"
 	"unsafe"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgsidecar/pgsidecar/config"
 	"github.com/pgsidecar/pgsidecar/proxy/classify"
 )
 
@@ -119,6 +121,11 @@ func (s *session) forwardTracked(f *frameReader) error {
 	// server may be released between a check and the scan.
 	for {
 		s.mu.Lock()
+		for s.retrying || s.serverGone {
+			// serverToClient is moving the last batch to another server, or dropping one
+			// that is shutting down.
+			s.wrote.Wait()
+		}
 		if s.server != nil || !needsServer(f) {
 			break
 		}
@@ -273,7 +280,7 @@ scan:
 		s.rememberBatchLocked(out, startsIdle && f.remaining == 0)
 	}
 	if len(out) > 0 && srv != nil {
-		s.pending += requests
+		s.addPendingLocked(requests)
 		if unsynced >= 0 {
 			s.unsynced = unsynced == 1
 		}
@@ -289,6 +296,11 @@ scan:
 		s.wrote.Broadcast()
 		if werr == nil {
 			s.kickIfReleasableLocked()
+		} else if connectionLost(werr) && len(s.retryEntries) > 0 && s.resp.len() == len(s.retryEntries) {
+			// The server was gone before the batch reached it; serverToClient sees the
+			// connection fail too and sends the batch to another server.
+			s.writeFailed = true
+			werr = nil
 		}
 		s.mu.Unlock()
 		if werr != nil {
@@ -332,6 +344,14 @@ func (s *session) trackQuery(body []byte, st *serverState, w *batchWriter, total
 			return false
 		}
 	}
+	if res.Pin != classify.None && s.pinned == "" && s.refusesState() {
+		// session_state = refuse: the server itself raises the error, so that an explicit
+		// transaction is aborted exactly as PostgreSQL would abort it.
+		w.cut(w.f.r + total)
+		w.add(refusalQuery(res.Pin))
+		s.resp.push(respEntry{msg: 'Q'})
+		return true
+	}
 	if res.Pin != classify.None {
 		s.pinLocked(res.Pin)
 	}
@@ -352,7 +372,7 @@ func (s *session) trackQuery(body []byte, st *serverState, w *batchWriter, total
 	// A simple Query destroys the unnamed statement, on the server and so for the client.
 	st.unnamedBy = nil
 	s.unnamedParse = s.unnamedParse[:0]
-	s.resp.push(respEntry{msg: 'Q'})
+	s.resp.push(respEntry{msg: 'Q', single: res.Statements == 1})
 	return true
 }
 
@@ -375,6 +395,13 @@ func (s *session) trackParse(body []byte, st *serverState, w *batchWriter, total
 		return protocolErrorf("malformed Parse message")
 	}
 	if res := classify.Classify(bytesString(query), isTracked); res.Pin != classify.None {
+		if s.pinned == "" && s.refusesState() {
+			e := &pgconn.PgError{Severity: "ERROR", Code: codeFeatureUnsupported, Message: refusalMessage(res.Pin)}
+			s.resp.push(respEntry{synth: appendErrorResponse(nil, e)})
+			s.skipping = true
+			w.cut(w.f.r + total)
+			return nil
+		}
 		s.pinLocked(res.Pin)
 	} else if res.SetsTracked {
 		s.paramsDirty = true
@@ -618,6 +645,10 @@ func (s *session) relayTracked(f *frameReader, st *serverState) (out []byte, rea
 		s.synthsBefore(&w)
 		h := s.resp.head()
 		drop := false
+		if typ != 'E' && typ != 'N' && typ != 'S' && typ != 'A' && h != nil && !h.swallow {
+			// Part of a result: from now on the batch may have run.
+			s.replied = true
+		}
 		switch typ {
 		case 'N', 'S', 'A':
 			// Notices, parameter reports and notifications belong to no request; those caused
@@ -626,6 +657,29 @@ func (s *session) relayTracked(f *frameReader, st *serverState) (out []byte, rea
 		case 'E':
 			if h == nil {
 				break
+			}
+			if f.w-f.r >= total && s.firstReplyLocked() && s.canRetryLocked() && retryableServerError(errorCode(f.buf[f.r+5:f.r+total])) {
+				// The server refused the batch before running it (it is shutting down, or
+				// was terminated): send it to another server instead of failing it. Nothing
+				// after this error matters; the server closes the connection.
+				s.retryNeeded = true
+				w.cut(f.w)
+				f.r = f.w
+				return w.bytes(), ready, status, nil
+			}
+			if h.msg == 'Q' && h.single && h.done && !h.swallow && s.resp.len() == 1 && !s.writing && f.w-f.r >= total &&
+				s.txStatus != 'T' && s.txStatus != 'E' && shutdownError(errorCode(f.buf[f.r+5:f.r+total])) {
+				// The server was shut down right after completing a one-statement Query in an
+				// implicit transaction, which it had committed before reporting completion:
+				// finish the exchange for the client instead of failing a statement that took
+				// effect. The connection is dropped quietly when it closes.
+				w.cut(f.w)
+				w.add([]byte{'Z', 0, 0, 0, 5, 'I'})
+				f.r = f.w
+				s.resp.pop()
+				s.pending = max(s.pending-1, 0)
+				s.serverGone = true
+				return w.bytes(), ready, status, nil
 			}
 			if !extended(h.msg) {
 				drop = h.swallow
@@ -667,6 +721,9 @@ func (s *session) relayTracked(f *frameReader, st *serverState) (out []byte, rea
 		default:
 			if h != nil {
 				drop = h.swallow
+				if typ == 'C' && h.msg == 'Q' {
+					h.done = true
+				}
 				if completes(h.msg, typ) {
 					if typ == '1' && h.stmt != nil {
 						h.stmt.valid.Store(true)
@@ -852,7 +909,29 @@ func (s *session) knownParseLocked(body []byte) bool {
 	if !ok {
 		return false
 	}
+	if res := classify.Classify(bytesString(query), isTracked); res.Pin != classify.None && s.refusesState() {
+		return false // the normal path refuses it
+	}
 	return s.srv.stmts.valid(query, paramTypes)
+}
+
+// refusesState reports whether SQL that would pin is refused instead (session_state).
+func (s *session) refusesState() bool {
+	return s.srv.cfg.SessionState == config.SessionStateRefuse
+}
+
+func refusalMessage(reason classify.Reason) string {
+	return fmt.Sprintf("pgsidecar: this statement leaves session state on the server (%s), which transaction pooling cannot carry; it is refused because session_state is \"refuse\"", reason)
+}
+
+// refusalQuery is a simple Query that fails on the server with the refusal's error.
+func refusalQuery(reason classify.Reason) []byte {
+	msg := strings.ReplaceAll(refusalMessage(reason), "'", "''")
+	sql := "DO $pgsidecar$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '" + msg + "'; END $pgsidecar$"
+	n := 4 + len(sql) + 1
+	b := []byte{'Q', byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}
+	b = append(b, sql...)
+	return append(b, 0)
 }
 
 // readyStatusLocked is the transaction status for a ReadyForQuery the proxy makes up: the
@@ -883,12 +962,16 @@ func errorCode(body []byte) string {
 // maxRetryBatch bounds the batches kept for a re-run after a schema change.
 const maxRetryBatch = 16 << 10
 
-// rememberBatchLocked keeps a copy of what a batch sent to the server when it could be re-run:
-// it started with nothing in flight and only executes statements (Bind, Describe, Execute,
-// Sync), so sending it again cannot run anything twice.
+// rememberBatchLocked keeps a copy of what a batch sent to the server when it could be sent
+// again: it started a transaction with nothing in flight and is either one simple Query or an
+// execution of prepared statements (Bind, Describe, Execute, Sync, and the proxy's own Parse of
+// them). Whether it is sent again depends on how the first attempt failed (see
+// retrySchemaChangeLocked and retryOnNewServer), never on a guess that it did not run.
 func (s *session) rememberBatchLocked(out []byte, startsIdle bool) {
 	s.retryBatch = s.retryBatch[:0]
 	s.retryEntries = s.retryEntries[:0]
+	s.retryAttempts = 0
+	s.replied = false
 	if !startsIdle || len(out) > maxRetryBatch || s.resp.len() == 0 {
 		return
 	}
@@ -896,14 +979,24 @@ func (s *session) rememberBatchLocked(out []byte, startsIdle bool) {
 	for _, e := range entries {
 		switch e.msg {
 		case 'B', 'D', 'E', 'S':
+			if e.swallow {
+				return
+			}
+		case 'P':
+			// The proxy's own Parse of a shared statement, or the client's unnamed one: both
+			// only prepare.
+			if !(e.swallow && e.stmt != nil) && !(e.unnamed && !e.swallow) {
+				return
+			}
+		case 'Q':
+			if len(entries) != 1 || e.swallow {
+				return
+			}
 		default:
 			return
 		}
-		if e.swallow {
-			return
-		}
 	}
-	if entries[len(entries)-1].msg != 'S' {
+	if last := entries[len(entries)-1].msg; last != 'S' && last != 'Q' {
 		return
 	}
 	s.retryBatch = append(s.retryBatch, out...)
@@ -919,6 +1012,11 @@ func (s *session) retrySchemaChangeLocked(ps *preparedStmt, st *serverState) boo
 	n := len(s.retryEntries)
 	if n == 0 || s.writing || s.resp.len() != n || s.server == nil {
 		return false
+	}
+	for _, e := range s.retryEntries {
+		if e.msg == 'P' || e.msg == 'Q' {
+			return false
+		}
 	}
 	// The failed Bind heads the queue and the batch's Sync ends it: the server skips to it.
 	for h := s.resp.head(); h.msg != 'S'; h = s.resp.head() {
@@ -944,5 +1042,21 @@ func (s *session) retrySchemaChangeLocked(ps *preparedStmt, st *serverState) boo
 	}
 	s.srv.metrics.retried("schema_change")
 	s.log.Debug("statement re-prepared and re-run after a schema change", "statement", ps.name)
+	return true
+}
+
+// firstReplyLocked reports whether the server has not answered any part of the remembered
+// batch yet (so no byte of its result has reached the client).
+func (s *session) firstReplyLocked() bool {
+	n := len(s.retryEntries)
+	if n == 0 || s.resp.len() != n || s.replied {
+		return false
+	}
+	for i, e := range s.retryEntries {
+		h := s.resp.e[s.resp.h+i]
+		if h.msg != e.msg || h.stmt != e.stmt {
+			return false
+		}
+	}
 	return true
 }

@@ -1,0 +1,248 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/pgsidecar/pgsidecar/pool"
+)
+
+// Transparent retry on another server (transaction mode). A batch the proxy remembered (see
+// rememberBatchLocked: the first request of a transaction, nothing else in flight) is sent to a
+// new server when the first one failed it in a way that proves it did not run:
+//   - the server's first reply to it is a shutdown or connection error (57P01, 57P02, 57P03,
+//     class 08): a backend terminated before or during the statement rolls it back;
+//   - the proxy could not write it to the server at all (the peer had already reset).
+// A server that dies without saying why after receiving a request is not retried: it may have
+// committed it, and nothing may run twice.
+
+// retryableServerError reports whether an ErrorResponse code, as the first reply to a batch,
+// shows the batch did not take effect.
+func retryableServerError(code string) bool {
+	if shutdownError(code) {
+		return true
+	}
+	return code == "57P03" || code == "53300" || len(code) == 5 && code[:2] == "08"
+}
+
+// shutdownError reports the codes of a server terminating the connection (admin or crash
+// shutdown).
+func shutdownError(code string) bool { return code == "57P01" || code == "57P02" }
+
+// connectionLost reports whether err is the server connection going away.
+func connectionLost(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed)
+}
+
+// retryOnNewServer sends the remembered batch, which old failed, to another server and returns
+// that server with its state; ok is false when the batch cannot be retried, and the caller
+// fails the session as before. old is destroyed either way when ok.
+func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *serverState, ok bool) {
+	s.mu.Lock()
+	n := len(s.retryEntries)
+	if n == 0 || s.resp.len() != n || !s.canRetryLocked() || s.server != old {
+		s.mu.Unlock()
+		return nil, nil, false
+	}
+	s.retryAttempts++
+	s.retrying = true
+	s.replied = false
+	s.retryNeeded = false
+	s.writeFailed = false
+	batch := append([]byte(nil), s.retryBatch...)
+	entries := append([]respEntry(nil), s.retryEntries...)
+	s.mu.Unlock()
+	finish := func() {
+		s.mu.Lock()
+		s.retrying = false
+		s.wrote.Broadcast()
+		s.mu.Unlock()
+	}
+
+	if ost, isState := old.Tag.(*serverState); isState {
+		ost.relaying.Store(false)
+	}
+	s.pool.Destroy(old)
+	c, err := s.acquireServer()
+	if err != nil {
+		s.mu.Lock()
+		s.server = nil
+		s.retryErr = err
+		s.mu.Unlock()
+		finish()
+		return nil, nil, false
+	}
+	st = stateOf(c)
+
+	var buf []byte
+	s.mu.Lock()
+	if s.closing {
+		// The client left meanwhile; finish is waiting for this loop.
+		s.server = nil
+		s.retrying = false
+		s.wrote.Broadcast()
+		s.mu.Unlock()
+		s.pool.Release(c)
+		return nil, nil, false
+	}
+	st.relaying.Store(true)
+	s.server = c
+	s.resp.reset()
+	s.txStatus = 'I'
+	for _, e := range entries {
+		if e.msg == 'P' && e.swallow && e.stmt != nil && st.has(e.stmt) {
+			// The batch prepares it, and this server has it already: make room for the Parse.
+			buf = append(buf, closeMessage('S', e.stmt.name)...)
+			s.resp.push(respEntry{msg: 'C', swallow: true})
+			st.remove(e.stmt)
+		}
+	}
+	for _, e := range entries {
+		if e.msg == 'P' && e.unnamed {
+			st.unnamedBy, st.unnamedSeq = s, s.unnamedSeq
+		}
+		if e.msg == 'B' && e.stmt != nil && !st.has(e.stmt) && !preparedIn(entries, e.stmt) {
+			buf = append(buf, e.stmt.parse...)
+			s.resp.push(respEntry{msg: 'P', swallow: true, stmt: e.stmt})
+		}
+		if e.msg == 'P' && e.stmt != nil || e.msg == 'B' && e.stmt != nil {
+			st.add(e.stmt)
+		}
+	}
+	buf = append(buf, batch...)
+	for _, e := range entries {
+		s.resp.push(e)
+	}
+	s.writing = true
+	s.retrying = false
+	s.wrote.Broadcast()
+	s.mu.Unlock()
+
+	_, werr := c.Write(buf)
+	s.mu.Lock()
+	s.writing = false
+	s.wrote.Broadcast()
+	s.mu.Unlock()
+	if werr != nil {
+		s.log.Info("retry on another server: write failed", "err", werr)
+	}
+	s.srv.metrics.retried("connection")
+	return c, st, true
+}
+
+// preparedIn reports whether the batch itself prepares ps.
+func preparedIn(entries []respEntry, ps *preparedStmt) bool {
+	for _, e := range entries {
+		if e.msg == 'P' && e.stmt == ps {
+			return true
+		}
+	}
+	return false
+}
+
+// acquireServer takes a server from the pool for this client, within query_wait_timeout, with
+// the client's parameters applied.
+func (s *session) acquireServer() (*pool.Conn, error) {
+	wait := s.srv.cfg.QueryWaitTimeout
+	ctx, cancel := s.ctx, context.CancelFunc(func() {})
+	if wait > 0 {
+		ctx, cancel = context.WithTimeoutCause(s.ctx, wait, errQueryWaitTimeout)
+	}
+	defer cancel()
+	c, err := s.pool.Acquire(ctx)
+	if err != nil {
+		if errors.Is(err, errQueryWaitTimeout) {
+			return nil, &startupError{code: codeConnectionFailure, msg: fmt.Sprintf("pgsidecar: no server connection became free within query_wait_timeout (%s)", wait)}
+		}
+		return nil, &upstreamError{err: err}
+	}
+	if err := s.syncParams(ctx, c); err != nil {
+		s.pool.Destroy(c)
+		return nil, &upstreamError{err: fmt.Errorf("apply session parameters: %w", err)}
+	}
+	return c, nil
+}
+
+// deadlineErr reports whether err is a read deadline firing.
+func deadlineErr(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
+
+// takeRetryNeeded reports (and clears) relayTracked's finding that the server refused the
+// remembered batch retryably.
+func (s *session) takeRetryNeeded() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.retryNeeded
+}
+
+// lostBeforeRequest reports whether the server connection was lost before the remembered
+// batch reached it (clientToServer's write failed), so that sending it elsewhere is safe.
+func (s *session) lostBeforeRequest() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.writeFailed && s.resp.len() == len(s.retryEntries) && len(s.retryEntries) > 0
+}
+
+// canRetryLocked reports whether the remembered batch may be sent once more.
+func (s *session) canRetryLocked() bool {
+	return !s.writing && !s.closing && s.retryAttempts < max(s.srv.cfg.Retries, 1)
+}
+
+// retryFailure is the error for a client whose request could not be moved to another server.
+func (s *session) retryFailure() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.retryErr != nil {
+		return fmt.Errorf("the server went away and no other became available: %w", s.retryErr)
+	}
+	return errors.New("the server went away during the request")
+}
+
+// addPendingLocked counts requests sent to the server and starts the query_timeout clock when
+// the first of them goes out.
+func (s *session) addPendingLocked(requests int) {
+	if requests > 0 && s.pending == 0 {
+		if d := s.srv.cfg.QueryTimeout; d > 0 {
+			if s.queryTimer == nil {
+				s.queryTimer = time.AfterFunc(d, s.queryTimedOut)
+			} else {
+				s.queryTimer.Reset(d)
+			}
+		}
+	}
+	s.pending += requests
+}
+
+// queryTimedOut cancels the running query like a client's CancelRequest would: PostgreSQL
+// then fails it with 57014, which reaches the client as usual, and the server stays usable.
+func (s *session) queryTimedOut() {
+	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+	defer cancel()
+	s.log.Info("query_timeout reached: cancelling the server query", "query_timeout", s.srv.cfg.QueryTimeout)
+	s.cancelRunningQuery(ctx)
+}
+
+// dropGoneServer detaches a server that announced its shutdown after relayTracked finished the
+// client's exchange (serverGone). clientToServer waits for this before it sends more.
+func (s *session) dropGoneServer() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.serverGone {
+		return false
+	}
+	s.serverGone = false
+	if s.pending == 0 && s.queryTimer != nil {
+		s.queryTimer.Stop()
+	}
+	s.server = nil
+	s.loopDone = nil
+	s.txStatus = 'I'
+	s.wrote.Broadcast()
+	return true
+}
