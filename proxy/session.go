@@ -143,25 +143,34 @@ func (s *session) closeConn() {
 }
 
 func (s *session) run() {
-	defer s.srv.removeSession(s)
-	defer s.cancel()
-	defer s.closeConn()
 	s.srv.metrics.clientConnected()
-	defer s.srv.metrics.clientDisconnected()
-
 	ok, err := s.startup()
 	if err != nil {
 		s.logEnd("login failed", err)
-		return
 	}
 	if !ok {
+		s.end()
 		return
 	}
-	defer s.srv.unregisterCancelKey(s)
-	defer s.srv.clients.Add(-1)
+	// The relay runs on a new goroutine: login (TLS, SCRAM, logging) grew this one's stack,
+	// and an idle client should hold as little memory as possible.
+	go s.relay()
+}
 
-	err = s.clientToServer()
-	s.finish(err)
+// relay serves a logged-in client until it leaves, then cleans up.
+func (s *session) relay() {
+	defer s.end()
+	defer s.srv.clients.Add(-1)
+	defer s.srv.unregisterCancelKey(s)
+	s.finish(s.clientToServer())
+}
+
+// end releases what the session holds on the server side of the proxy.
+func (s *session) end() {
+	s.closeConn()
+	s.cancel()
+	s.srv.metrics.clientDisconnected()
+	s.srv.removeSession(s)
 }
 
 // logEnd logs why a session ended: hang-ups at debug, everything else at info, once.

@@ -655,6 +655,12 @@ func (s *session) relayTracked(f *frameReader, st *serverState) (out []byte, rea
 			// by the proxy's own statements are not the client's business.
 			drop = h != nil && h.swallow && h.msg == 'Q'
 		case 'E':
+			// Decisions on a failed request need clientToServer's write of it finished (the
+			// reply can overtake its return); the queue may change meanwhile, so look again.
+			for s.writing {
+				s.wrote.Wait()
+			}
+			h = s.resp.head()
 			if h == nil {
 				break
 			}
