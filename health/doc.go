@@ -22,6 +22,19 @@
 //
 // Other methods on these paths get 405; HEAD is accepted wherever GET is.
 //
+// # Upstream probing
+//
+// A [Prober] checks one upstream every few seconds (connect, run a query,
+// close) and keeps a healthy/unhealthy state with hysteresis: it starts
+// unchecked (not healthy), the first check decides, then FailureThreshold
+// consecutive failures turn it unhealthy and SuccessThreshold consecutive
+// successes turn it healthy again. [ReadyWhen] turns probers into an
+// Options.Ready function, so /readyz is false until the first check has
+// succeeded and while an upstream is unhealthy. Liveness never depends on
+// it. State changes are logged once (Warn when turning unhealthy) and
+// exported through [ProberMetrics] as pgsidecar_upstream_* metrics. DSNs
+// and error texts are redacted wherever they are shown.
+//
 // # Shutdown sequence
 //
 // On SIGTERM, cmd calls [Server.SetDraining] first, so readiness turns false
@@ -35,10 +48,19 @@
 // # Example
 //
 //	reg := prometheus.NewRegistry()
+//	prober := health.NewProber(health.ProberOptions{
+//		Name:       "default",
+//		ConnString: databaseURL,
+//		Logger:     logger,
+//	}, health.NewProberMetrics(reg))
+//	var wg sync.WaitGroup
+//	pctx, stopProber := context.WithCancel(context.WithoutCancel(ctx))
+//	wg.Go(func() { prober.Run(pctx) })
+//	defer func() { stopProber(); wg.Wait() }()
 //	hs := health.NewServer(health.Options{
 //		Addr:     "127.0.0.1:9930",
 //		Gatherer: reg,
-//		Ready:    func(ctx context.Context) error { return pools.Ready(ctx) },
+//		Ready:    health.ReadyWhen(prober),
 //		Status:   func() any { return pools.Stat() },
 //		Logger:   logger,
 //	})

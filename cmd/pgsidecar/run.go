@@ -9,6 +9,7 @@ import (
 	"net"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -119,6 +120,27 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, stdout 
 	defer pools.Close()
 	reg.MustRegister(pool.NewCollector(pools))
 
+	// Upstream health probing: readiness follows the default upstream. The
+	// interval is the prober's 5s default, not server_check_delay (that one
+	// is about re-checking idle pool connections). The prober keeps running
+	// while draining so /api/health stays current; it is stopped last.
+	var prober *health.Prober
+	if cfg.DatabaseURL != "" {
+		prober = health.NewProber(health.ProberOptions{
+			Name:       "default",
+			ConnString: cfg.DatabaseURL,
+			Timeout:    cfg.ConnectTimeout,
+			Logger:     logger,
+		}, health.NewProberMetrics(reg))
+		pctx, stopProber := context.WithCancel(context.WithoutCancel(ctx))
+		var wg sync.WaitGroup
+		wg.Go(func() { prober.Run(pctx) })
+		defer func() {
+			stopProber()
+			wg.Wait()
+		}()
+	}
+
 	srv, err := proxy.New(proxy.Options{Config: cfg, Pools: pools, Logger: logger, Metrics: proxy.NewMetrics(reg)})
 	if err != nil {
 		return err
@@ -131,12 +153,16 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, stdout 
 	var hs *health.Server
 	var quit <-chan struct{}
 	if cfg.HTTPListen != "" {
-		hs = health.NewServer(health.Options{
+		hopts := health.Options{
 			Addr:     cfg.HTTPListen,
 			Gatherer: reg,
-			Status:   func() any { return pools.Stats() },
+			Status:   func() any { return serveStatus(pools, prober) },
 			Logger:   logger,
-		})
+		}
+		if prober != nil {
+			hopts.Ready = health.ReadyWhen(prober)
+		}
+		hs = health.NewServer(hopts)
 		if err := hs.Start(); err != nil {
 			_ = srv.Shutdown(ctx)
 			return fmt.Errorf("start http server: %w", err)
@@ -179,6 +205,21 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, stdout 
 		}
 	}
 	return nil
+}
+
+// status is the "details" document of /api/health.
+type status struct {
+	Pools     []pool.Stat          `json:"pools"`
+	Upstreams []health.ProbeStatus `json:"upstreams,omitempty"`
+}
+
+// serveStatus snapshots pools and prober (nil when there is none).
+func serveStatus(pools *pool.Set, prober *health.Prober) status {
+	st := status{Pools: pools.Stats()}
+	if prober != nil {
+		st.Upstreams = []health.ProbeStatus{prober.Status()}
+	}
+	return st
 }
 
 func startLocalCluster(ctx context.Context, logger *slog.Logger) (*pgtest.Cluster, error) {
