@@ -2,9 +2,12 @@ package pool
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -39,6 +42,8 @@ type Conn struct {
 	buf []byte
 	// raw does the relay's socket I/O on plain TCP connections; nil for TLS.
 	raw *rawio.Conn
+	// peek checks the idle connection before reuse; set on first use.
+	peek *peeker
 
 	// Tag is the holder's per-connection state (the proxy keeps which statements are prepared
 	// on the server here). The pool never reads it; it lives and dies with the connection.
@@ -76,6 +81,61 @@ func (c *Conn) ReadBuffer() []byte {
 // readBufferSize fits many DataRows per read while staying small enough that a pool of a
 // hundred connections costs little memory.
 const readBufferSize = 32 << 10
+
+// alive reports whether an idle connection still looks usable, with a non-blocking peek at its
+// socket that consumes nothing. An idle server has nothing to say, so anything readable
+// (typically the FATAL 57P01 a server sends before it exits), end of file or a socket error
+// means that the connection is dead. Connections that are not sockets (tests' pipes) pass.
+// Only the connection's owner may call it, with no read deadline in the past.
+func (c *Conn) alive() bool {
+	if c.peek == nil {
+		c.peek = newPeeker(c.Conn)
+	}
+	return c.peek.alive()
+}
+
+// peeker peeks at a socket without blocking; its callback is bound once so that a check
+// allocates nothing.
+type peeker struct {
+	rc     syscall.RawConn // nil: not a socket, always alive
+	b      [1]byte
+	errno  syscall.Errno
+	peekFn func(fd uintptr) bool
+}
+
+func newPeeker(nc net.Conn) *peeker {
+	if tc, ok := nc.(*tls.Conn); ok {
+		// A TLS alert or record is as telling as plaintext; an idle TLS connection buffers none.
+		nc = tc.NetConn()
+	}
+	k := &peeker{}
+	if sc, ok := nc.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			k.rc = rc
+		}
+	}
+	k.peekFn = k.doPeek
+	return k
+}
+
+func (k *peeker) doPeek(fd uintptr) bool {
+	for {
+		// A raw call, as rawio makes them: MSG_DONTWAIT never blocks.
+		_, _, k.errno = syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&k.b[0])), 1,
+			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+		if k.errno != syscall.EINTR {
+			return true // never wait for readability: that would block on a live connection
+		}
+	}
+}
+
+func (k *peeker) alive() bool {
+	if k.rc == nil {
+		return true
+	}
+	err := k.rc.Read(k.peekFn)
+	return err == nil && k.errno == syscall.EAGAIN
+}
 
 // Created returns when the connection was established.
 func (c *Conn) Created() time.Time { return c.created }

@@ -12,6 +12,8 @@ type Collector struct {
 	servers, waiting, size       *prometheus.Desc
 	acquires, waits, waitSeconds *prometheus.Desc
 	dials, dialErrors, closes    *prometheus.Desc
+	dialRetries, checkFailures   *prometheus.Desc
+	idleDropped                  *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*Collector)(nil)
@@ -33,12 +35,17 @@ func NewCollector(set *Set) *Collector {
 		dials:       d("dials_total", "Server connections dialled."),
 		dialErrors:  d("dial_errors_total", "Server connection dials that failed."),
 		closes:      d("server_closes_total", "Server connections closed."),
+		dialRetries: d("dial_retries_total", "Server connection dials that retried a failed one."),
+		checkFailures: d("check_failures_total",
+			"Idle server connections found dead by the check before reuse (server_check_delay)."),
+		idleDropped: d("idle_dropped_total", "Idle server connections closed at once after an upstream failure."),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.servers, c.waiting, c.size, c.acquires, c.waits, c.waitSeconds, c.dials, c.dialErrors, c.closes} {
+	for _, d := range []*prometheus.Desc{c.servers, c.waiting, c.size, c.acquires, c.waits, c.waitSeconds, c.dials, c.dialErrors, c.closes,
+		c.dialRetries, c.checkFailures, c.idleDropped} {
 		ch <- d
 	}
 }
@@ -67,6 +74,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		t.Dials += s.Dials
 		t.DialErrors += s.DialErrors
 		t.Closes += s.Closes
+		t.DialRetries += s.DialRetries
+		t.CheckFailures += s.CheckFailures
+		t.IdleDropped += s.IdleDropped
 	}
 	for _, k := range order {
 		s, db, user := sums[k], k.db, k.user
@@ -80,5 +90,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.dials, prometheus.CounterValue, float64(s.Dials), db, user)
 		ch <- prometheus.MustNewConstMetric(c.dialErrors, prometheus.CounterValue, float64(s.DialErrors), db, user)
 		ch <- prometheus.MustNewConstMetric(c.closes, prometheus.CounterValue, float64(s.Closes), db, user)
+		ch <- prometheus.MustNewConstMetric(c.dialRetries, prometheus.CounterValue, float64(s.DialRetries), db, user)
+		ch <- prometheus.MustNewConstMetric(c.checkFailures, prometheus.CounterValue, float64(s.CheckFailures), db, user)
+		ch <- prometheus.MustNewConstMetric(c.idleDropped, prometheus.CounterValue, float64(s.IdleDropped), db, user)
 	}
 }

@@ -13,11 +13,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/pgsidecar/pgsidecar/internal/retry"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
 // metricsPerPool is how many series the collector exports for each pool.
-const metricsPerPool = 10
+const metricsPerPool = 13
 
 func TestCollector(t *testing.T) {
 	defer leakCheck(t)()
@@ -72,11 +73,21 @@ pgsidecar_pool_wait_seconds_total{database="appdb",user="appuser"} 0
 # HELP pgsidecar_pool_server_closes_total Server connections closed.
 # TYPE pgsidecar_pool_server_closes_total counter
 pgsidecar_pool_server_closes_total{database="appdb",user="appuser"} 0
+# HELP pgsidecar_pool_dial_retries_total Server connection dials that retried a failed one.
+# TYPE pgsidecar_pool_dial_retries_total counter
+pgsidecar_pool_dial_retries_total{database="appdb",user="appuser"} 0
+# HELP pgsidecar_pool_check_failures_total Idle server connections found dead by the check before reuse (server_check_delay).
+# TYPE pgsidecar_pool_check_failures_total counter
+pgsidecar_pool_check_failures_total{database="appdb",user="appuser"} 0
+# HELP pgsidecar_pool_idle_dropped_total Idle server connections closed at once after an upstream failure.
+# TYPE pgsidecar_pool_idle_dropped_total counter
+pgsidecar_pool_idle_dropped_total{database="appdb",user="appuser"} 0
 `
 	names := []string{
 		"pgsidecar_pool_server_connections", "pgsidecar_pool_acquires_total", "pgsidecar_pool_waiting_clients",
 		"pgsidecar_pool_size", "pgsidecar_pool_dials_total", "pgsidecar_pool_dial_errors_total",
 		"pgsidecar_pool_waits_total", "pgsidecar_pool_wait_seconds_total", "pgsidecar_pool_server_closes_total",
+		"pgsidecar_pool_dial_retries_total", "pgsidecar_pool_check_failures_total", "pgsidecar_pool_idle_dropped_total",
 	}
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), names...); err != nil {
 		t.Error(err)
@@ -214,7 +225,8 @@ func TestCollectorAcquiresCountsHanded(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(pool.NewCollector(set))
 
-	p := set.Get(pool.Config{Key: "refused", Database: "appdb", User: "appuser", ConnConfig: closedPortConfig(t), Size: 1})
+	p := set.Get(pool.Config{Key: "refused", Database: "appdb", User: "appuser", ConnConfig: closedPortConfig(t), Size: 1,
+		Retry: retry.Backoff{MaxAttempts: 1}})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := p.Acquire(ctx); err == nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgsidecar/pgsidecar/internal/rawio"
+	"github.com/pgsidecar/pgsidecar/internal/retry"
 )
 
 // ErrClosed is returned by Acquire once the pool has been closed.
@@ -29,16 +30,40 @@ type Config struct {
 	ConnConfig *pgconn.Config
 	// Size caps the number of server connections, dialing ones included. Must be >= 1.
 	Size int
-	// MinSize is how many connections the pool keeps open even when idle.
+	// MinSize is how many connections the pool keeps open even when idle. The maintenance
+	// goroutine opens missing ones one at a time, and not while the upstream is failing faster
+	// than Retry allows.
 	MinSize int
 	// IdleTimeout closes connections idle for longer than this (down to MinSize); 0 = never.
 	IdleTimeout time.Duration
 	// Lifetime closes connections older than this at their next release; 0 = unlimited. Each
 	// connection gets up to 10 % less so that a pool dialled at once does not expire at once.
 	Lifetime time.Duration
-	// ConnectTimeout bounds one dial including authentication; 0 = only the caller's context.
+	// ConnectTimeout bounds one dial attempt including authentication; 0 = only the caller's
+	// context.
 	ConnectTimeout time.Duration
+	// Retry paces dial attempts. A dial that fails with a retryable error (retry.Classify: the
+	// upstream refusing, resetting, starting up or shutting down, too many connections) is tried
+	// again after a backoff delay until the acquirer's context ends or Retry.MaxAttempts attempts
+	// were made; a non-retryable error (28P01, 3D000, ...) is returned at once. While dials fail,
+	// the delay is the pool's, not each acquirer's: the pool's dials take turns. Zero fields mean
+	// Initial 100ms, Max 2s, attempts limited only by the acquirer's context.
+	Retry retry.Backoff
+	// CheckDelay is server_check_delay: an idle connection unused for at least this long is
+	// checked before it is handed out, with a non-blocking peek at its socket (no round trip). An
+	// idle server has nothing to say, so anything readable (typically the FATAL a server sends
+	// before it exits), end of file or a socket error means the connection is dead; it is closed
+	// and the acquirer gets another one. 0 = check on every acquire of an idle connection;
+	// negative = never check.
+	CheckDelay time.Duration
+	// MaxConcurrentDials caps the dials in flight, waits between attempts included, so that a
+	// burst of acquirers or an upstream coming back is not stampeded. Acquirers beyond it wait,
+	// in FIFO order, for a released connection or a free dial. 0 = 2.
+	MaxConcurrentDials int
 }
+
+// defaultMaxConcurrentDials is MaxConcurrentDials when the Config leaves it 0.
+const defaultMaxConcurrentDials = 2
 
 // Stat is a snapshot of a pool's state and counters.
 type Stat struct {
@@ -48,28 +73,41 @@ type Stat struct {
 	Open           int // connections open or being dialled
 	Idle           int
 	InUse          int
+	Dialing        int // of Open, dials in flight (backoff waits included); at most MaxConcurrentDials
 	Waiting        int // callers blocked in Acquire
 
-	Acquires     uint64
-	Waits        uint64        // acquires that had to wait
-	WaitDuration time.Duration // total time spent waiting
-	Dials        uint64
-	DialErrors   uint64
-	Closes       uint64
+	Acquires      uint64
+	Waits         uint64        // acquires that had to wait
+	WaitDuration  time.Duration // total time spent waiting
+	Dials         uint64        // dial attempts, retries included
+	DialErrors    uint64        // dial attempts that failed (not counting callers giving up)
+	DialRetries   uint64        // dial attempts that retried a failed one
+	Closes        uint64
+	CheckFailures uint64 // idle connections found dead by the CheckDelay check
+	IdleDropped   uint64 // idle connections closed by DropIdle
 }
 
 // Pool keeps server connections to one upstream database as one user. Acquire hands out an idle
 // connection, dials a new one while under Size, or queues the caller in FIFO order.
 type Pool struct {
-	cfg Config
+	cfg      Config
+	maxDials int
 
 	mu      sync.Mutex
 	idle    []*Conn // most recently used last: reuse keeps warm connections busy
 	open    int
-	dialing int // of open, how many are being dialled
+	dialing int // of open, slots whose dialer holds one of the maxDials dial tokens
 	waiters []*waiter
 	params  map[string]string
 	closed  bool
+
+	// The upstream's health as the last dial saw it.
+	lastErr  error     // the last dial's error; nil after a success
+	failures int       // retryable dial failures in a row
+	nextDial time.Time // while failures > 0, no dial attempt starts before this
+	// recovered is closed when a dial succeeds after failures, waking dialers waiting for their
+	// turn; nil while no dial is failing.
+	recovered chan struct{}
 
 	// ctx is cancelled by Close; it bounds the pool's own dials.
 	ctx  context.Context
@@ -77,13 +115,15 @@ type Pool struct {
 	wg   sync.WaitGroup
 
 	acquires, waits, waitNanos, dials, dialErrors, closes atomic.Uint64
+	dialRetries, checkFailures, idleDropped               atomic.Uint64
 }
 
 type waiter struct {
 	ch chan grant
 }
 
-// grant is what a waiter receives: a connection, the right to dial one, or an error.
+// grant is what a waiter receives: a connection, the right to dial one (a slot and a dial token
+// already counted in open and dialing), or an error.
 type grant struct {
 	conn *Conn
 	dial bool
@@ -95,7 +135,10 @@ func New(cfg Config) *Pool {
 	if cfg.Size < 1 {
 		cfg.Size = 1
 	}
-	p := &Pool{cfg: cfg}
+	p := &Pool{cfg: cfg, maxDials: cfg.MaxConcurrentDials}
+	if p.maxDials < 1 {
+		p.maxDials = defaultMaxConcurrentDials
+	}
 	p.ctx, p.stop = context.WithCancel(context.Background())
 	p.wg.Add(1)
 	go p.maintain()
@@ -106,7 +149,9 @@ func New(cfg Config) *Pool {
 func (p *Pool) Key() string { return p.cfg.Key }
 
 // Acquire returns a connection for the caller's exclusive use until Release or Destroy. It
-// waits, in FIFO order with other callers, until ctx is done.
+// waits, in FIFO order with other callers, until ctx is done; while the upstream is down or
+// refusing, that includes dialing again and again (see Config.Retry). An error after ctx ends
+// wraps both ctx's cause and, if dials were failing, the last dial error.
 func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 	c, err := p.acquire(ctx)
 	if err == nil {
@@ -117,26 +162,45 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 
 func (p *Pool) acquire(ctx context.Context) (*Conn, error) {
 	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return nil, ErrClosed
-	}
-	for len(p.idle) > 0 {
+	for len(p.idle) > 0 && !p.closed {
 		c := p.idle[len(p.idle)-1]
 		p.idle[len(p.idle)-1] = nil
 		p.idle = p.idle[:len(p.idle)-1]
-		if !c.expired(time.Now()) {
-			c.held = true
+		now := time.Now()
+		if c.expired(now) {
+			p.open--
+			p.dispatchLocked()
+			p.mu.Unlock()
+			p.closeConn(c)
+			p.mu.Lock()
+			continue
+		}
+		c.held = true
+		if !p.needsCheck(c, now) {
 			p.mu.Unlock()
 			return c, nil
 		}
+		p.mu.Unlock()
+		if c.alive() {
+			return c, nil
+		}
+		p.checkFailures.Add(1)
+		p.mu.Lock()
+		c.held = false
 		p.open--
+		p.dispatchLocked()
 		p.mu.Unlock()
 		p.closeConn(c)
 		p.mu.Lock()
 	}
-	if p.open < p.cfg.Size {
+	if p.closed {
+		p.mu.Unlock()
+		return nil, ErrClosed
+	}
+	// Callers already waiting come first: a new one dials only if none waits.
+	if len(p.waiters) == 0 && p.canDialLocked() {
 		p.open++
+		p.dialing++
 		p.mu.Unlock()
 		return p.dialSlot(ctx)
 	}
@@ -159,17 +223,48 @@ func (p *Pool) acquire(ctx context.Context) (*Conn, error) {
 	case <-ctx.Done():
 		p.mu.Lock()
 		removed := p.removeWaiterLocked(w)
+		lastErr := p.lastErr
 		p.mu.Unlock()
 		if !removed {
 			// Granted while we gave up: pass the grant on rather than lose it.
 			switch g := <-w.ch; {
 			case g.dial:
-				p.slotFreed()
+				p.mu.Lock()
+				p.open--
+				p.dialing--
+				p.dispatchLocked()
+				p.mu.Unlock()
 			case g.conn != nil:
 				p.Release(g.conn)
 			}
 		}
+		if lastErr != nil {
+			return nil, fmt.Errorf("wait for server connection: %w (last dial: %w)", context.Cause(ctx), lastErr)
+		}
 		return nil, fmt.Errorf("wait for server connection: %w", context.Cause(ctx))
+	}
+}
+
+// needsCheck reports whether an idle connection must pass the liveness check before reuse.
+func (p *Pool) needsCheck(c *Conn, now time.Time) bool {
+	return p.cfg.CheckDelay >= 0 && now.Sub(c.lastUsed) >= p.cfg.CheckDelay
+}
+
+// canDialLocked reports whether a slot and a dial token are free.
+func (p *Pool) canDialLocked() bool {
+	return p.open < p.cfg.Size && p.dialing < p.maxDials
+}
+
+// dispatchLocked gives free slots and dial tokens to waiters, first come first served, as rights
+// to dial. It never blocks: a waiter's channel holds one grant and it gets at most one.
+func (p *Pool) dispatchLocked() {
+	for len(p.waiters) > 0 && !p.closed && p.canDialLocked() {
+		w := p.waiters[0]
+		p.waiters[0] = nil
+		p.waiters = p.waiters[1:]
+		p.open++
+		p.dialing++
+		w.ch <- grant{dial: true}
 	}
 }
 
@@ -185,29 +280,164 @@ func (p *Pool) removeWaiterLocked(w *waiter) bool {
 	return false
 }
 
-// dialSlot dials a connection into a slot already counted in p.open, freeing the slot on failure.
+// dialSlot dials a connection into a slot and dial token already counted in p.open and
+// p.dialing, retrying as Config.Retry says. It gives the token back, and the slot on failure.
 func (p *Pool) dialSlot(ctx context.Context) (*Conn, error) {
-	p.mu.Lock()
-	p.dialing++
-	p.mu.Unlock()
-	c, err := p.dial(ctx)
+	c, err := p.dialRetrying(ctx)
+	var orphan *Conn
 	p.mu.Lock()
 	p.dialing--
-	closed := p.closed
-	p.mu.Unlock()
-	if err == nil && closed {
-		p.closeConn(c)
-		err = ErrClosed
+	if err == nil && p.closed {
+		orphan, c, err = c, nil, ErrClosed
 	}
 	if err != nil {
-		p.slotFreed()
-		return nil, err
+		p.open--
 	}
-	return c, nil
+	p.dispatchLocked()
+	p.mu.Unlock()
+	if orphan != nil {
+		p.closeConn(orphan)
+	}
+	return c, err
 }
 
+// dialRetrying dials until a dial succeeds, fails with a non-retryable error, ctx ends or
+// Retry.MaxAttempts attempts have failed. Attempts wait for their turn (waitDialTurn).
+func (p *Pool) dialRetrying(ctx context.Context) (*Conn, error) {
+	var lastErr error
+	for attempt := 0; ; attempt++ {
+		if err := p.waitDialTurn(ctx); err != nil {
+			if errors.Is(err, ErrClosed) {
+				return nil, err
+			}
+			return nil, p.gaveUp(err, lastErr)
+		}
+		if attempt > 0 {
+			p.dialRetries.Add(1)
+		}
+		c, err := p.dial(ctx)
+		if err == nil {
+			return c, nil
+		}
+		if ctx.Err() != nil {
+			if lastErr == nil {
+				return nil, err // the attempt's own error says that ctx ended
+			}
+			return nil, p.gaveUp(context.Cause(ctx), lastErr)
+		}
+		lastErr = err
+		if !retry.Classify(err).Retryable {
+			return nil, err
+		}
+		if p.cfg.Retry.Exhausted(attempt + 1) {
+			if attempt == 0 {
+				return nil, err
+			}
+			return nil, fmt.Errorf("%w (gave up after %d attempts)", err, attempt+1)
+		}
+	}
+}
+
+// gaveUp is the error of a dialer whose ctx ended between attempts: the cause, and the last dial
+// error (this dialer's, else the pool's), which says why no connection was made.
+func (p *Pool) gaveUp(cause, lastErr error) error {
+	if lastErr == nil {
+		p.mu.Lock()
+		lastErr = p.lastErr
+		p.mu.Unlock()
+	}
+	if lastErr == nil {
+		return fmt.Errorf("connect to upstream: %w", cause)
+	}
+	return fmt.Errorf("%w (gave up: %w)", lastErr, cause)
+}
+
+// waitDialTurn returns when the caller may start a dial attempt: at once while dials succeed;
+// while they fail, not before the pool's nextDial, which the caller then pushes one backoff delay
+// on, so that the pool's dialers take turns instead of stampeding the upstream. It returns
+// ctx's cause if ctx ends first, ErrClosed if the pool closes.
+func (p *Pool) waitDialTurn(ctx context.Context) error {
+	for {
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return ErrClosed
+		}
+		wait := p.dialTurnLocked(time.Now())
+		recovered := p.recovered
+		p.mu.Unlock()
+		if wait <= 0 {
+			return nil
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-recovered:
+		case <-ctx.Done():
+		case <-p.ctx.Done():
+		}
+		t.Stop()
+	}
+}
+
+// dialTurnLocked returns how long a dialer must wait before its next attempt; 0 means it may go
+// now, and then, while dials fail, it has claimed the turn by moving nextDial on.
+func (p *Pool) dialTurnLocked(now time.Time) time.Duration {
+	if p.failures == 0 {
+		return 0
+	}
+	if wait := p.nextDial.Sub(now); wait > 0 {
+		return wait
+	}
+	p.nextDial = now.Add(p.cfg.Retry.Delay(p.failures-1, nil))
+	return 0
+}
+
+// dial makes one dial attempt and records its outcome as the upstream's health.
 func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 	p.dials.Add(1)
+	c, err := p.connect(ctx)
+	// A caller giving up says nothing about the upstream.
+	if err != nil && ctx.Err() != nil {
+		return nil, err
+	}
+	if err != nil {
+		p.dialErrors.Add(1)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case err == nil:
+		p.lastErr, p.failures, p.nextDial = nil, 0, time.Time{}
+		if p.recovered != nil {
+			close(p.recovered)
+			p.recovered = nil
+		}
+		if p.params == nil {
+			p.params = maps.Clone(c.Params)
+		}
+	case retry.Classify(err).Retryable:
+		p.lastErr = err
+		p.failures++
+		if next := time.Now().Add(p.cfg.Retry.Delay(p.failures-1, nil)); next.After(p.nextDial) {
+			p.nextDial = next
+		}
+		if p.recovered == nil {
+			p.recovered = make(chan struct{})
+		}
+	default:
+		// The upstream answered (a wrong password, no such database): it is up, but this pool
+		// cannot log in, which readiness should know.
+		p.lastErr = err
+	}
+	return c, err
+}
+
+// connect dials, authenticates and hijacks one upstream connection.
+func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 	if p.cfg.ConnectTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, p.cfg.ConnectTimeout)
@@ -215,23 +445,17 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 	}
 	pc, err := pgconn.ConnectConfig(ctx, p.cfg.ConnConfig.Copy())
 	if err != nil {
-		// A caller giving up is not the upstream failing.
-		if ctx.Err() == nil || !errors.Is(err, ctx.Err()) {
-			p.dialErrors.Add(1)
-		}
 		return nil, fmt.Errorf("connect to upstream: %w", err)
 	}
 	// pgconn may still have a background reader blocked on the socket (started when a write
 	// was slow); it would steal the first reply relayed later. SyncConn stops it.
 	if err := pc.SyncConn(ctx); err != nil {
 		pc.Close(context.Background())
-		p.dialErrors.Add(1)
 		return nil, fmt.Errorf("sync upstream connection: %w", err)
 	}
 	hc, err := pc.Hijack()
 	if err != nil {
 		pc.Close(context.Background())
-		p.dialErrors.Add(1)
 		return nil, fmt.Errorf("hijack upstream connection: %w", err)
 	}
 	now := time.Now()
@@ -250,11 +474,6 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 	if p.cfg.Lifetime > 0 {
 		c.lifetime = p.cfg.Lifetime - time.Duration(rand.Int64N(int64(p.cfg.Lifetime)/10+1))
 	}
-	p.mu.Lock()
-	if p.params == nil {
-		p.params = maps.Clone(hc.ParameterStatuses)
-	}
-	p.mu.Unlock()
 	return c, nil
 }
 
@@ -277,13 +496,14 @@ func (p *Pool) Release(c *Conn) {
 	c.held = false
 	if p.closed || c.expired(now) {
 		p.open--
+		p.dispatchLocked()
 		p.mu.Unlock()
 		p.closeConn(c)
-		p.slotFreedNoDecrement()
 		return
 	}
 	if len(p.waiters) > 0 {
 		w := p.waiters[0]
+		p.waiters[0] = nil
 		p.waiters = p.waiters[1:]
 		c.held = true
 		p.mu.Unlock()
@@ -302,9 +522,39 @@ func (p *Pool) Destroy(c *Conn) {
 		panic("pool: Destroy of a connection that is not handed out")
 	}
 	c.held = false
+	p.open--
+	p.dispatchLocked()
 	p.mu.Unlock()
 	p.closeConn(c)
-	p.slotFreed()
+}
+
+// DropIdle closes every idle connection at once. The proxy calls it when a server reports
+// 57P01/57P02 or dies: an upstream restart has killed its siblings too. Connections in use are
+// not touched; their holders find out on their own.
+func (p *Pool) DropIdle() {
+	p.mu.Lock()
+	idle := p.idle
+	p.idle = nil
+	p.open -= len(idle)
+	p.dispatchLocked()
+	p.mu.Unlock()
+	p.idleDropped.Add(uint64(len(idle)))
+	for _, c := range idle {
+		p.closeConn(c)
+	}
+}
+
+// Healthy reports whether the pool's last dial succeeded (or none was made yet): false while the
+// upstream is down, refusing, or rejecting this pool's login.
+func (p *Pool) Healthy() bool {
+	return p.LastError() == nil
+}
+
+// LastError returns the error of the pool's last dial, or nil if it succeeded or none was made.
+func (p *Pool) LastError() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lastErr
 }
 
 func (p *Pool) closeConn(c *Conn) {
@@ -317,28 +567,6 @@ func (p *Pool) closeConn(c *Conn) {
 
 // terminateMsg is the protocol's Terminate message.
 var terminateMsg = []byte{'X', 0, 0, 0, 4}
-
-// slotFreed gives a freed slot to the first waiter, who then dials.
-func (p *Pool) slotFreed() {
-	p.mu.Lock()
-	p.open--
-	p.mu.Unlock()
-	p.slotFreedNoDecrement()
-}
-
-// slotFreedNoDecrement hands a free slot, already subtracted from p.open, to the first waiter.
-func (p *Pool) slotFreedNoDecrement() {
-	p.mu.Lock()
-	if p.closed || len(p.waiters) == 0 || p.open >= p.cfg.Size {
-		p.mu.Unlock()
-		return
-	}
-	w := p.waiters[0]
-	p.waiters = p.waiters[1:]
-	p.open++
-	p.mu.Unlock()
-	w.ch <- grant{dial: true}
-}
 
 // ServerParams returns the ParameterStatus values of this upstream, dialing a connection if the
 // pool has not connected yet. Errors are the upstream's own (e.g. 3D000, 28P01).
@@ -370,6 +598,7 @@ func (p *Pool) Stat() Stat {
 		Open:     p.open,
 		Idle:     len(p.idle),
 		InUse:    p.open - len(p.idle) - p.dialing,
+		Dialing:  p.dialing,
 		Waiting:  len(p.waiters),
 	}
 	p.mu.Unlock()
@@ -379,6 +608,9 @@ func (p *Pool) Stat() Stat {
 	s.Dials = p.dials.Load()
 	s.DialErrors = p.dialErrors.Load()
 	s.Closes = p.closes.Load()
+	s.DialRetries = p.dialRetries.Load()
+	s.CheckFailures = p.checkFailures.Load()
+	s.IdleDropped = p.idleDropped.Load()
 	return s
 }
 
@@ -440,25 +672,38 @@ func (p *Pool) evictIdle(now time.Time) {
 	}
 	p.idle = kept
 	p.open -= len(victims)
+	p.dispatchLocked()
 	p.mu.Unlock()
 	for _, c := range victims {
 		p.closeConn(c)
 	}
 }
 
+// fillMin opens connections up to MinSize, one at a time, with a single attempt each: it uses a
+// dial token like any dialer, leaves the tokens to waiters when there are any, and waits for the
+// next tick while failing dials space the pool's attempts.
 func (p *Pool) fillMin() {
 	for {
 		p.mu.Lock()
-		if p.closed || p.open >= p.cfg.MinSize || p.open >= p.cfg.Size {
+		if p.closed || p.open >= p.cfg.MinSize || len(p.waiters) > 0 || !p.canDialLocked() ||
+			p.dialTurnLocked(time.Now()) > 0 {
 			p.mu.Unlock()
 			return
 		}
 		p.open++
+		p.dialing++
 		p.mu.Unlock()
-		c, err := p.dialSlot(p.ctx)
+		c, err := p.dial(p.ctx)
+		p.mu.Lock()
+		p.dialing--
+		if err != nil {
+			p.open--
+		}
+		p.dispatchLocked()
+		p.mu.Unlock()
 		if err != nil {
 			return
 		}
-		p.Release(c)
+		p.Release(c) // closes it if the pool closed meanwhile
 	}
 }

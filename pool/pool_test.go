@@ -19,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/internal/retry"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -34,6 +35,9 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	if sharedCluster != nil {
 		_ = sharedCluster.Close()
+	}
+	if faultCluster != nil {
+		_ = faultCluster.Close()
 	}
 	os.Exit(code)
 }
@@ -631,8 +635,9 @@ func TestDialFailure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// One attempt: retrying a refused dial is TestRetryMaxAttempts's and resilience_test.go's.
 	p := pool.New(pool.Config{Key: "closed-port", Database: "postgres", User: "postgres", ConnConfig: cc, Size: 2,
-		ConnectTimeout: 5 * time.Second})
+		ConnectTimeout: 5 * time.Second, Retry: retry.Backoff{MaxAttempts: 1}})
 	defer p.Close()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgsidecar/pgsidecar/internal/rawio"
+	"github.com/pgsidecar/pgsidecar/internal/retry"
 	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/pgsidecar/pgsidecar/proxy/auth"
 	"github.com/pgsidecar/pgsidecar/proxy/classify"
@@ -295,7 +296,13 @@ func (s *session) startup() (ok bool, err error) {
 		s.sendStartupError(err)
 		return false, err
 	}
-	params, err := s.pool.ServerParams(s.ctx)
+	// The upstream may be down; the pool retries its dial for as long as a query would wait.
+	pctx, pcancel := s.ctx, context.CancelFunc(func() {})
+	if d := s.srv.cfg.QueryWaitTimeout; d > 0 {
+		pctx, pcancel = context.WithTimeout(s.ctx, d)
+	}
+	params, err := s.pool.ServerParams(pctx)
+	pcancel()
 	if err != nil {
 		s.sendStartupError(err)
 		return false, err
@@ -348,6 +355,10 @@ func (s *session) bindPool() error {
 		IdleTimeout:    s.srv.cfg.ServerIdleTimeout,
 		Lifetime:       s.srv.cfg.ServerLifetime,
 		ConnectTimeout: s.srv.cfg.ConnectTimeout,
+		// While the upstream is down, dials are retried with backoff for as long as the client
+		// is willing to wait (query_wait_timeout), so clients ride through restarts.
+		Retry:      retry.Backoff{Initial: s.srv.cfg.RetryDelay},
+		CheckDelay: s.srv.cfg.ServerCheckDelay,
 	})
 	if s.pool == nil {
 		return &startupError{code: codeAdminShutdown, msg: "pgsidecar is shutting down"}
