@@ -70,6 +70,9 @@ func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *serverStat
 		ost.relaying.Store(false)
 	}
 	s.pool.Destroy(old)
+	// A server that shut down usually means the upstream restarted: its idle siblings are
+	// dead too, and dropping them at once saves every other client a failed attempt.
+	s.pool.DropIdle()
 	c, err := s.acquireServer()
 	if err != nil {
 		s.mu.Lock()
