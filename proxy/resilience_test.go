@@ -1,7 +1,11 @@
 package proxy
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -9,7 +13,159 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgsidecar/pgsidecar/config"
+	"github.com/pgsidecar/pgsidecar/internal/pgtest"
 )
+
+// ownCluster starts a cluster for a test that kills or restarts it.
+func ownCluster(t *testing.T) *pgtest.Cluster {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test: needs PostgreSQL")
+	}
+	return pgtest.Must(t, pgtest.Options{Settings: map[string]string{"max_connections": "100"}})
+}
+
+// autocommitLoad runs clients that each increment their own counter row in autocommit
+// statements until stop is closed, counting the increments acknowledged to them and the errors
+// they saw.
+type autocommitLoad struct {
+	acked  []atomic.Int64
+	errors atomic.Int64
+	first  atomic.Value
+	wg     sync.WaitGroup
+}
+
+func startAutocommitLoad(t *testing.T, ctx context.Context, p *testProxy, clients int, mode pgx.QueryExecMode, stop <-chan struct{}) *autocommitLoad {
+	t.Helper()
+	l := &autocommitLoad{acked: make([]atomic.Int64, clients)}
+	for i := range clients {
+		conn := p.connect(t, mode)
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := conn.Exec(ctx, "update counters set n = n + 1 where id = $1", i); err != nil {
+					if l.errors.Add(1) == 1 {
+						l.first.Store(fmt.Sprintf("client %d: %v", i, err))
+					}
+					if conn.IsClosed() {
+						return
+					}
+					continue
+				}
+				l.acked[i].Add(1)
+			}
+		}()
+	}
+	return l
+}
+
+// check compares the acknowledged increments with the counter table: every acknowledged
+// statement applied exactly once.
+func (l *autocommitLoad) check(t *testing.T, ctx context.Context, c *pgtest.Cluster) {
+	t.Helper()
+	l.wg.Wait()
+	if n := l.errors.Load(); n > 0 {
+		t.Errorf("clients saw %d errors; first: %v", n, l.first.Load())
+	}
+	conn := direct(t, c)
+	var total int64
+	for i := range l.acked {
+		var n int64
+		if err := conn.QueryRow(ctx, "select n from counters where id = $1", i).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n != l.acked[i].Load() {
+			t.Errorf("client %d: counter %d, acknowledged %d", i, n, l.acked[i].Load())
+		}
+		total += n
+	}
+	t.Logf("%d statements applied", total)
+}
+
+func setupCounters(t *testing.T, ctx context.Context, c *pgtest.Cluster, clients int) {
+	t.Helper()
+	if err := c.Exec(ctx, fmt.Sprintf("drop table if exists counters; create table counters (id int primary key, n bigint not null); insert into counters select g, 0 from generate_series(0, %d) g", clients-1)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTerminateBackendsUnderLoad kills every server connection of the pool while clients run
+// autocommit statements: the clients see no error and every statement is applied exactly once,
+// while an explicit transaction in progress gets its error and is rolled back.
+func TestTerminateBackendsUnderLoad(t *testing.T) {
+	c := ownCluster(t)
+	const clients = 12
+	ctx := testCtx(t)
+	setupCounters(t, ctx, c, clients)
+	app := "terminate_load"
+	p := startProxy(t, c, func(cfg *config.Config) {
+		cfg.PoolSize = 4
+		cfg.DatabaseURL = c.DSN("postgres") + "&application_name=" + app
+		cfg.Retries = 3
+	})
+	if err := c.Exec(ctx, "drop table if exists tx_victim; create table tx_victim (v int)"); err != nil {
+		t.Fatal(err)
+	}
+	victim := p.connect(t, pgx.QueryExecModeSimpleProtocol)
+	if _, err := victim.Exec(ctx, "begin; insert into tx_victim values (1)"); err != nil {
+		t.Fatal(err)
+	}
+
+	stop := make(chan struct{})
+	load := startAutocommitLoad(t, ctx, p, clients, pgx.QueryExecModeSimpleProtocol, stop)
+	admin := direct(t, c)
+	for range 5 {
+		time.Sleep(150 * time.Millisecond)
+		if _, err := admin.Exec(ctx, "select pg_terminate_backend(pid) from pg_stat_activity where application_name = $1", app); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	load.check(t, ctx, c)
+
+	_, err := victim.Exec(ctx, "commit")
+	if err == nil {
+		t.Fatal("the transaction whose server was terminated committed")
+	}
+	var rows int
+	if err := admin.QueryRow(ctx, "select count(*) from tx_victim").Scan(&rows); err != nil || rows != 0 {
+		t.Fatalf("tx_victim has %d rows (%v), want 0: a half-done transaction was kept", rows, err)
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		t.Logf("the open transaction got %s: %s", pgErr.Code, pgErr.Message)
+	}
+}
+
+// TestRestartUnderLoad restarts PostgreSQL (fast shutdown) while clients run autocommit
+// statements: the clients see no error and every statement is applied exactly once.
+func TestRestartUnderLoad(t *testing.T) {
+	c := ownCluster(t)
+	const clients = 20
+	ctx := testCtx(t)
+	setupCounters(t, ctx, c, clients)
+	p := startProxy(t, c, func(cfg *config.Config) {
+		cfg.PoolSize = 5
+		cfg.Retries = 3
+		cfg.QueryWaitTimeout = 30 * time.Second
+	})
+	stop := make(chan struct{})
+	load := startAutocommitLoad(t, ctx, p, clients, pgx.QueryExecModeSimpleProtocol, stop)
+	time.Sleep(300 * time.Millisecond)
+	if err := c.Restart(ctx, "fast"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	load.check(t, ctx, c)
+}
 
 // TestQueryTimeout checks that query_timeout cancels the server's query (it stops running on
 // the server), the client gets 57014, and the server connection is reused cleanly.

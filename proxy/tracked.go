@@ -662,6 +662,14 @@ func (s *session) relayTracked(f *frameReader, st *serverState) (out []byte, rea
 			}
 			h = s.resp.head()
 			if h == nil {
+				if f.w-f.r >= total && s.txStatus != 'T' && s.txStatus != 'E' && !s.writing && shutdownError(errorCode(f.buf[f.r+5:f.r+total])) {
+					// An idle server announcing its end (terminated, or the upstream shutting
+					// down) concerns no request: the client gets another server instead.
+					w.cut(f.w)
+					f.r = f.w
+					s.serverGone = true
+					return w.bytes(), ready, status, nil
+				}
 				break
 			}
 			if f.w-f.r >= total && s.firstReplyLocked() && s.canRetryLocked() && retryableServerError(errorCode(f.buf[f.r+5:f.r+total])) {
