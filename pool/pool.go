@@ -160,8 +160,10 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 	return c, err
 }
 
-func (p *Pool) acquire(ctx context.Context) (*Conn, error) {
-	p.mu.Lock()
+// takeIdleLocked pops a usable idle connection, checking it first when it has been idle for
+// longer than CheckDelay, or returns nil. mu must be held; it is released and taken again
+// while a connection is checked or closed.
+func (p *Pool) takeIdleLocked() *Conn {
 	for len(p.idle) > 0 && !p.closed {
 		c := p.idle[len(p.idle)-1]
 		p.idle[len(p.idle)-1] = nil
@@ -177,12 +179,12 @@ func (p *Pool) acquire(ctx context.Context) (*Conn, error) {
 		}
 		c.held = true
 		if !p.needsCheck(c, now) {
-			p.mu.Unlock()
-			return c, nil
+			return c
 		}
 		p.mu.Unlock()
 		if c.alive() {
-			return c, nil
+			p.mu.Lock()
+			return c
 		}
 		p.checkFailures.Add(1)
 		p.mu.Lock()
@@ -192,6 +194,30 @@ func (p *Pool) acquire(ctx context.Context) (*Conn, error) {
 		p.mu.Unlock()
 		p.closeConn(c)
 		p.mu.Lock()
+	}
+	return nil
+}
+
+// TryAcquire returns an idle connection when one is ready and no caller is waiting, without
+// waiting or dialling: the common case costs no context or timer.
+func (p *Pool) TryAcquire() *Conn {
+	p.mu.Lock()
+	var c *Conn
+	if len(p.waiters) == 0 {
+		c = p.takeIdleLocked()
+	}
+	p.mu.Unlock()
+	if c != nil {
+		p.acquires.Add(1)
+	}
+	return c
+}
+
+func (p *Pool) acquire(ctx context.Context) (*Conn, error) {
+	p.mu.Lock()
+	if c := p.takeIdleLocked(); c != nil {
+		p.mu.Unlock()
+		return c, nil
 	}
 	if p.closed {
 		p.mu.Unlock()

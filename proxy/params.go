@@ -101,6 +101,9 @@ func parseOptions(opts string) map[string]string {
 // explicit settings want, or "" when they already agree. Values go through set_config, which
 // parses them like postgresql.conf does (list values such as search_path included).
 func paramsSQL(want, have map[string]string) string {
+	if maps.Equal(want, have) {
+		return "" // the common case, on every attach: allocate nothing
+	}
 	var b strings.Builder
 	for _, name := range slices.Sorted(maps.Keys(have)) {
 		if _, ok := want[name]; !ok {
@@ -139,6 +142,8 @@ func (s *session) syncParams(ctx context.Context, c *pool.Conn) error {
 	if sql == "" {
 		return nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
 	if err := c.Exec(ctx, sql); err != nil {
 		st.params = nil
 		return err

@@ -153,6 +153,13 @@ func preparedIn(entries []respEntry, ps *preparedStmt) bool {
 // acquireServer takes a server from the pool for this client, within query_wait_timeout, with
 // the client's parameters applied.
 func (s *session) acquireServer() (*pool.Conn, error) {
+	if c := s.pool.TryAcquire(); c != nil {
+		if err := s.syncParams(s.ctx, c); err != nil {
+			s.pool.Destroy(c)
+			return nil, &upstreamError{err: fmt.Errorf("apply session parameters: %w", err)}
+		}
+		return c, nil
+	}
 	wait := s.srv.cfg.QueryWaitTimeout
 	ctx, cancel := s.ctx, context.CancelFunc(func() {})
 	if wait > 0 {
