@@ -124,6 +124,7 @@ func (s *session) clientToServer() error {
 				f.buf, f.r, f.w = nb, 0, n
 			}
 		}
+		timeouts := s.armIdleTimeout(&f)
 		n, err := s.cio.Read(f.buf[f.w:])
 		f.w += n
 		if n > 0 {
@@ -132,9 +133,58 @@ func (s *session) clientToServer() error {
 			}
 		}
 		if err != nil {
+			if timeouts && errors.Is(err, os.ErrDeadlineExceeded) {
+				return s.idleTimeoutError()
+			}
 			return fmt.Errorf("read from client: %w", err)
 		}
 	}
+}
+
+// armIdleTimeout sets the client read deadline for client_idle_timeout (no server attached)
+// and reports whether either idle timeout is on. idle_transaction_timeout is armed by
+// serverToClient when a transaction goes idle (armTxIdleLocked). With both off (the default)
+// it costs nothing.
+func (s *session) armIdleTimeout(f *frameReader) bool {
+	idle, inTx := s.srv.cfg.ClientIdleTimeout, s.srv.cfg.IdleTransactionTimeout
+	if idle <= 0 && inTx <= 0 {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case idle > 0 && s.server == nil && f.r == f.w && f.remaining == 0:
+		_ = s.conn.SetReadDeadline(time.Now().Add(idle))
+	case s.server != nil && inTx > 0:
+		s.armTxIdleLocked()
+	default:
+		_ = s.conn.SetReadDeadline(time.Time{})
+	}
+	return true
+}
+
+// armTxIdleLocked starts or stops the idle_transaction_timeout clock on the client's reads:
+// it runs while the client holds a server inside a transaction with nothing in flight.
+func (s *session) armTxIdleLocked() {
+	d := s.srv.cfg.IdleTransactionTimeout
+	if d <= 0 {
+		return
+	}
+	if s.server != nil && (s.txStatus == 'T' || s.txStatus == 'E') && s.pending == 0 && s.resp.len() == 0 && !s.unsynced {
+		_ = s.conn.SetReadDeadline(time.Now().Add(d))
+	} else {
+		_ = s.conn.SetReadDeadline(time.Time{})
+	}
+}
+
+// idleTimeoutError is what a client idle past its timeout is told, as PostgreSQL 14+ says it.
+func (s *session) idleTimeoutError() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.server != nil && (s.txStatus == 'T' || s.txStatus == 'E') {
+		return &startupError{code: "25P03", msg: "terminating connection due to idle-in-transaction timeout (pgsidecar idle_transaction_timeout)"}
+	}
+	return &startupError{code: "57P05", msg: "terminating connection due to idle-session timeout (pgsidecar client_idle_timeout)"}
 }
 
 // clientBatch summarises the client messages found by one scan.
@@ -514,6 +564,7 @@ func (s *session) readyForQuery(n int, status byte, clean bool) (release bool, r
 		s.queryTimer.Stop()
 	}
 	s.txStatus = status
+	s.armTxIdleLocked()
 	if s.pending == 0 && s.drained != nil {
 		close(s.drained)
 		s.drained = nil

@@ -252,3 +252,41 @@ func TestSessionStateRefuse(t *testing.T) {
 	}
 	p.srv.mu.Unlock()
 }
+
+// TestIdleTimeouts checks client_idle_timeout (57P05) and idle_transaction_timeout (25P03): the
+// client is told and disconnected, an open transaction is rolled back, and the server is reused.
+func TestIdleTimeouts(t *testing.T) {
+	c := cluster(t)
+	ctx := testCtx(t)
+	p := startProxy(t, c, func(cfg *config.Config) {
+		cfg.PoolSize = 1
+		cfg.ClientIdleTimeout = 300 * time.Millisecond
+		cfg.IdleTransactionTimeout = 200 * time.Millisecond
+	})
+	if err := c.Exec(ctx, "drop table if exists idle_tx; create table idle_tx (v int)"); err != nil {
+		t.Fatal(err)
+	}
+	idler := p.connect(t, pgx.QueryExecModeSimpleProtocol)
+	time.Sleep(600 * time.Millisecond)
+	_, err := idler.Exec(ctx, "select 1")
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "57P05" {
+		t.Fatalf("idle client: got %v, want 57P05", err)
+	}
+
+	inTx := p.connect(t, pgx.QueryExecModeSimpleProtocol)
+	if _, err := inTx.Exec(ctx, "begin; insert into idle_tx values (1)"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	_, err = inTx.Exec(ctx, "commit")
+	if !errors.As(err, &pgErr) || pgErr.Code != "25P03" {
+		t.Fatalf("idle in transaction: got %v, want 25P03", err)
+	}
+	// The only server was rolled back and handed on.
+	next := p.connect(t, pgx.QueryExecModeSimpleProtocol)
+	var n int
+	if err := next.QueryRow(ctx, "select count(*) from idle_tx").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("after the timeout: %d rows (%v), want 0", n, err)
+	}
+}
