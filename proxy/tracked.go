@@ -161,31 +161,17 @@ scan:
 		}
 		total := 1 + length
 		whole := f.w-f.r >= total
-		if srv == nil && typ != 'X' {
-			// Only messages needsServer lets through get here: drop them.
+		// With no server, only messages needsServer lets through get here. After an error the
+		// proxy raised itself, PostgreSQL would ignore messages until Sync. Both are dropped.
+		if srv == nil && typ != 'X' || s.skipping && typ != 'S' && typ != 'X' {
 			w.cut(f.r)
 			if !whole {
 				f.dropping = true
 				f.remaining = length - 4
 				f.r += 5
-				w.runStart = f.r
-				continue
+			} else {
+				f.r += total
 			}
-			f.r += total
-			w.runStart = f.r
-			continue
-		}
-		if s.skipping && typ != 'S' && typ != 'X' {
-			// After an error the proxy raised itself, PostgreSQL would ignore messages until Sync.
-			w.cut(f.r)
-			if !whole {
-				f.dropping = true
-				f.remaining = length - 4
-				f.r += 5
-				w.runStart = f.r
-				continue
-			}
-			f.r += total
 			w.runStart = f.r
 			continue
 		}
