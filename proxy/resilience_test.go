@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -11,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgsidecar/pgsidecar/config"
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
@@ -288,5 +292,133 @@ func TestIdleTimeouts(t *testing.T) {
 	var n int
 	if err := next.QueryRow(ctx, "select count(*) from idle_tx").Scan(&n); err != nil || n != 0 {
 		t.Fatalf("after the timeout: %d rows (%v), want 0", n, err)
+	}
+}
+
+// TestUpstreamDownLongerThanWait stops PostgreSQL for longer than query_wait_timeout: a client
+// gets the documented error within the timeout plus a margin, no goroutine is left behind, and
+// service resumes by itself once PostgreSQL is back.
+func TestUpstreamDownLongerThanWait(t *testing.T) {
+	c := ownCluster(t)
+	ctx := testCtx(t)
+	p := startProxy(t, c, func(cfg *config.Config) {
+		cfg.PoolSize = 2
+		cfg.QueryWaitTimeout = 700 * time.Millisecond
+		cfg.RetryDelay = 50 * time.Millisecond
+	})
+	conn := p.connect(t, pgx.QueryExecModeSimpleProtocol)
+	if _, err := conn.Exec(ctx, "select 1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before := runtime.NumGoroutine()
+	start := time.Now()
+	_, err := conn.Exec(ctx, "select 1")
+	elapsed := time.Since(start)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != codeConnectionFailure {
+		t.Fatalf("with the upstream down: got %v, want SQLSTATE %s", err, codeConnectionFailure)
+	}
+	if elapsed > 700*time.Millisecond+3*time.Second {
+		t.Fatalf("error after %v, want within query_wait_timeout (700ms) plus a margin", elapsed)
+	}
+	t.Logf("client got %s after %v: %s", pgErr.Code, elapsed, pgErr.Message)
+
+	if err := c.StartAgain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	again, err := pgx.Connect(ctx, p.dsn("postgres", "postgres"))
+	if err != nil {
+		t.Fatalf("after the upstream came back: %v", err)
+	}
+	defer again.Close(ctx)
+	var one int
+	if err := again.QueryRow(ctx, "select 1").Scan(&one); err != nil || one != 1 {
+		t.Fatalf("after the upstream came back: %v", err)
+	}
+	// The failed client's session and its relay are gone; nothing waits for the upstream.
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before+4 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before+4 {
+		t.Errorf("%d goroutines after recovery, %d before: something leaked", n, before)
+	}
+}
+
+// startingUpRelay is a TCP relay to PostgreSQL that answers its first refusals connections
+// the way a server still starting up does (FATAL 57P03), then relays.
+func startingUpRelay(t *testing.T, upstream string, refusals int) (addr string, attempts *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	attempts = new(atomic.Int64)
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n := attempts.Add(1)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				if n <= int64(refusals) {
+					if _, err := readStartup(c); err != nil {
+						return
+					}
+					msg, _ := (&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "57P03", Message: "the database system is starting up"}).Encode(nil)
+					_, _ = c.Write(msg)
+					return
+				}
+				u, err := net.Dial("tcp", upstream)
+				if err != nil {
+					return
+				}
+				defer u.Close()
+				done := make(chan struct{})
+				go func() { _, _ = io.Copy(u, c); u.Close(); close(done) }()
+				_, _ = io.Copy(c, u)
+				c.Close()
+				<-done
+			}()
+		}
+	}()
+	return ln.Addr().String(), attempts
+}
+
+// TestDialRetriesStartingUp makes the first dials fail with 57P03: the client connects and runs
+// its query, later but without an error.
+func TestDialRetriesStartingUp(t *testing.T) {
+	c := cluster(t)
+	relay, attempts := startingUpRelay(t, fmt.Sprintf("127.0.0.1:%d", c.Port()), 3)
+	p := startProxy(t, c, func(cfg *config.Config) {
+		cfg.DatabaseURL = "postgres://postgres@" + relay + "/postgres?sslmode=disable"
+		cfg.RetryDelay = 20 * time.Millisecond
+	})
+	ctx := testCtx(t)
+	conn := p.connect(t, pgx.QueryExecModeSimpleProtocol)
+	var one int
+	if err := conn.QueryRow(ctx, "select 1").Scan(&one); err != nil || one != 1 {
+		t.Fatalf("through a server starting up: %v", err)
+	}
+	if n := attempts.Load(); n < 4 {
+		t.Fatalf("%d dial attempts, want at least 4 (3 refused)", n)
+	}
+	var retries uint64
+	for _, st := range p.pools.Stats() {
+		retries += st.DialRetries
+	}
+	if retries < 3 {
+		t.Fatalf("pool counted %d dial retries, want at least 3", retries)
 	}
 }
