@@ -234,9 +234,15 @@ func TestDisconnectMidTransaction(t *testing.T) {
 			t.Fatalf("statement_timeout leaked: %s", timeout)
 		}
 	}
+	// The proxy rolls back what the dropped clients left as they go; give it a moment.
 	var open int
-	if err := admin.QueryRow(ctx, `select count(*) from pg_stat_activity where state like 'idle in transaction%'`).Scan(&open); err != nil {
-		t.Fatal(err)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if err := admin.QueryRow(ctx, `select count(*) from pg_stat_activity where state like 'idle in transaction%'`).Scan(&open); err != nil {
+			t.Fatal(err)
+		}
+		if open == 0 || time.Now().After(deadline) {
+			break
+		}
 	}
 	if open != 0 {
 		t.Fatalf("%d upstream backends idle in transaction", open)

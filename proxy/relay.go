@@ -417,7 +417,11 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}) {
 			}
 			f.compact()
 			if ready > 0 {
-				if release, reread := s.readyForQuery(ready, status, f.r == f.w && f.remaining == 0); release {
+				counted := 0 // relayTracked counts them itself
+				if st == nil {
+					counted = ready
+				}
+				if release, reread := s.readyForQuery(counted, status, f.r == f.w && f.remaining == 0); release {
 					handedBack = true
 					s.released(srv, reread)
 					return

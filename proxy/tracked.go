@@ -718,6 +718,13 @@ func (s *session) relayTracked(f *frameReader, st *serverState) (out []byte, rea
 			} else {
 				ready++
 			}
+			if !drop {
+				// Counted here, under the same lock as the queue, not after the write to the
+				// client: the client may answer that ReadyForQuery at once, and its next
+				// request must find the session idle.
+				s.pending = max(s.pending-1, 0)
+				s.txStatus = status
+			}
 		default:
 			if h != nil {
 				drop = h.swallow
