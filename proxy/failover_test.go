@@ -420,3 +420,44 @@ func TestUpstreamBlackholed(t *testing.T) {
 	t.Logf("goroutines: %d before the blackhole, %d after recovery; relay connections open: %d before, %d after",
 		before, runtime.NumGoroutine(), liveBefore, relay.live.Load())
 }
+
+// TestUpstreamBlackholedIdleServer blackholes the upstream while the pool still holds an idle
+// server connection through it: a client given that connection must not wait forever. Its query
+// passes query_timeout, the cancel cannot reach the server, and after a grace period the proxy
+// closes the connection and tells the client (08006).
+func TestUpstreamBlackholedIdleServer(t *testing.T) {
+	c := cluster(t)
+	relay := startBlackholeRelay(t, fmt.Sprintf("127.0.0.1:%d", c.Port()))
+	const queryTimeout = time.Second
+	p := startProxy(t, c, func(cfg *config.Config) {
+		cfg.DatabaseURL = "postgres://postgres@" + relay.addr() + "/postgres?sslmode=disable"
+		cfg.QueryWaitTimeout = 800 * time.Millisecond
+		cfg.ConnectTimeout = 300 * time.Millisecond
+		cfg.QueryTimeout = queryTimeout
+		cfg.RetryDelay = 50 * time.Millisecond
+	})
+	ctx := testCtx(t)
+	conn := p.connect(t, pgx.QueryExecModeSimpleProtocol)
+	if _, err := conn.Exec(ctx, "select 1"); err != nil {
+		t.Fatal(err)
+	}
+	relay.black.Store(true)
+	start := time.Now()
+	_, err := conn.Exec(ctx, "select 1")
+	elapsed := time.Since(start)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || !strings.HasPrefix(pgErr.Code, "08") {
+		t.Fatalf("query on a blackholed server: after %v got %v, want a class 08 error", elapsed, err)
+	}
+	// query_timeout, then a grace period of query_timeout, plus a margin.
+	if bound := 2*queryTimeout + 3*time.Second; elapsed > bound {
+		t.Fatalf("error after %v, want within %v", elapsed, bound)
+	}
+	t.Logf("client got %s after %v: %s", pgErr.Code, elapsed, pgErr.Message)
+	relay.black.Store(false)
+	again := p.connect(t, pgx.QueryExecModeSimpleProtocol)
+	var one int
+	if err := again.QueryRow(ctx, "select 1").Scan(&one); err != nil || one != 1 {
+		t.Fatalf("after the blackhole lifted: %v", err)
+	}
+}

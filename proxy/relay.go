@@ -604,6 +604,9 @@ func (s *session) loopFailed(err error, tellClient, atBoundary bool) {
 	if !closing || !atBoundary || !errors.Is(err, os.ErrDeadlineExceeded) {
 		s.loopErr = err
 	}
+	if s.abandoned {
+		err = fmt.Errorf("the server answered neither the query within query_timeout (%s) nor its cancel request, and was disconnected", s.srv.cfg.QueryTimeout)
+	}
 	s.mu.Unlock()
 	if closing {
 		return

@@ -218,6 +218,7 @@ func (s *session) retryFailure() error {
 // the first of them goes out.
 func (s *session) addPendingLocked(requests int) {
 	if requests > 0 && s.pending == 0 {
+		s.queryCancelled = false
 		if d := s.srv.cfg.QueryTimeout; d > 0 {
 			if s.queryTimer == nil {
 				s.queryTimer = time.AfterFunc(d, s.queryTimedOut)
@@ -230,13 +231,40 @@ func (s *session) addPendingLocked(requests int) {
 }
 
 // queryTimedOut cancels the running query like a client's CancelRequest would: PostgreSQL
-// then fails it with 57014, which reaches the client as usual, and the server stays usable.
+// then fails it with 57014, which reaches the client as usual, and the server stays usable. A
+// server that still has not answered a grace period later is unreachable (a silent network, a hung
+// host): its connection is closed, so the client gets 08006 instead of waiting forever.
 func (s *session) queryTimedOut() {
-	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
-	defer cancel()
+	s.mu.Lock()
+	srv, cancelled, busy := s.server, s.queryCancelled, s.pending > 0 || s.unsynced
+	if srv != nil && busy && !cancelled {
+		s.queryCancelled = true
+		s.queryTimer.Reset(min(max(s.srv.cfg.QueryTimeout, time.Second), maxCancelGrace))
+	}
+	s.mu.Unlock()
+	if srv == nil || !busy {
+		return
+	}
+	if cancelled {
+		s.log.Warn("server did not answer a cancelled query; closing its connection")
+		s.mu.Lock()
+		s.abandoned = true
+		s.mu.Unlock()
+		_ = srv.Close()
+		return
+	}
 	s.log.Info("query_timeout reached: cancelling the server query", "query_timeout", s.srv.cfg.QueryTimeout)
+	ctx, cancel := context.WithTimeout(s.ctx, cancelTimeout)
+	defer cancel()
 	s.cancelRunningQuery(ctx)
 }
+
+// maxCancelGrace bounds how long a server may take to end a query after its cancel request
+// (query_timeout itself, at least a second).
+const maxCancelGrace = 5 * time.Second
+
+// cancelTimeout bounds the delivery of a cancel request to a server.
+const cancelTimeout = 3 * time.Second
 
 // dropGoneServer detaches a server that announced its shutdown after relayTracked finished the
 // client's exchange (serverGone). clientToServer waits for this before it sends more.

@@ -119,8 +119,13 @@ type session struct {
 	// last request completed: its end is expected and is no error for the client.
 	serverGone bool
 	// queryTimer cancels the server's query when a request runs past query_timeout. It is
-	// created once and reset per request, so the hot path does not allocate.
-	queryTimer *time.Timer
+	// created once and reset per request, so the hot path does not allocate. queryCancelled is
+	// set once it fired for the current request: firing again closes the server connection.
+	queryTimer     *time.Timer
+	queryCancelled bool
+	// abandoned is set when the proxy closed a server that answered neither its query nor the
+	// cancel of it; the client is told that instead of the socket error.
+	abandoned bool
 	// cout and sout are scratch buffers for rewritten batches (client to server, server to
 	// client), reused to avoid allocating per batch.
 	cout, sout []byte
@@ -242,7 +247,7 @@ func (s *session) startup() (ok bool, err error) {
 			}
 			continue
 		case codeCancelRequest:
-			ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+			ctx, cancel := context.WithTimeout(s.ctx, cancelTimeout)
 			s.srv.cancelQuery(ctx, st.cancelPID, st.cancelKey)
 			cancel()
 			return false, nil
@@ -427,11 +432,16 @@ func (s *session) sendError(e *pgconn.PgError) {
 // meanwhile so that the server cannot move to another client before the cancel is delivered.
 func (s *session) cancelRunningQuery(ctx context.Context) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.server == nil || s.pending == 0 && !s.unsynced {
+	srv := s.server
+	busy := s.pending > 0 || s.unsynced
+	s.mu.Unlock()
+	// The lock is not held over the network: an unreachable server must not stall the session.
+	// The server could finish and move to another client in the microseconds in between, the
+	// same window every pooler (and a direct client racing its own query) has.
+	if srv == nil || !busy {
 		return
 	}
-	if err := s.server.CancelRequest(ctx); err != nil {
+	if err := srv.CancelRequest(ctx); err != nil {
 		s.log.Info("forward cancel request", "err", err)
 	}
 }
