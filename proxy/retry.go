@@ -10,6 +10,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgsidecar/pgsidecar/internal/retry"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -25,10 +28,8 @@ import (
 // retryableServerError reports whether an ErrorResponse code, as the first reply to a batch,
 // shows the batch did not take effect.
 func retryableServerError(code string) bool {
-	if shutdownError(code) {
-		return true
-	}
-	return code == "57P03" || code == "53300" || len(code) == 5 && code[:2] == "08"
+	// The one classification of errors (internal/retry) decides.
+	return retry.Classify(&pgconn.PgError{Code: code}).Retryable
 }
 
 // shutdownError reports the codes of a server terminating the connection (admin or crash
