@@ -235,7 +235,8 @@ func scanClient(f *frameReader, maxMsg int) (clientBatch, error) {
 }
 
 // forwardClient forwards every complete buffered client message and the available part of a
-// streamed one, and keeps an incomplete header for the next read.
+// streamed one, and keeps an incomplete header for the next read. Transaction mode goes through
+// forwardTracked; session mode relays bytes as they are.
 func (s *session) forwardClient(f *frameReader) error {
 	if s.txPooling {
 		return s.forwardTracked(f)
@@ -260,8 +261,8 @@ func (s *session) forwardClient(f *frameReader) error {
 	return nil
 }
 
-// sendToServer writes client bytes to the attached server, attaching one first if needed.
-// partial says b ends inside a message, whose rest must go to the same server.
+// sendToServer (session mode) writes client bytes to the attached server, attaching one first
+// if needed. partial says b ends inside a message, whose rest must go to the same server.
 func (s *session) sendToServer(b []byte, requests, unsynced int, partial bool) error {
 	s.mu.Lock()
 	if s.server == nil {
@@ -523,8 +524,8 @@ func (s *session) kickIfReleasableLocked() {
 	}
 }
 
-// inspect lists the server message types the relay must see whole: ReadyForQuery for the
-// transaction status. Everything else streams through without decoding.
+// inspectServerMsg lists the server message types session mode must see whole: ReadyForQuery
+// for the transaction status. Everything else streams through without decoding.
 func inspectServerMsg(typ byte) bool { return typ == 'Z' }
 
 // scanServer advances over buffered server messages. It returns the number of ReadyForQuery

@@ -184,8 +184,8 @@ func (s *session) acquireServer() (*pool.Conn, error) {
 // deadlineErr reports whether err is a read deadline firing.
 func deadlineErr(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 
-// takeRetryNeeded reports (and clears) relayTracked's finding that the server refused the
-// remembered batch retryably.
+// takeRetryNeeded reports relayTracked's finding that the server refused the remembered batch
+// retryably (retryOnNewServer clears it).
 func (s *session) takeRetryNeeded() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
