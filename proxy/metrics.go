@@ -8,7 +8,7 @@ import (
 type Metrics struct {
 	clientsConnected prometheus.Gauge
 	clientsTotal     prometheus.Counter
-	transactions     prometheus.Counter
+	transactions     *prometheus.CounterVec
 	pins             *prometheus.CounterVec
 	retries          *prometheus.CounterVec
 }
@@ -24,10 +24,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "pgsidecar", Name: "client_connections_total",
 			Help: "Client connections accepted.",
 		}),
-		transactions: prometheus.NewCounter(prometheus.CounterOpts{
+		transactions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "pgsidecar", Name: "transactions_total",
-			Help: "Server connections handed back to the pool after a transaction in transaction mode.",
-		}),
+			Help: "Server connections handed back to the pool after a transaction in transaction mode, by upstream database and user.",
+		}, []string{"database", "user"}),
 	}
 	m.pins = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "pgsidecar", Name: "client_pins_total",
@@ -56,11 +56,13 @@ func (m *Metrics) clientDisconnected() {
 	m.clientsConnected.Dec()
 }
 
-func (m *Metrics) transactionDone() {
+// transactionsFor returns the transaction counter of one pool's labels; a session keeps it, so
+// counting a transaction costs no label lookup. Nil when m is nil.
+func (m *Metrics) transactionsFor(database, user string) prometheus.Counter {
 	if m == nil {
-		return
+		return nil
 	}
-	m.transactions.Inc()
+	return m.transactions.WithLabelValues(database, user)
 }
 
 func (m *Metrics) pinned(reason string) {

@@ -487,7 +487,9 @@ func (s *session) released(srv *pool.Conn, reread chan struct{}) {
 	if st, ok := srv.Tag.(*serverState); ok {
 		st.relaying.Store(false)
 	}
-	s.srv.metrics.transactionDone()
+	if s.txCounter != nil {
+		s.txCounter.Inc()
+	}
 	if reread != nil {
 		err := s.rereadParams(srv)
 		s.mu.Lock()

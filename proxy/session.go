@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgsidecar/pgsidecar/internal/rawio"
 	"github.com/pgsidecar/pgsidecar/internal/retry"
@@ -42,8 +43,10 @@ type session struct {
 
 	user, database string
 	pool           *pool.Pool
-	txPooling      bool
-	maxMsg         int
+	// txCounter counts this client's pooled transactions (nil without metrics).
+	txCounter prometheus.Counter
+	txPooling bool
+	maxMsg    int
 
 	cancelPID uint32
 	cancelKey [4]byte
@@ -341,6 +344,7 @@ func (s *session) bindPool() error {
 		return &startupError{code: codeInvalidCatalog, msg: fmt.Sprintf("pgsidecar: no upstream for database %q and user %q: %v", s.database, s.user, err)}
 	}
 	s.txPooling = up.PoolMode != "session"
+	s.txCounter = s.srv.metrics.transactionsFor(up.Database, up.User)
 	s.maxMsg = s.srv.cfg.MaxMessageSize
 	if p, ok := s.srv.pools.Lookup(up.Key); ok {
 		s.pool = p

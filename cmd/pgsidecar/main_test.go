@@ -123,7 +123,7 @@ func TestEndToEndPgbench(t *testing.T) {
 	}
 	for _, want := range []string{
 		`pgsidecar_pool_server_connections{database="bench",state="idle",user="postgres"}`,
-		`pgsidecar_transactions_total`,
+		`pgsidecar_transactions_total{database="bench",user="postgres"}`,
 		`pgsidecar_client_connections_total`,
 	} {
 		if !strings.Contains(metrics, want) {
