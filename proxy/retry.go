@@ -28,8 +28,9 @@ import (
 // retryableServerError reports whether an ErrorResponse code, as the first reply to a batch,
 // shows the batch did not take effect.
 func retryableServerError(code string) bool {
-	// The one classification of errors (internal/retry) decides.
-	return retry.Classify(&pgconn.PgError{Code: code}).Retryable
+	// The one classification of errors (internal/retry) decides, except that a protocol
+	// violation is the request's own fault: sending it again would only fail again.
+	return code != codeProtocolViolation && retry.Classify(&pgconn.PgError{Code: code}).Retryable
 }
 
 // shutdownError reports the codes of a server terminating the connection (admin or crash
