@@ -91,14 +91,18 @@
 //	    default: 5s local, 10s production, 5s edge. Limit for one upstream
 //	    dial and login. Must be greater than 0.
 //	query_timeout             PGSIDECAR_QUERY_TIMEOUT             --query-timeout
-//	    default: 60s local, 30s production, 15s edge. Maximum duration of a
-//	    query. 0 means no limit.
+//	    default: 60s local, 30s production, 15s edge. A request running longer
+//	    has its server query cancelled (57014 to the client); a server that
+//	    then stays silent is disconnected (08006). 0 means no limit.
 //	retries                   PGSIDECAR_RETRIES                   --retries
-//	    default: 2 local, 3 production, 5 edge. Retries of a failed upstream
-//	    dial or of a request that is safe to retry. 0 means no retry.
+//	    default: 2 local, 3 production, 5 edge. How often, in transaction
+//	    mode, a request that a terminating server refused before running it
+//	    is sent to another server. 0 means never. (Upstream dials are retried
+//	    for as long as query_wait_timeout allows, whatever this says.)
 //	retry_delay               PGSIDECAR_RETRY_DELAY               --retry-delay
-//	    default: 500ms local, 1s production, 200ms edge. Base delay between
-//	    retries (backoff grows from it). 0 retries at once.
+//	    default: 500ms local, 1s production, 200ms edge. First delay between
+//	    upstream dial attempts (exponential backoff with full jitter from it,
+//	    capped at 2s). 0 means 100ms.
 //	idle_transaction_timeout  PGSIDECAR_IDLE_TRANSACTION_TIMEOUT  --idle-transaction-timeout
 //	    default: 0. A client idle inside a transaction this long is
 //	    disconnected. 0 turns it off.

@@ -203,7 +203,7 @@ func (s *session) lostBeforeRequest() bool {
 
 // canRetryLocked reports whether the remembered batch may be sent once more.
 func (s *session) canRetryLocked() bool {
-	return !s.writing && !s.closing && s.retryAttempts < max(s.srv.cfg.Retries, 1)
+	return !s.writing && !s.closing && s.retryAttempts < s.srv.cfg.Retries
 }
 
 // retryFailure is the error for a client whose request could not be moved to another server.
