@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -52,6 +53,28 @@ type Conn struct {
 	// held is set while the connection is handed out (guarded by the pool's mu); a second
 	// Release or Destroy of the same hand-out is a bug that would give one server to two holders.
 	held bool
+	// deadlineSet records that the holder set a deadline, which Release must clear.
+	deadlineSet atomic.Bool
+}
+
+// SetDeadline sets the connection's read and write deadlines (see net.Conn); Release clears
+// them if set.
+func (c *Conn) SetDeadline(t time.Time) error {
+	c.deadlineSet.Store(true)
+	return c.Conn.SetDeadline(t)
+}
+
+// SetReadDeadline sets the connection's read deadline (see net.Conn); Release clears it if set.
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	c.deadlineSet.Store(true)
+	return c.Conn.SetReadDeadline(t)
+}
+
+// SetWriteDeadline sets the connection's write deadline (see net.Conn); Release clears it if
+// set.
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	c.deadlineSet.Store(true)
+	return c.Conn.SetWriteDeadline(t)
 }
 
 // Read reads from the server for the relay. Only the connection's holder may call it.

@@ -512,8 +512,11 @@ func (c *Conn) expired(now time.Time) bool {
 func (p *Pool) Release(c *Conn) {
 	now := time.Now()
 	c.lastUsed = now
-	// A holder may have left a deadline set (the proxy wakes its reader with one).
-	_ = c.Conn.SetDeadline(time.Time{})
+	// A holder may have left a deadline set (the proxy wakes its reader with one). Clearing
+	// one costs a runtime lock, so only when it was set.
+	if c.deadlineSet.Swap(false) {
+		_ = c.Conn.SetDeadline(time.Time{})
+	}
 	p.mu.Lock()
 	if !c.held {
 		p.mu.Unlock()

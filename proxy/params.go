@@ -102,7 +102,7 @@ func parseOptions(opts string) map[string]string {
 // parses them like postgresql.conf does (list values such as search_path included).
 func paramsSQL(want, have map[string]string) string {
 	if maps.Equal(want, have) {
-		return "" // the common case, on every attach: allocate nothing
+		return ""
 	}
 	var b strings.Builder
 	for _, name := range slices.Sorted(maps.Keys(have)) {
@@ -135,20 +135,40 @@ func paramsSQL(want, have map[string]string) string {
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 func quoteIdent(s string) string   { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
 
+// paramsKeyOf returns a canonical form of a parameter set: equal sets, and only they, have
+// equal keys. Parameter names and values cannot contain NUL (the protocol ends strings with it).
+func paramsKeyOf(params map[string]string) string {
+	if len(params) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	for _, name := range slices.Sorted(maps.Keys(params)) {
+		b.WriteString(name)
+		b.WriteByte(0)
+		b.WriteString(params[name])
+		b.WriteByte(0)
+	}
+	return b.String()
+}
+
 // syncParams brings a server to the client's parameters before the client uses it.
 func (s *session) syncParams(ctx context.Context, c *pool.Conn) error {
 	st := stateOf(c)
+	if st.paramsKey == s.paramsKey {
+		return nil // the common case, on every attach: one string comparison
+	}
 	sql := paramsSQL(s.params, st.params)
 	if sql == "" {
+		st.paramsKey = s.paramsKey
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := c.Exec(ctx, sql); err != nil {
-		st.params = nil
+		st.params, st.paramsKey = nil, ""
 		return err
 	}
-	st.params = maps.Clone(s.params)
+	st.params, st.paramsKey = maps.Clone(s.params), s.paramsKey
 	return nil
 }
 
@@ -183,10 +203,12 @@ func (s *session) rereadParams(c *pool.Conn) error {
 			params[string(r[0])] = string(r[1])
 		}
 	}
+	key := paramsKeyOf(params)
 	s.mu.Lock()
-	s.params = params
+	s.params, s.paramsKey = params, key
 	s.mu.Unlock()
-	stateOf(c).params = maps.Clone(params)
+	st := stateOf(c)
+	st.params, st.paramsKey = maps.Clone(params), key
 	return nil
 }
 

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"maps"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -208,5 +209,31 @@ func TestTxModeSchemaChange(t *testing.T) {
 	}
 	if len(cols) != 3 || cols[2] != "note" || len(rows) != 1 || rows[0][2] != "new" {
 		t.Fatalf("after ALTER TABLE: columns %v rows %v", cols, rows)
+	}
+}
+
+func TestParamsKeyOf(t *testing.T) {
+	sets := []map[string]string{
+		nil,
+		{"a": "1"},
+		{"a": "1", "b": "2"},
+		{"a": "12"},
+		{"a1": "2"},
+		{"a": "1", "b": ""},
+		{"b": "1"},
+	}
+	seen := make(map[string]int)
+	for i, m := range sets {
+		k := paramsKeyOf(m)
+		if j, dup := seen[k]; dup {
+			t.Errorf("sets %v and %v have the same key %q", sets[j], m, k)
+		}
+		seen[k] = i
+		if k2 := paramsKeyOf(maps.Clone(m)); k2 != k {
+			t.Errorf("key of a copy of %v = %q, want %q", m, k2, k)
+		}
+	}
+	if paramsKeyOf(map[string]string{}) != paramsKeyOf(nil) {
+		t.Error("an empty set and nil have different keys")
 	}
 }

@@ -332,7 +332,7 @@ func (s *session) attach() error {
 	s.loopDone = done
 	s.loopErr = nil
 	s.mu.Unlock()
-	go s.serverToClient(c, done)
+	s.srv.relays.start(relayTask{s: s, c: c, done: done})
 	return nil
 }
 
@@ -707,7 +707,7 @@ func (s *session) resetServer(srv *pool.Conn, status byte) bool {
 			s.log.Debug("server reset failed", "query", reset, "err", err)
 			return false
 		}
-		st.params = nil
+		st.params, st.paramsKey = nil, ""
 		if reset != "RESET ALL" {
 			st.clear()
 		}

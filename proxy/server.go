@@ -63,6 +63,8 @@ type Server struct {
 
 	// stmts names the prepared statements shared by transaction-mode clients.
 	stmts stmtRegistry
+	// relays runs the sessions' serverToClient loops.
+	relays relayWorkers
 }
 
 // New validates what the proxy needs from opts (TLS files) and returns a Server that is not
@@ -255,6 +257,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	select {
 	case <-done:
 		s.cancel()
+		s.relays.stop()
 		return nil
 	case <-ctx.Done():
 	}
@@ -265,5 +268,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	<-done
+	s.relays.stop()
 	return fmt.Errorf("shutdown: sessions closed at deadline: %w", context.Cause(ctx))
 }

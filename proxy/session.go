@@ -97,6 +97,8 @@ type session struct {
 	pinned classify.Reason
 	// params are the client's explicit session parameters (see params.go).
 	params map[string]string
+	// paramsKey is paramsKeyOf(params), set with it.
+	paramsKey string
 	// paramsDirty is set when the client changed a tracked parameter with SQL; rereading is
 	// closed once they have been read back from the server after the transaction.
 	paramsDirty bool
@@ -316,6 +318,7 @@ func (s *session) startup() (ok bool, err error) {
 		return false, err
 	}
 	s.params = clientParams(st, params)
+	s.paramsKey = paramsKeyOf(s.params)
 	if v, ok := s.params["standard_conforming_strings"]; ok && !strings.EqualFold(v, "on") {
 		// The SQL classifier reads strings as PostgreSQL does with this on; it cannot vouch
 		// for this client's SQL, so the client keeps its server.

@@ -107,6 +107,8 @@ type serverState struct {
 
 	// params holds the parameters set on the server beyond the values it started with.
 	params map[string]string
+	// paramsKey is paramsKeyOf(params), set with it.
+	paramsKey string
 }
 
 func stateOf(c *pool.Conn) *serverState {
