@@ -153,9 +153,39 @@ func (p *Pool) Key() string { return p.cfg.Key }
 // refusing, that includes dialing again and again (see Config.Retry). An error after ctx ends
 // wraps both ctx's cause and, if dials were failing, the last dial error.
 func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
-	c, err := p.acquire(ctx)
+	c, err := p.acquire(ctx, 0)
 	if err == nil {
 		p.acquires.Add(1)
+	}
+	return c, err
+}
+
+// ErrWaitTimeout is wrapped by AcquireWithin's error when its wait bound passed.
+var ErrWaitTimeout = errors.New("wait bound passed")
+
+// AcquireWithin is Acquire that also gives up once wait has passed (wait <= 0: no bound but
+// ctx), with an error wrapping ErrWaitTimeout. It is Acquire with a context.WithTimeout, but
+// cheaper on the path every client over the pool size takes: a waiter gets a timer, and only a
+// dial gets a derived context.
+func (p *Pool) AcquireWithin(ctx context.Context, wait time.Duration) (*Conn, error) {
+	c, err := p.acquire(ctx, wait)
+	if err == nil {
+		p.acquires.Add(1)
+	}
+	return c, err
+}
+
+// dialWithin is dialSlot bounded by deadline too (zero: ctx only).
+func (p *Pool) dialWithin(ctx context.Context, deadline time.Time) (*Conn, error) {
+	if deadline.IsZero() {
+		return p.dialSlot(ctx)
+	}
+	dctx, cancel := context.WithDeadlineCause(ctx, deadline, ErrWaitTimeout)
+	defer cancel()
+	c, err := p.dialSlot(dctx)
+	// pgconn reports a connect attempt cut short as context.DeadlineExceeded, not the cause.
+	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(dctx), ErrWaitTimeout) && !errors.Is(err, ErrWaitTimeout) {
+		err = fmt.Errorf("%w (gave up: %w)", err, ErrWaitTimeout)
 	}
 	return c, err
 }
@@ -213,7 +243,11 @@ func (p *Pool) TryAcquire() *Conn {
 	return c
 }
 
-func (p *Pool) acquire(ctx context.Context) (*Conn, error) {
+func (p *Pool) acquire(ctx context.Context, wait time.Duration) (*Conn, error) {
+	var deadline time.Time
+	if wait > 0 {
+		deadline = time.Now().Add(wait)
+	}
 	p.mu.Lock()
 	if c := p.takeIdleLocked(); c != nil {
 		p.mu.Unlock()
@@ -228,7 +262,7 @@ func (p *Pool) acquire(ctx context.Context) (*Conn, error) {
 		p.open++
 		p.dialing++
 		p.mu.Unlock()
-		return p.dialSlot(ctx)
+		return p.dialWithin(ctx, deadline)
 	}
 	w := &waiter{ch: make(chan grant, 1)}
 	p.waiters = append(p.waiters, w)
@@ -237,38 +271,48 @@ func (p *Pool) acquire(ctx context.Context) (*Conn, error) {
 	p.waits.Add(1)
 	start := time.Now()
 	defer func() { p.waitNanos.Add(uint64(time.Since(start))) }()
+	var expired <-chan time.Time
+	if wait > 0 {
+		t := time.NewTimer(deadline.Sub(start))
+		defer t.Stop()
+		expired = t.C
+	}
+	var cause error
 	select {
 	case g := <-w.ch:
 		switch {
 		case g.err != nil:
 			return nil, g.err
 		case g.dial:
-			return p.dialSlot(ctx)
+			return p.dialWithin(ctx, deadline)
 		}
 		return g.conn, nil
+	case <-expired:
+		cause = ErrWaitTimeout
 	case <-ctx.Done():
-		p.mu.Lock()
-		removed := p.removeWaiterLocked(w)
-		lastErr := p.lastErr
-		p.mu.Unlock()
-		if !removed {
-			// Granted while we gave up: pass the grant on rather than lose it.
-			switch g := <-w.ch; {
-			case g.dial:
-				p.mu.Lock()
-				p.open--
-				p.dialing--
-				p.dispatchLocked()
-				p.mu.Unlock()
-			case g.conn != nil:
-				p.Release(g.conn)
-			}
-		}
-		if lastErr != nil {
-			return nil, fmt.Errorf("wait for server connection: %w (last dial: %w)", context.Cause(ctx), lastErr)
-		}
-		return nil, fmt.Errorf("wait for server connection: %w", context.Cause(ctx))
+		cause = context.Cause(ctx)
 	}
+	p.mu.Lock()
+	removed := p.removeWaiterLocked(w)
+	lastErr := p.lastErr
+	p.mu.Unlock()
+	if !removed {
+		// Granted while we gave up: pass the grant on rather than lose it.
+		switch g := <-w.ch; {
+		case g.dial:
+			p.mu.Lock()
+			p.open--
+			p.dialing--
+			p.dispatchLocked()
+			p.mu.Unlock()
+		case g.conn != nil:
+			p.Release(g.conn)
+		}
+	}
+	if lastErr != nil {
+		return nil, fmt.Errorf("wait for server connection: %w (last dial: %w)", cause, lastErr)
+	}
+	return nil, fmt.Errorf("wait for server connection: %w", cause)
 }
 
 // needsCheck reports whether an idle connection must pass the liveness check before reuse.

@@ -336,8 +336,6 @@ func (s *session) attach() error {
 	return nil
 }
 
-var errQueryWaitTimeout = errors.New("query_wait_timeout")
-
 // upstreamError is a failure to get a server connection; the client is shown it.
 type upstreamError struct{ err error }
 

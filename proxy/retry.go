@@ -163,19 +163,18 @@ func (s *session) acquireServer() (*pool.Conn, error) {
 		return c, nil
 	}
 	wait := s.srv.cfg.QueryWaitTimeout
-	ctx, cancel := s.ctx, context.CancelFunc(func() {})
-	if wait > 0 {
-		ctx, cancel = context.WithTimeoutCause(s.ctx, wait, errQueryWaitTimeout)
-	}
-	defer cancel()
-	c, err := s.pool.Acquire(ctx)
+	c, err := s.pool.AcquireWithin(s.ctx, wait)
 	if err != nil {
-		if errors.Is(err, errQueryWaitTimeout) {
-			return nil, &startupError{code: codeConnectionFailure, msg: fmt.Sprintf("pgsidecar: no server connection became free within query_wait_timeout (%s)", wait)}
+		if errors.Is(err, pool.ErrWaitTimeout) {
+			msg := fmt.Sprintf("pgsidecar: no server connection became free within query_wait_timeout (%s)", wait)
+			if last := s.pool.LastError(); last != nil {
+				msg += "; last connection attempt: " + last.Error()
+			}
+			return nil, &startupError{code: codeConnectionFailure, msg: msg}
 		}
 		return nil, &upstreamError{err: err}
 	}
-	if err := s.syncParams(ctx, c); err != nil {
+	if err := s.syncParams(s.ctx, c); err != nil {
 		s.pool.Destroy(c)
 		return nil, &upstreamError{err: fmt.Errorf("apply session parameters: %w", err)}
 	}
