@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/pgsidecar/pgsidecar/internal/tcpopt"
 )
 
 // Profile names. A profile selects a set of built-in defaults; see Defaults.
@@ -68,6 +70,12 @@ type Config struct {
 	IdleTransactionTimeout time.Duration
 	ClientIdleTimeout      time.Duration
 	ClientLoginTimeout     time.Duration
+	TCPKeepAlive           bool
+	TCPKeepIdle            time.Duration
+	TCPKeepInterval        time.Duration
+	TCPKeepCount           int
+	TCPUserTimeout         time.Duration
+	DNSMaxTTL              time.Duration
 	MaxMessageSize         int
 	MaxPreparedStatements  int
 	MaxProcs               int
@@ -164,6 +172,17 @@ func Defaults(profile string) Config {
 		AuthType:               AuthTrust,
 		LogLevel:               "info",
 		LogFormat:              "text",
+		// Probes after 30 s of idleness keep pooled connections known to cloud NATs and load
+		// balancers, which forget idle flows (AWS NAT gateway after 350 s, Azure after 4 min),
+		// and find a dead peer within a minute (30 s + 3 x 10 s); the user timeout gives a peer
+		// that vanished with data in flight the same minute instead of about fifteen.
+		TCPKeepAlive:    true,
+		TCPKeepIdle:     30 * time.Second,
+		TCPKeepInterval: 10 * time.Second,
+		TCPKeepCount:    3,
+		TCPUserTimeout:  60 * time.Second,
+		// PgBouncer's dns_max_ttl default; DNS-based failovers (RDS, Aurora) publish 5 s TTLs.
+		DNSMaxTTL: 15 * time.Second,
 	}
 	switch profile {
 	case ProfileProduction:
@@ -182,6 +201,18 @@ func Defaults(profile string) Config {
 		c.LogFormat = "json"
 	}
 	return c
+}
+
+// TCPOptions returns the TCP settings (tcp_keepalive, tcp_keepidle, tcp_keepintvl, tcp_keepcnt,
+// tcp_user_timeout) for the sockets of both sides: server connections and client connections.
+func (c *Config) TCPOptions() tcpopt.Options {
+	return tcpopt.Options{
+		KeepAlive:    c.TCPKeepAlive,
+		KeepIdle:     c.TCPKeepIdle,
+		KeepInterval: c.TCPKeepInterval,
+		KeepCount:    c.TCPKeepCount,
+		UserTimeout:  c.TCPUserTimeout,
+	}
 }
 
 // UserSecret returns the secret of the users entry called name, for client
@@ -218,6 +249,12 @@ type printed struct {
 	IdleTransactionTimeout string         `yaml:"idle_transaction_timeout"`
 	ClientIdleTimeout      string         `yaml:"client_idle_timeout"`
 	ClientLoginTimeout     string         `yaml:"client_login_timeout"`
+	TCPKeepAlive           bool           `yaml:"tcp_keepalive"`
+	TCPKeepIdle            string         `yaml:"tcp_keepidle"`
+	TCPKeepInterval        string         `yaml:"tcp_keepintvl"`
+	TCPKeepCount           int            `yaml:"tcp_keepcnt"`
+	TCPUserTimeout         string         `yaml:"tcp_user_timeout"`
+	DNSMaxTTL              string         `yaml:"dns_max_ttl"`
 	MaxMessageSize         int            `yaml:"max_message_size"`
 	MaxPreparedStatements  int            `yaml:"max_prepared_statements"`
 	MaxProcs               int            `yaml:"max_procs"`
@@ -282,6 +319,12 @@ func (c *Config) printable() printed {
 		IdleTransactionTimeout: d(c.IdleTransactionTimeout),
 		ClientIdleTimeout:      d(c.ClientIdleTimeout),
 		ClientLoginTimeout:     d(c.ClientLoginTimeout),
+		TCPKeepAlive:           c.TCPKeepAlive,
+		TCPKeepIdle:            d(c.TCPKeepIdle),
+		TCPKeepInterval:        d(c.TCPKeepInterval),
+		TCPKeepCount:           c.TCPKeepCount,
+		TCPUserTimeout:         d(c.TCPUserTimeout),
+		DNSMaxTTL:              d(c.DNSMaxTTL),
 		MaxMessageSize:         c.MaxMessageSize,
 		MaxPreparedStatements:  c.MaxPreparedStatements,
 		MaxProcs:               c.MaxProcs,

@@ -112,6 +112,41 @@
 //	client_login_timeout      PGSIDECAR_CLIENT_LOGIN_TIMEOUT      --client-login-timeout
 //	    default: 60s. Time a client has to finish startup and
 //	    authentication. 0 means no limit.
+//	tcp_keepalive             PGSIDECAR_TCP_KEEPALIVE             --tcp-keepalive
+//	    default: true. TCP keepalive probes on client and server sockets,
+//	    which find a peer that vanished while the connection was idle and
+//	    keep idle connections known to NATs and load balancers. false turns
+//	    them off (also Go's own 15s probes).
+//	tcp_keepidle              PGSIDECAR_TCP_KEEPIDLE              --tcp-keepidle
+//	    default: 30s. Idle time before the first probe, rounded up to whole
+//	    seconds. 0 = Go's default, 15s. At most 32767s.
+//	tcp_keepintvl             PGSIDECAR_TCP_KEEPINTVL             --tcp-keepintvl
+//	    default: 10s. Time between unanswered probes, rounded up to whole
+//	    seconds. 0 = Go's default, 15s. At most 32767s.
+//	tcp_keepcnt               PGSIDECAR_TCP_KEEPCNT               --tcp-keepcnt
+//	    default: 3. Unanswered probes before the connection is dropped.
+//	    0 = Go's default, 9. At most 127. With the defaults a silent peer
+//	    is dropped after 30s + 3 x 10s = 1 minute.
+//	tcp_user_timeout          PGSIDECAR_TCP_USER_TIMEOUT          --tcp-user-timeout
+//	    default: 60s. TCP_USER_TIMEOUT (Linux; ignored elsewhere): a
+//	    connection whose sent data stays unacknowledged this long is
+//	    dropped, instead of after the kernel's ~15 minutes of
+//	    retransmissions; with keepalive on it also bounds unanswered
+//	    probes. The default matches tcp_keepidle + tcp_keepintvl x
+//	    tcp_keepcnt, so a dead peer is found within a minute whether or not
+//	    data was in flight. It never cuts a slow query: the server's kernel
+//	    acknowledges what it receives. 0 = the kernel's default (off), as in
+//	    libpq and PgBouncer.
+//	dns_max_ttl               PGSIDECAR_DNS_MAX_TTL               --dns-max-ttl
+//	    default: 15s (PgBouncer's). How long the addresses of an upstream
+//	    host name are used before they are looked up again, whatever the
+//	    DNS TTL. Lookups happen when a server connection is dialled and,
+//	    while a pool has connections, in its background maintenance; a
+//	    failed dial forces a fresh lookup. When an address leaves the
+//	    answer, the pool's idle connections to it are closed at once and
+//	    those in use when they are released, so a DNS-based failover (RDS,
+//	    Aurora, a Kubernetes Service) is followed without a restart. A
+//	    failed lookup keeps the last answer. 0 = look up on every dial.
 //	max_message_size          PGSIDECAR_MAX_MESSAGE_SIZE          --max-message-size
 //	    default: 1073741824 (1 GiB). Largest protocol message accepted, in
 //	    bytes. At least 1024.
@@ -186,6 +221,18 @@
 //	    upstream_user: reader
 //	    password: reader-secret
 //	    pool_mode: session
+//
+// # Upstream connection strings
+//
+// Upstream connection strings (database_url, a route's dsn) take every
+// option of pgconn.ParseConfig, including libpq's multi-host syntax and
+// target_session_attrs, plus libpq 16's load_balance_hosts: "random"
+// tries the hosts, and each host's addresses, in a random order for every
+// server connection, so that connections spread over equivalent hosts;
+// "disable" (the default) tries them in the order listed. pgconn does not
+// know this option, so Resolve removes it from Upstream.ConnString and
+// returns it as Upstream.LoadBalanceHosts; any other value is a validation
+// error.
 //
 // # Upstream credentials
 //

@@ -2,7 +2,9 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 )
 
@@ -316,6 +318,106 @@ func (d *dsn) withLogin(database, user, password string) string {
 		parts = append(parts, "password="+quoteKV(password))
 	}
 	return strings.Join(parts, " ")
+}
+
+// String returns the connection string as parsed, in its own form: the raw
+// parts of a URL, re-quoted keyword/value pairs. Parsing it again gives the
+// same values.
+func (d *dsn) String() string {
+	if d.isURL {
+		var b strings.Builder
+		b.WriteString(d.prefix)
+		if d.hasUserinfo {
+			b.WriteString(d.userinfo)
+			b.WriteByte('@')
+		}
+		b.WriteString(d.netloc)
+		if d.hasPath {
+			b.WriteByte('/')
+			b.WriteString(d.path)
+		}
+		for i, q := range d.query {
+			if i == 0 {
+				b.WriteByte('?')
+			} else {
+				b.WriteByte('&')
+			}
+			b.WriteString(q.rawKey)
+			if q.hasEq {
+				b.WriteString("=" + q.rawVal)
+			}
+		}
+		return b.String()
+	}
+	parts := make([]string, 0, len(d.pairs))
+	for _, p := range d.pairs {
+		k := p.key
+		if k == "database" {
+			k = "dbname"
+		}
+		parts = append(parts, k+"="+quoteKV(p.val))
+	}
+	return strings.Join(parts, " ")
+}
+
+// remove deletes every occurrence of an option (a query parameter or a
+// keyword, not user, password or database) and returns its value, the last
+// occurrence winning as in get.
+func (d *dsn) remove(key string) (val string, found bool) {
+	val, found = d.get(key)
+	if d.isURL {
+		d.query = slices.DeleteFunc(d.query, func(q queryParam) bool { return q.key == key })
+	} else {
+		d.pairs = slices.DeleteFunc(d.pairs, func(p kvPair) bool { return p.key == key })
+	}
+	return val, found
+}
+
+// Values of the load_balance_hosts connection option (libpq 16).
+const (
+	// LoadBalanceDisable tries the hosts in the order they are listed (the
+	// default).
+	LoadBalanceDisable = "disable"
+	// LoadBalanceRandom tries the hosts, and the addresses of each host, in
+	// a random order for every connection, spreading connections over
+	// equivalent hosts.
+	LoadBalanceRandom = "random"
+)
+
+// takeLoadBalanceHosts removes load_balance_hosts from d, which pgconn does
+// not know (it would send it to the server as a run-time parameter, and the
+// server would refuse the login), and returns its value: LoadBalanceDisable
+// when absent or empty, or LoadBalanceRandom.
+func (d *dsn) takeLoadBalanceHosts() (string, error) {
+	v, _ := d.remove("load_balance_hosts")
+	switch v {
+	case "", LoadBalanceDisable:
+		return LoadBalanceDisable, nil
+	case LoadBalanceRandom:
+		return LoadBalanceRandom, nil
+	}
+	return "", fmt.Errorf("load_balance_hosts: must be %q or %q, got %q", LoadBalanceDisable, LoadBalanceRandom, v)
+}
+
+// SplitLoadBalanceHosts returns dsn without its load_balance_hosts option,
+// ready for pgconn.ParseConfig, and the option's value: LoadBalanceDisable
+// (also when the option is absent) or LoadBalanceRandom. pgconn does not
+// support the option and would send it to the server as a run-time
+// parameter, which the server refuses. A dsn without the option is returned
+// unchanged. Errors hold no secret.
+func SplitLoadBalanceHosts(dsn string) (connString, mode string, err error) {
+	d, err := parseDSN(dsn)
+	if err != nil {
+		return "", "", fmt.Errorf("cannot parse `%s`: %w", RedactDSN(dsn), err)
+	}
+	if _, found := d.get("load_balance_hosts"); !found {
+		return dsn, LoadBalanceDisable, nil
+	}
+	mode, err = d.takeLoadBalanceHosts()
+	if err != nil {
+		return "", "", err
+	}
+	return d.String(), mode, nil
 }
 
 // redacted returns the connection string with every secret value replaced

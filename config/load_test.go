@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/pgsidecar/pgsidecar/internal/tcpopt"
 )
 
 func load(t *testing.T, args, env []string) (*Config, error) {
@@ -75,6 +77,20 @@ func TestPrecedence(t *testing.T) {
 		// bools.
 		{"auth_trust_remote env", nil, []string{"PGSIDECAR_AUTH_TRUST_REMOTE=true"}, func(c *Config) any { return c.AuthTrustRemote }, true},
 		{"auth_trust_remote flag", []string{"--auth-trust-remote=false"}, []string{"PGSIDECAR_AUTH_TRUST_REMOTE=true"}, func(c *Config) any { return c.AuthTrustRemote }, false},
+
+		// TCP and DNS keys: a bool default true that env and flags turn off, durations, an int.
+		{"tcp_keepalive default", nil, nil, func(c *Config) any { return c.TCPKeepAlive }, true},
+		{"tcp_keepalive env off", nil, []string{"PGSIDECAR_TCP_KEEPALIVE=false"}, func(c *Config) any { return c.TCPKeepAlive }, false},
+		{"tcp_keepalive flag over env", []string{"--tcp-keepalive=true"}, []string{"PGSIDECAR_TCP_KEEPALIVE=false"}, func(c *Config) any { return c.TCPKeepAlive }, true},
+		{"tcp_keepalive flag off", []string{"--tcp-keepalive=false"}, nil, func(c *Config) any { return c.TCPKeepAlive }, false},
+		{"tcp_keepidle default", nil, nil, func(c *Config) any { return c.TCPKeepIdle }, 30 * time.Second},
+		{"tcp_keepidle env", nil, []string{"PGSIDECAR_TCP_KEEPIDLE=2m"}, func(c *Config) any { return c.TCPKeepIdle }, 2 * time.Minute},
+		{"tcp_keepintvl flag", []string{"--tcp-keepintvl=5s"}, nil, func(c *Config) any { return c.TCPKeepInterval }, 5 * time.Second},
+		{"tcp_keepcnt env", nil, []string{"PGSIDECAR_TCP_KEEPCNT=5"}, func(c *Config) any { return c.TCPKeepCount }, 5},
+		{"tcp_user_timeout flag 0", []string{"--tcp-user-timeout=0"}, nil, func(c *Config) any { return c.TCPUserTimeout }, time.Duration(0)},
+		{"dns_max_ttl default", nil, nil, func(c *Config) any { return c.DNSMaxTTL }, 15 * time.Second},
+		{"dns_max_ttl env", nil, []string{"PGSIDECAR_DNS_MAX_TTL=0"}, func(c *Config) any { return c.DNSMaxTTL }, time.Duration(0)},
+		{"dns_max_ttl flag", []string{"--dns-max-ttl=1m"}, []string{"PGSIDECAR_DNS_MAX_TTL=0"}, func(c *Config) any { return c.DNSMaxTTL }, time.Minute},
 
 		// config file from the environment, and the flag winning over it.
 		{"config from env", nil, []string{"PGSIDECAR_CONFIG=testdata/full.yaml"}, func(c *Config) any { return c.PoolSize }, 20},
@@ -321,7 +337,8 @@ func TestFlagSetHasEveryKey(t *testing.T) {
 		"server-reset-query", "connect-timeout", "query-timeout", "retries", "retry-delay",
 		"idle-transaction-timeout", "client-idle-timeout", "client-login-timeout", "max-message-size",
 		"max-prepared-statements", "auth-type", "auth-trust-remote", "tls-cert-file", "tls-key-file",
-		"log-level", "log-format",
+		"log-level", "log-format", "tcp-keepalive", "tcp-keepidle", "tcp-keepintvl", "tcp-keepcnt",
+		"tcp-user-timeout", "dns-max-ttl",
 	} {
 		if fs.Lookup(name) == nil {
 			t.Errorf("flag --%s missing", name)
@@ -341,6 +358,36 @@ func TestLoadPreParsedFlagSet(t *testing.T) {
 	}
 	if !reflect.DeepEqual(c.Listen, []string{"127.0.0.1:1", "127.0.0.1:2"}) {
 		t.Errorf("Listen = %q", c.Listen)
+	}
+}
+
+// TestTCPKeysFromFile: the TCP and DNS keys load from a file and become TCPOptions.
+func TestTCPKeysFromFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	file := "tcp_keepalive: true\ntcp_keepidle: 45s\ntcp_keepintvl: 5s\ntcp_keepcnt: 4\ntcp_user_timeout: 65s\ndns_max_ttl: 5s\n"
+	if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := mustLoad(t, []string{"--config", path}, nil)
+	want := tcpopt.Options{KeepAlive: true, KeepIdle: 45 * time.Second, KeepInterval: 5 * time.Second, KeepCount: 4, UserTimeout: 65 * time.Second}
+	if got := c.TCPOptions(); got != want {
+		t.Errorf("TCPOptions() = %+v, want %+v", got, want)
+	}
+	if c.DNSMaxTTL != 5*time.Second {
+		t.Errorf("DNSMaxTTL = %s, want 5s", c.DNSMaxTTL)
+	}
+	prod := Defaults(ProfileProduction)
+	if d := prod.TCPOptions(); d != (tcpopt.Options{KeepAlive: true, KeepIdle: 30 * time.Second,
+		KeepInterval: 10 * time.Second, KeepCount: 3, UserTimeout: time.Minute}) {
+		t.Errorf("default TCPOptions() = %+v", d)
+	}
+	// A bare number is refused, not read as nanoseconds (PgBouncer's keys are in seconds).
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(bad, []byte("tcp_keepidle: 30\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := load(t, []string{"--config", bad}, nil); err == nil || !strings.Contains(err.Error(), "tcp_keepidle: must be a duration with a unit") {
+		t.Errorf("tcp_keepidle: 30: %v", err)
 	}
 }
 

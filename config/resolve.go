@@ -23,12 +23,17 @@ type Upstream struct {
 	PoolSize, MinPoolSize int
 	// PoolMode is "transaction" or "session".
 	PoolMode string
+	// LoadBalanceHosts is the connection string's load_balance_hosts option:
+	// LoadBalanceDisable (also when absent) or LoadBalanceRandom. The option
+	// is removed from ConnString, since pgconn does not know it; the pool
+	// implements it. Key keeps it.
+	LoadBalanceHosts string
 }
 
 // String returns a description of u without its password.
 func (u Upstream) String() string {
-	return fmt.Sprintf("{key:%s database:%s user:%s pool_size:%d min_pool_size:%d pool_mode:%s}",
-		u.Key, u.Database, u.User, u.PoolSize, u.MinPoolSize, u.PoolMode)
+	return fmt.Sprintf("{key:%s database:%s user:%s pool_size:%d min_pool_size:%d pool_mode:%s load_balance_hosts:%s}",
+		u.Key, u.Database, u.User, u.PoolSize, u.MinPoolSize, u.PoolMode, u.LoadBalanceHosts)
 }
 
 // GoString makes %#v redact like String.
@@ -56,7 +61,8 @@ func (c *Config) Route(database, user string) (r Route, ok bool) {
 // set, else the client's. The connection string is the route's dsn, else
 // DatabaseURL; every option in it (hosts, ports, sslmode,
 // target_session_attrs, ...) is kept, and its database, user and password
-// are replaced.
+// are replaced. The exception is load_balance_hosts, which pgconn does not
+// know: it is removed from ConnString and returned as LoadBalanceHosts.
 //
 // The upstream password is, in order: the route's password; the
 // connection string's own password when the upstream user is the user
@@ -114,8 +120,13 @@ func (c *Config) Resolve(database, user string) (Upstream, error) {
 			password = secret
 		}
 	}
-	up.ConnString = d.withLogin(up.Database, up.User, password)
 	// RedactDSN masks an sslpassword left in the options.
 	up.Key = RedactDSN(d.withLogin(up.Database, up.User, ""))
+	up.LoadBalanceHosts, err = d.takeLoadBalanceHosts()
+	if err != nil {
+		return Upstream{}, fmt.Errorf("resolve database %s user %s: %s: %v",
+			strconv.Quote(database), strconv.Quote(user), source, err)
+	}
+	up.ConnString = d.withLogin(up.Database, up.User, password)
 	return up, nil
 }

@@ -201,3 +201,91 @@ func TestResolveKeyMasksSSLPassword(t *testing.T) {
 		t.Errorf("ConnString lost options: %s", RedactDSN(up.ConnString))
 	}
 }
+
+// TestResolveLoadBalanceHosts: load_balance_hosts leaves ConnString (pgconn would send it to the
+// server, which refuses unknown parameters) and comes back as LoadBalanceHosts; Key keeps it,
+// so two routes differing only in it get separate pools.
+func TestResolveLoadBalanceHosts(t *testing.T) {
+	tests := []struct {
+		name, dsn, want string
+	}{
+		{"url random", "postgres://app:pw@h1.example.com:5432,h2.example.com:5433/x?load_balance_hosts=random&sslmode=disable", LoadBalanceRandom},
+		{"url random last", "postgres://app:pw@h1.example.com,h2.example.com/x?sslmode=disable&target_session_attrs=read-write&load_balance_hosts=random", LoadBalanceRandom},
+		{"url disable", "postgres://app:pw@h1.example.com,h2.example.com/x?load_balance_hosts=disable", LoadBalanceDisable},
+		{"url absent", "postgres://app:pw@h1.example.com,h2.example.com/x", LoadBalanceDisable},
+		{"kv random", "host=h1.example.com,h2.example.com user=app password=pw load_balance_hosts=random sslmode=disable", LoadBalanceRandom},
+		{"kv twice, last wins", "host=h1.example.com,h2.example.com load_balance_hosts=random load_balance_hosts=disable", LoadBalanceDisable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := Defaults(ProfileLocal)
+			c.DatabaseURL = tt.dsn
+			if err := c.Validate(); err != nil {
+				t.Fatalf("Validate: %v", err)
+			}
+			up, err := c.Resolve("app", "app")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if up.LoadBalanceHosts != tt.want {
+				t.Errorf("LoadBalanceHosts = %q, want %q", up.LoadBalanceHosts, tt.want)
+			}
+			if strings.Contains(up.ConnString, "load_balance_hosts") {
+				t.Errorf("ConnString keeps the option: %s", RedactDSN(up.ConnString))
+			}
+			pc, err := pgconn.ParseConfig(up.ConnString)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := pc.RuntimeParams["load_balance_hosts"]; ok {
+				t.Error("load_balance_hosts would be sent to the server")
+			}
+			hosts := []string{pc.Host}
+			for _, fb := range pc.Fallbacks {
+				if fb.Host != hosts[len(hosts)-1] { // sslmode=prefer lists each host twice
+					hosts = append(hosts, fb.Host)
+				}
+			}
+			if strings.Join(hosts, ",") != "h1.example.com,h2.example.com" {
+				t.Errorf("ConnString parses to hosts %q, want h1 then h2", hosts)
+			}
+			if strings.Contains(tt.dsn, "load_balance_hosts") != strings.Contains(up.Key, "load_balance_hosts") {
+				t.Errorf("Key %s: option kept %v, want %v", up.Key, !strings.Contains(tt.dsn, "load_balance_hosts"), strings.Contains(tt.dsn, "load_balance_hosts"))
+			}
+		})
+	}
+
+	c := Defaults(ProfileLocal)
+	c.DatabaseURL = "postgres://app:s3cr3t@h1,h2/x?load_balance_hosts=on"
+	_, err := c.Resolve("app", "app")
+	if err == nil || !strings.Contains(err.Error(), `load_balance_hosts: must be "disable" or "random", got "on"`) || strings.Contains(err.Error(), "s3cr3t") {
+		t.Errorf("Resolve with a bad load_balance_hosts: %v", err)
+	}
+}
+
+func TestSplitLoadBalanceHosts(t *testing.T) {
+	tests := []struct {
+		dsn, wantConn, wantMode, wantErr string
+	}{
+		{"postgres://u:pw@h1,h2/db?load_balance_hosts=random", "postgres://u:pw@h1,h2/db", LoadBalanceRandom, ""},
+		{"postgres://u:pw@h1,h2/db?a=1&load_balance_hosts=random&b=2", "postgres://u:pw@h1,h2/db?a=1&b=2", LoadBalanceRandom, ""},
+		{"postgresql://h1,h2?load_balance_hosts=disable", "postgresql://h1,h2", LoadBalanceDisable, ""},
+		{"postgres://u:pw@h1/db?sslmode=disable", "postgres://u:pw@h1/db?sslmode=disable", LoadBalanceDisable, ""},
+		{"host=h1,h2 dbname=db password='p w' load_balance_hosts=random", "host=h1,h2 dbname=db password='p w'", LoadBalanceRandom, ""},
+		{"host=h1 password=x", "host=h1 password=x", LoadBalanceDisable, ""},
+		{"postgres://u:s3cr3t@h1,h2/db?load_balance_hosts=sometimes", "", "", `got "sometimes"`},
+		{"host=h1 password='s3cr3t", "", "", "cannot parse"},
+	}
+	for _, tt := range tests {
+		conn, mode, err := SplitLoadBalanceHosts(tt.dsn)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) || strings.Contains(err.Error(), "s3cr3t") {
+				t.Errorf("SplitLoadBalanceHosts(%s): %v, want an error with %q and no secret", RedactDSN(tt.dsn), err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || conn != tt.wantConn || mode != tt.wantMode {
+			t.Errorf("SplitLoadBalanceHosts(%s) = %q, %q, %v; want %q, %q", RedactDSN(tt.dsn), RedactDSN(conn), mode, err, RedactDSN(tt.wantConn), tt.wantMode)
+		}
+	}
+}

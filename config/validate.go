@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgsidecar/pgsidecar/internal/tcpopt"
 )
 
 // SecretKind tells how a users entry's password is stored.
@@ -163,10 +165,26 @@ func (c *Config) Validate() error {
 		{"idle_transaction_timeout", c.IdleTransactionTimeout},
 		{"client_idle_timeout", c.ClientIdleTimeout},
 		{"client_login_timeout", c.ClientLoginTimeout},
+		{"tcp_keepidle", c.TCPKeepIdle},
+		{"tcp_keepintvl", c.TCPKeepInterval},
+		{"tcp_user_timeout", c.TCPUserTimeout},
+		{"dns_max_ttl", c.DNSMaxTTL},
 	} {
 		if d.val < 0 {
 			add(d.key, "must not be negative, got %s", d.val)
 		}
+	}
+	if c.TCPKeepIdle > tcpopt.MaxKeepIdle {
+		add("tcp_keepidle", "must be at most %s (the kernel's limit), got %s", tcpopt.MaxKeepIdle, c.TCPKeepIdle)
+	}
+	if c.TCPKeepInterval > tcpopt.MaxKeepInterval {
+		add("tcp_keepintvl", "must be at most %s (the kernel's limit), got %s", tcpopt.MaxKeepInterval, c.TCPKeepInterval)
+	}
+	if c.TCPKeepCount < 0 || c.TCPKeepCount > tcpopt.MaxKeepCount {
+		add("tcp_keepcnt", "must be from 0 to %d, got %d", tcpopt.MaxKeepCount, c.TCPKeepCount)
+	}
+	if c.TCPUserTimeout > tcpopt.MaxUserTimeout {
+		add("tcp_user_timeout", "must be at most %s, got %s", tcpopt.MaxUserTimeout, c.TCPUserTimeout)
 	}
 	if c.ConnectTimeout == 0 {
 		add("connect_timeout", "must be greater than 0")
@@ -303,7 +321,11 @@ func checkDSN(dsn string) error {
 		// split, so do not quote its message.
 		return fmt.Errorf("cannot parse `%s`: %v", RedactDSN(dsn), err)
 	}
-	if _, err := pgconn.ParseConfig(dsn); err != nil {
+	connString, _, err := SplitLoadBalanceHosts(dsn)
+	if err != nil {
+		return err
+	}
+	if _, err := pgconn.ParseConfig(connString); err != nil {
 		return errors.New(scrub(err.Error(), dsn))
 	}
 	return nil

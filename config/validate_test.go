@@ -126,6 +126,28 @@ func TestValidateCases(t *testing.T) {
 		{"multi-host url", func(c *Config) {
 			c.DatabaseURL = "postgres://app:pw@h1.example.com:5432,[::1]:5433/app?target_session_attrs=read-write"
 		}, ""},
+		{"negative tcp_keepidle", func(c *Config) { c.TCPKeepIdle = -time.Second }, "tcp_keepidle: must not be negative, got -1s"},
+		{"tcp_keepidle over the kernel's limit", func(c *Config) { c.TCPKeepIdle = 10 * time.Hour }, "tcp_keepidle: must be at most 9h6m7s (the kernel's limit), got 10h0m0s"},
+		{"tcp_keepintvl over the kernel's limit", func(c *Config) { c.TCPKeepInterval = 10 * time.Hour }, "tcp_keepintvl: must be at most 9h6m7s"},
+		{"tcp_keepcnt over the kernel's limit", func(c *Config) { c.TCPKeepCount = 128 }, "tcp_keepcnt: must be from 0 to 127, got 128"},
+		{"negative tcp_keepcnt", func(c *Config) { c.TCPKeepCount = -1 }, "tcp_keepcnt: must be from 0 to 127, got -1"},
+		{"negative tcp_user_timeout", func(c *Config) { c.TCPUserTimeout = -time.Second }, "tcp_user_timeout: must not be negative"},
+		{"tcp_user_timeout too large", func(c *Config) { c.TCPUserTimeout = 1000 * time.Hour }, "tcp_user_timeout: must be at most"},
+		{"tcp zeros are fine", func(c *Config) {
+			c.TCPKeepAlive, c.TCPKeepIdle, c.TCPKeepInterval, c.TCPKeepCount, c.TCPUserTimeout = false, 0, 0, 0, 0
+		}, ""},
+		{"negative dns_max_ttl", func(c *Config) { c.DNSMaxTTL = -time.Second }, "dns_max_ttl: must not be negative"},
+		{"dns_max_ttl 0", func(c *Config) { c.DNSMaxTTL = 0 }, ""},
+		{"load_balance_hosts random", func(c *Config) {
+			c.DatabaseURL = "postgres://app:pw@h1.example.com,h2.example.com/app?load_balance_hosts=random&target_session_attrs=any"
+		}, ""},
+		{"load_balance_hosts disable", func(c *Config) { c.DatabaseURL = "host=h1,h2 load_balance_hosts=disable" }, ""},
+		{"load_balance_hosts bad", func(c *Config) {
+			c.DatabaseURL = "postgres://app:s3cr3t@h1.example.com,h2.example.com/app?load_balance_hosts=round-robin"
+		}, `database_url: load_balance_hosts: must be "disable" or "random", got "round-robin"`},
+		{"route load_balance_hosts bad", func(c *Config) {
+			c.Routes = []Route{{Database: "x", DSN: "host=h1,h2 password=s3cr3t load_balance_hosts=yes"}}
+		}, `routes[0].dsn: load_balance_hosts: must be "disable" or "random", got "yes"`},
 		{"tls key only", func(c *Config) { c.TLS.KeyFile = "testdata/full.yaml" }, "tls.cert_file: must be set when tls.key_file is set"},
 		{"tls dir", func(c *Config) { c.TLS = TLS{"testdata", "testdata/full.yaml"} }, `tls.cert_file: "testdata" is a directory`},
 		{"tls ok", func(c *Config) { c.TLS = TLS{"testdata/full.yaml", "testdata/full.yaml"} }, ""},

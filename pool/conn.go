@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgsidecar/pgsidecar/internal/rawio"
+	"github.com/pgsidecar/pgsidecar/internal/tcpopt"
 )
 
 // Conn is one upstream server connection, authenticated and then hijacked from pgconn so that
@@ -32,7 +33,9 @@ type Conn struct {
 
 	hijacked *pgconn.HijackedConn
 	pool     *Pool
-	created  time.Time
+	// addr is the server address the connection is connected to, in serverAddr's form.
+	addr    string
+	created time.Time
 	// lifetime is this connection's own server_lifetime, with jitter applied.
 	lifetime time.Duration
 	// lastUsed is when the connection was last released to the pool.
@@ -55,6 +58,38 @@ type Conn struct {
 	held bool
 	// deadlineSet records that the holder set a deadline, which Release must clear.
 	deadlineSet atomic.Bool
+	// retired is set while the connection is handed out when it must not go back to the pool
+	// (see Pool.RetireAddr); guarded by the pool's mu.
+	retired bool
+}
+
+// Addr returns the server address the connection is connected to: "ip:port" for TCP (IPv6 in
+// brackets), the socket path for a Unix socket. Pool.RetireAddr takes it.
+func (c *Conn) Addr() string { return c.addr }
+
+// remoteAddr returns nc's server address in the form Addr returns.
+func remoteAddr(nc net.Conn) string {
+	ra := nc.RemoteAddr()
+	if ra == nil {
+		return ""
+	}
+	return normalAddr(ra.String())
+}
+
+// withTCPOptions returns dial with opts applied to every connection it makes. Connections that
+// are not TCP sockets (Unix sockets, a test's wrapper) are left alone.
+func withTCPOptions(dial pgconn.DialFunc, opts tcpopt.Options) pgconn.DialFunc {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nc, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		if err := opts.Apply(nc); err != nil {
+			_ = nc.Close()
+			return nil, fmt.Errorf("dial %s: %w", addr, err)
+		}
+		return nc, nil
+	}
 }
 
 // SetDeadline sets the connection's read and write deadlines (see net.Conn); Release clears

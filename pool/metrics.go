@@ -13,7 +13,7 @@ type Collector struct {
 	acquires, waits, waitSeconds *prometheus.Desc
 	dials, dialErrors, closes    *prometheus.Desc
 	dialRetries, checkFailures   *prometheus.Desc
-	idleDropped                  *prometheus.Desc
+	idleDropped, retired         *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*Collector)(nil)
@@ -39,13 +39,15 @@ func NewCollector(set *Set) *Collector {
 		checkFailures: d("check_failures_total",
 			"Idle server connections found dead by the check before reuse (server_check_delay)."),
 		idleDropped: d("idle_dropped_total", "Idle server connections closed at once after an upstream failure."),
+		retired: d("server_retired_total",
+			"Server connections retired because their address left the DNS answer or was retired by the proxy; closed at once when idle, else at release."),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.servers, c.waiting, c.size, c.acquires, c.waits, c.waitSeconds, c.dials, c.dialErrors, c.closes,
-		c.dialRetries, c.checkFailures, c.idleDropped} {
+		c.dialRetries, c.checkFailures, c.idleDropped, c.retired} {
 		ch <- d
 	}
 }
@@ -77,6 +79,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		t.DialRetries += s.DialRetries
 		t.CheckFailures += s.CheckFailures
 		t.IdleDropped += s.IdleDropped
+		t.Retired += s.Retired
 	}
 	for _, k := range order {
 		s, db, user := sums[k], k.db, k.user
@@ -93,5 +96,6 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.dialRetries, prometheus.CounterValue, float64(s.DialRetries), db, user)
 		ch <- prometheus.MustNewConstMetric(c.checkFailures, prometheus.CounterValue, float64(s.CheckFailures), db, user)
 		ch <- prometheus.MustNewConstMetric(c.idleDropped, prometheus.CounterValue, float64(s.IdleDropped), db, user)
+		ch <- prometheus.MustNewConstMetric(c.retired, prometheus.CounterValue, float64(s.Retired), db, user)
 	}
 }

@@ -18,7 +18,7 @@ import (
 )
 
 // metricsPerPool is how many series the collector exports for each pool.
-const metricsPerPool = 13
+const metricsPerPool = 14
 
 func TestCollector(t *testing.T) {
 	defer leakCheck(t)()
@@ -82,12 +82,16 @@ pgsidecar_pool_check_failures_total{database="appdb",user="appuser"} 0
 # HELP pgsidecar_pool_idle_dropped_total Idle server connections closed at once after an upstream failure.
 # TYPE pgsidecar_pool_idle_dropped_total counter
 pgsidecar_pool_idle_dropped_total{database="appdb",user="appuser"} 0
+# HELP pgsidecar_pool_server_retired_total Server connections retired because their address left the DNS answer or was retired by the proxy; closed at once when idle, else at release.
+# TYPE pgsidecar_pool_server_retired_total counter
+pgsidecar_pool_server_retired_total{database="appdb",user="appuser"} 0
 `
 	names := []string{
 		"pgsidecar_pool_server_connections", "pgsidecar_pool_acquires_total", "pgsidecar_pool_waiting_clients",
 		"pgsidecar_pool_size", "pgsidecar_pool_dials_total", "pgsidecar_pool_dial_errors_total",
 		"pgsidecar_pool_waits_total", "pgsidecar_pool_wait_seconds_total", "pgsidecar_pool_server_closes_total",
 		"pgsidecar_pool_dial_retries_total", "pgsidecar_pool_check_failures_total", "pgsidecar_pool_idle_dropped_total",
+		"pgsidecar_pool_server_retired_total",
 	}
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), names...); err != nil {
 		t.Error(err)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/pgsidecar/pgsidecar/internal/rawio"
 	"github.com/pgsidecar/pgsidecar/internal/retry"
+	"github.com/pgsidecar/pgsidecar/internal/tcpopt"
 )
 
 // ErrClosed is returned by Acquire once the pool has been closed.
@@ -60,6 +61,26 @@ type Config struct {
 	// burst of acquirers or an upstream coming back is not stampeded. Acquirers beyond it wait,
 	// in FIFO order, for a released connection or a free dial. 0 = 2.
 	MaxConcurrentDials int
+	// TCP, when not nil, is applied to every upstream TCP socket as soon as ConnConfig's
+	// DialFunc returns it (keepalive, TCP_USER_TIMEOUT), before TLS and login. nil leaves the
+	// sockets as DialFunc makes them (pgconn's default: Go's keepalive, probing every 15 s).
+	TCP *tcpopt.Options
+	// LoadBalanceHosts is libpq's load_balance_hosts=random: every dial tries ConnConfig's hosts,
+	// and the addresses each host name resolves to, in a new random order, so that connections
+	// spread over equivalent hosts. Every host is still tried until one accepts, and
+	// target_session_attrs still decides which ones do. false tries them in the order listed.
+	LoadBalanceHosts bool
+	// DNSMaxTTL is how long the addresses of one of ConnConfig's host names are used before
+	// they are looked up again (with ConnConfig.LookupFunc, pgconn's default being the system
+	// resolver). Lookups happen when a connection is dialled and the answer is older than this
+	// or a dial failed since, and in the maintenance goroutine while the pool has connections,
+	// never on Acquire. When an address leaves the answer, the pool's connections to it are
+	// retired (see RetireAddr). A failed lookup keeps the last answer. 0 = look up on every dial
+	// and every maintenance tick (once a second). A custom LookupFunc must return when its
+	// context ends: Close waits for a lookup in progress.
+	DNSMaxTTL time.Duration
+	// LookupTimeout bounds one lookup; 0 = 5s. A dial's lookups are also bounded by its context.
+	LookupTimeout time.Duration
 }
 
 // defaultMaxConcurrentDials is MaxConcurrentDials when the Config leaves it 0.
@@ -85,6 +106,7 @@ type Stat struct {
 	Closes        uint64
 	CheckFailures uint64 // idle connections found dead by the CheckDelay check
 	IdleDropped   uint64 // idle connections closed by DropIdle
+	Retired       uint64 // connections retired: by RetireAddr or Retire, or their address left DNS
 }
 
 // Pool keeps server connections to one upstream database as one user. Acquire hands out an idle
@@ -93,13 +115,25 @@ type Pool struct {
 	cfg      Config
 	maxDials int
 
+	// hosts resolves ConnConfig's host names; nil when it names none. dialFn is ConnConfig's
+	// DialFunc, applying TCP.
+	hosts  *hostCache
+	dialFn pgconn.DialFunc
+
 	mu      sync.Mutex
-	idle    []*Conn // most recently used last: reuse keeps warm connections busy
+	idle    []*Conn            // most recently used last: reuse keeps warm connections busy
+	all     map[*Conn]struct{} // every connection dialled and not closed yet, idle or handed out
 	open    int
 	dialing int // of open, slots whose dialer holds one of the maxDials dial tokens
 	waiters []*waiter
 	params  map[string]string
 	closed  bool
+
+	// retiredAddrs holds the addresses RetireAddr retired while dials were in flight, each with
+	// the retireSeq it got, so that a dial that started before and connects to one of them
+	// retires its connection too. Emptied whenever no dial is in flight.
+	retiredAddrs map[string]uint64
+	retireSeq    uint64
 
 	// The upstream's health as the last dial saw it.
 	lastErr  error     // the last dial's error; nil after a success
@@ -115,7 +149,7 @@ type Pool struct {
 	wg   sync.WaitGroup
 
 	acquires, waits, waitNanos, dials, dialErrors, closes atomic.Uint64
-	dialRetries, checkFailures, idleDropped               atomic.Uint64
+	dialRetries, checkFailures, idleDropped, retired      atomic.Uint64
 }
 
 type waiter struct {
@@ -135,9 +169,16 @@ func New(cfg Config) *Pool {
 	if cfg.Size < 1 {
 		cfg.Size = 1
 	}
-	p := &Pool{cfg: cfg, maxDials: cfg.MaxConcurrentDials}
+	p := &Pool{cfg: cfg, maxDials: cfg.MaxConcurrentDials, all: map[*Conn]struct{}{}, retiredAddrs: map[string]uint64{}}
 	if p.maxDials < 1 {
 		p.maxDials = defaultMaxConcurrentDials
+	}
+	if cc := cfg.ConnConfig; cc != nil {
+		p.hosts = newHostCache(cc, cfg.DNSMaxTTL, cfg.LookupTimeout, cfg.LoadBalanceHosts, p.retireGone)
+		p.dialFn = cc.DialFunc
+		if cfg.TCP != nil && cc.DialFunc != nil {
+			p.dialFn = withTCPOptions(cc.DialFunc, *cfg.TCP)
+		}
 	}
 	p.ctx, p.stop = context.WithCancel(context.Background())
 	p.wg.Add(1)
@@ -212,12 +253,14 @@ func (p *Pool) takeIdleLocked() *Conn {
 			return c
 		}
 		p.mu.Unlock()
-		if c.alive() {
-			p.mu.Lock()
+		alive := c.alive()
+		p.mu.Lock()
+		if alive && !c.retired {
 			return c
 		}
-		p.checkFailures.Add(1)
-		p.mu.Lock()
+		if !alive {
+			p.checkFailures.Add(1)
+		}
 		c.held = false
 		p.open--
 		p.dispatchLocked()
@@ -302,7 +345,7 @@ func (p *Pool) acquire(ctx context.Context, wait time.Duration) (*Conn, error) {
 		case g.dial:
 			p.mu.Lock()
 			p.open--
-			p.dialing--
+			p.dialDoneLocked()
 			p.dispatchLocked()
 			p.mu.Unlock()
 		case g.conn != nil:
@@ -323,6 +366,14 @@ func (p *Pool) needsCheck(c *Conn, now time.Time) bool {
 // canDialLocked reports whether a slot and a dial token are free.
 func (p *Pool) canDialLocked() bool {
 	return p.open < p.cfg.Size && p.dialing < p.maxDials
+}
+
+// dialDoneLocked gives a dial token back. mu must be held.
+func (p *Pool) dialDoneLocked() {
+	p.dialing--
+	if p.dialing == 0 && len(p.retiredAddrs) > 0 {
+		clear(p.retiredAddrs) // no dial that started before a retirement is left
+	}
 }
 
 // dispatchLocked gives free slots and dial tokens to waiters, first come first served, as rights
@@ -356,7 +407,7 @@ func (p *Pool) dialSlot(ctx context.Context) (*Conn, error) {
 	c, err := p.dialRetrying(ctx)
 	var orphan *Conn
 	p.mu.Lock()
-	p.dialing--
+	p.dialDoneLocked()
 	if err == nil && p.closed {
 		orphan, c, err = c, nil, ErrClosed
 	}
@@ -466,9 +517,13 @@ func (p *Pool) dialTurnLocked(now time.Time) time.Duration {
 	return 0
 }
 
-// dial makes one dial attempt and records its outcome as the upstream's health.
+// dial makes one dial attempt and records its outcome as the upstream's health. The caller holds
+// a dial token (p.dialing) for the duration.
 func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 	p.dials.Add(1)
+	p.mu.Lock()
+	seq := p.retireSeq
+	p.mu.Unlock()
 	c, err := p.connect(ctx)
 	// A caller giving up says nothing about the upstream.
 	if err != nil && ctx.Err() != nil {
@@ -476,9 +531,21 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 	}
 	if err != nil {
 		p.dialErrors.Add(1)
+		if _, isServer := errors.AsType[*pgconn.PgError](err); !isServer && p.hosts != nil {
+			// The name may have moved (a DNS-based failover): look it up again next time.
+			p.hosts.markStale()
+		}
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if err == nil {
+		p.all[c] = struct{}{}
+		if s, ok := p.retiredAddrs[c.addr]; ok && s > seq {
+			// Retired while this dial was in flight, maybe resolved from the old answer.
+			c.retired = true
+			p.retired.Add(1)
+		}
+	}
 	switch {
 	case err == nil:
 		p.lastErr, p.failures, p.nextDial = nil, 0, time.Time{}
@@ -513,7 +580,15 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 		ctx, cancel = context.WithTimeout(ctx, p.cfg.ConnectTimeout)
 		defer cancel()
 	}
-	pc, err := pgconn.ConnectConfig(ctx, p.cfg.ConnConfig.Copy())
+	cc := p.cfg.ConnConfig.Copy()
+	if p.cfg.LoadBalanceHosts {
+		shuffleHosts(cc)
+	}
+	if p.hosts != nil {
+		cc.LookupFunc = p.hosts.LookupHost
+	}
+	cc.DialFunc = p.dialFn
+	pc, err := pgconn.ConnectConfig(ctx, cc)
 	if err != nil {
 		return nil, fmt.Errorf("connect to upstream: %w", err)
 	}
@@ -534,6 +609,7 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 		PID:       hc.PID,
 		SecretKey: hc.SecretKey,
 		Params:    maps.Clone(hc.ParameterStatuses),
+		addr:      remoteAddr(hc.Conn),
 		hijacked:  hc,
 		raw:       rawio.New(hc.Conn),
 		pool:      p,
@@ -552,7 +628,8 @@ func (c *Conn) expired(now time.Time) bool {
 }
 
 // Release returns a clean, idle connection (ReadyForQuery 'I', nothing in flight) to the pool.
-// A connection past its lifetime is closed instead.
+// A connection past its lifetime, or retired while it was handed out (see RetireAddr), is
+// closed instead.
 func (p *Pool) Release(c *Conn) {
 	now := time.Now()
 	c.lastUsed = now
@@ -567,7 +644,7 @@ func (p *Pool) Release(c *Conn) {
 		panic("pool: Release of a connection that is not handed out")
 	}
 	c.held = false
-	if p.closed || c.expired(now) {
+	if p.closed || c.retired || c.expired(now) {
 		p.open--
 		p.dispatchLocked()
 		p.mu.Unlock()
@@ -617,6 +694,69 @@ func (p *Pool) DropIdle() {
 	}
 }
 
+// RetireAddr retires every connection to the server address addr, "ip:port" as Conn.Addr
+// returns it (for a host name's connections after a failover, say, or those of a primary that
+// answered 25006 read_only_sql_transaction): idle ones are closed at once, and those handed out
+// are closed when released instead of going back to the pool, as are those being dialled to
+// addr at the time. It returns how many connections it retired, not counting dials in flight.
+// It bans nothing: later dials may connect to addr again, as host order and
+// target_session_attrs decide.
+func (p *Pool) RetireAddr(addr string) int {
+	addr = normalAddr(addr)
+	return p.retire(func(c *Conn) bool { return c.addr == addr }, addr)
+}
+
+// Retire retires every open connection for which match returns true, as RetireAddr does, except
+// that dials in flight are not covered. match is called with the pool's lock held, for idle and
+// handed-out connections alike: it may read a connection's identity (Addr, PID, Created,
+// Params) but not its Tag, and must not call the pool.
+func (p *Pool) Retire(match func(*Conn) bool) int {
+	return p.retire(match, "")
+}
+
+// retire retires the connections match selects; addr, if not empty, is the address they are
+// selected by, for dials in flight.
+func (p *Pool) retire(match func(*Conn) bool, addr string) int {
+	p.mu.Lock()
+	var victims []*Conn
+	kept := p.idle[:0]
+	for _, c := range p.idle {
+		if match(c) {
+			victims = append(victims, c)
+		} else {
+			kept = append(kept, c)
+		}
+	}
+	clear(p.idle[len(kept):])
+	p.idle = kept
+	p.open -= len(victims)
+	n := len(victims)
+	for c := range p.all {
+		if c.held && !c.retired && match(c) {
+			c.retired = true
+			n++
+		}
+	}
+	if addr != "" && p.dialing > 0 {
+		p.retireSeq++
+		p.retiredAddrs[addr] = p.retireSeq
+	}
+	p.dispatchLocked()
+	p.mu.Unlock()
+	p.retired.Add(uint64(n))
+	for _, c := range victims {
+		p.closeConn(c)
+	}
+	return n
+}
+
+// retireGone retires the connections to addresses that left the DNS answer of a host name.
+func (p *Pool) retireGone(addrs []string) {
+	for _, a := range addrs {
+		p.RetireAddr(a)
+	}
+}
+
 // Healthy reports whether the pool's last dial succeeded (or none was made yet): false while the
 // upstream is down, refusing, or rejecting this pool's login.
 func (p *Pool) Healthy() bool {
@@ -631,7 +771,11 @@ func (p *Pool) LastError() error {
 }
 
 func (p *Pool) closeConn(c *Conn) {
+	// Counted first: a caller that sees the slot freed sees the close counted.
 	p.closes.Add(1)
+	p.mu.Lock()
+	delete(p.all, c)
+	p.mu.Unlock()
 	// Say goodbye so that the server does not log an unexpected EOF; never wait for it.
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 	_, _ = c.Conn.Write(terminateMsg)
@@ -684,6 +828,7 @@ func (p *Pool) Stat() Stat {
 	s.DialRetries = p.dialRetries.Load()
 	s.CheckFailures = p.checkFailures.Load()
 	s.IdleDropped = p.idleDropped.Load()
+	s.Retired = p.retired.Load()
 	return s
 }
 
@@ -725,6 +870,22 @@ func (p *Pool) maintain() {
 		}
 		p.evictIdle(time.Now())
 		p.fillMin()
+		p.refreshHosts()
+	}
+}
+
+// refreshHosts looks the upstream's host names up again when their answers are older than
+// DNSMaxTTL, so that connections to an address that left DNS are retired even while no dial
+// happens. A pool without connections has nothing to retire: its next dial looks up.
+func (p *Pool) refreshHosts() {
+	if p.hosts == nil {
+		return
+	}
+	p.mu.Lock()
+	open := p.open
+	p.mu.Unlock()
+	if open > 0 {
+		p.hosts.refresh(p.ctx)
 	}
 }
 
@@ -768,7 +929,7 @@ func (p *Pool) fillMin() {
 		p.mu.Unlock()
 		c, err := p.dial(p.ctx)
 		p.mu.Lock()
-		p.dialing--
+		p.dialDoneLocked()
 		if err != nil {
 			p.open--
 		}

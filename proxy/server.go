@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgsidecar/pgsidecar/config"
+	"github.com/pgsidecar/pgsidecar/internal/tcpopt"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -40,6 +41,8 @@ type Server struct {
 	log     *slog.Logger
 	metrics *Metrics
 	tls     *tls.Config
+	// tcp is applied to every accepted client socket (keepalive, TCP_USER_TIMEOUT).
+	tcp tcpopt.Options
 
 	listeners []net.Listener
 	acceptWG  sync.WaitGroup
@@ -78,6 +81,7 @@ func New(opts Options) (*Server, error) {
 		pools:    opts.Pools,
 		log:      opts.Logger,
 		metrics:  opts.Metrics,
+		tcp:      opts.Config.TCPOptions(),
 		sessions: make(map[*session]struct{}),
 		byPID:    make(map[uint32]*session),
 	}
@@ -146,6 +150,10 @@ func (s *Server) acceptLoop(ln net.Listener) {
 			continue
 		}
 		delay = 0
+		if err := s.tcp.Apply(conn); err != nil {
+			// The session still works; only dead-peer detection is weaker.
+			s.log.Warn("could not set TCP options on a client socket", "err", err)
+		}
 		sess := s.newSession(conn, loopback)
 		if sess == nil {
 			_ = conn.Close()

@@ -371,6 +371,11 @@ func (s *session) bindPool() error {
 		// is willing to wait (query_wait_timeout), so clients ride through restarts.
 		Retry:      retry.Backoff{Initial: s.srv.cfg.RetryDelay},
 		CheckDelay: s.srv.cfg.ServerCheckDelay,
+		// Keepalive and TCP_USER_TIMEOUT on server sockets, as on client sockets.
+		TCP: new(s.srv.cfg.TCPOptions()),
+		// libpq's load_balance_hosts, which Resolve took out of ConnString for pgconn.
+		LoadBalanceHosts: up.LoadBalanceHosts == "random",
+		DNSMaxTTL:        s.srv.cfg.DNSMaxTTL,
 	})
 	if s.pool == nil {
 		return &startupError{code: codeAdminShutdown, msg: "pgsidecar is shutting down"}

@@ -126,9 +126,12 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, stdout 
 	// while draining so /api/health stays current; it is stopped last.
 	var prober *health.Prober
 	if cfg.DatabaseURL != "" {
+		// pgconn would send load_balance_hosts to the server, which refuses it; validation
+		// has checked the value already.
+		probeDSN, _, _ := config.SplitLoadBalanceHosts(cfg.DatabaseURL)
 		prober = health.NewProber(health.ProberOptions{
 			Name:       "default",
-			ConnString: cfg.DatabaseURL,
+			ConnString: probeDSN,
 			Timeout:    cfg.ConnectTimeout,
 			Logger:     logger,
 		}, health.NewProberMetrics(reg))

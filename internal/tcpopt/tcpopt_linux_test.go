@@ -1,0 +1,172 @@
+package tcpopt_test
+
+import (
+	"crypto/tls"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pgsidecar/pgsidecar/internal/tcpopt"
+)
+
+// sockopts is what the kernel reports for a socket.
+type sockopts struct {
+	keepAlive, idleSecs, intervalSecs, count, userTimeoutMillis int
+}
+
+func readSockopts(t *testing.T, c net.Conn) sockopts {
+	t.Helper()
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got sockopts
+	var errs []error
+	err = rc.Control(func(fd uintptr) {
+		get := func(level, opt int) int {
+			v, err := unix.GetsockoptInt(int(fd), level, opt)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			return v
+		}
+		got = sockopts{
+			keepAlive:         get(unix.SOL_SOCKET, unix.SO_KEEPALIVE),
+			idleSecs:          get(unix.IPPROTO_TCP, unix.TCP_KEEPIDLE),
+			intervalSecs:      get(unix.IPPROTO_TCP, unix.TCP_KEEPINTVL),
+			count:             get(unix.IPPROTO_TCP, unix.TCP_KEEPCNT),
+			userTimeoutMillis: get(unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT),
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, err := range errs {
+		t.Fatalf("getsockopt: %v", err)
+	}
+	return got
+}
+
+// tcpPair returns both ends of a loopback TCP connection: one dialled, one accepted, each with
+// Go's default keepalive (15 s) already on, as the proxy's sockets are.
+func tcpPair(t *testing.T) (dialed, accepted net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dialed, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dialed.Close() })
+	accepted, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { accepted.Close() })
+	return dialed, accepted
+}
+
+func TestApply(t *testing.T) {
+	tests := []struct {
+		name string
+		opts tcpopt.Options
+		want sockopts
+	}{
+		{"pgsidecar defaults",
+			tcpopt.Options{KeepAlive: true, KeepIdle: 30 * time.Second, KeepInterval: 10 * time.Second, KeepCount: 3, UserTimeout: time.Minute},
+			sockopts{1, 30, 10, 3, 60000}},
+		{"rounded up to the kernel's units",
+			tcpopt.Options{KeepAlive: true, KeepIdle: 1500 * time.Millisecond, KeepInterval: time.Millisecond, KeepCount: 1, UserTimeout: 1500 * time.Microsecond},
+			sockopts{1, 2, 1, 1, 2}},
+		{"zero values are Go's defaults and no user timeout",
+			tcpopt.Options{KeepAlive: true},
+			sockopts{1, 15, 15, 9, 0}},
+		{"kernel maxima",
+			tcpopt.Options{KeepAlive: true, KeepIdle: tcpopt.MaxKeepIdle, KeepInterval: tcpopt.MaxKeepInterval, KeepCount: tcpopt.MaxKeepCount, UserTimeout: tcpopt.MaxUserTimeout},
+			sockopts{1, 32767, 32767, 127, 1<<31 - 1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dialed, accepted := tcpPair(t)
+			for _, c := range []net.Conn{dialed, accepted} {
+				if err := tt.opts.Apply(c); err != nil {
+					t.Fatalf("Apply: %v", err)
+				}
+				if got := readSockopts(t, c); got != tt.want {
+					t.Errorf("%s end: getsockopt %+v, want %+v", c.LocalAddr(), got, tt.want)
+				}
+			}
+		})
+	}
+}
+
+// TestApplyOff: keepalive off switches off the probes Go turned on, and a user timeout set
+// earlier is cleared; the other keepalive options stay as they were.
+func TestApplyOff(t *testing.T) {
+	c, _ := tcpPair(t)
+	on := tcpopt.Options{KeepAlive: true, KeepIdle: 40 * time.Second, KeepInterval: 5 * time.Second, KeepCount: 2, UserTimeout: time.Second}
+	if err := on.Apply(c); err != nil {
+		t.Fatal(err)
+	}
+	if err := (tcpopt.Options{}).Apply(c); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := readSockopts(t, c), (sockopts{0, 40, 5, 2, 0}); got != want {
+		t.Errorf("getsockopt %+v, want %+v", got, want)
+	}
+}
+
+// TestApplyTLS: a TLS connection's options are set on the TCP socket under it.
+func TestApplyTLS(t *testing.T) {
+	c, _ := tcpPair(t)
+	tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true}) // no handshake: only NetConn is used
+	opts := tcpopt.Options{KeepAlive: true, KeepIdle: 7 * time.Second, KeepInterval: 3 * time.Second, KeepCount: 4, UserTimeout: 9 * time.Second}
+	if err := opts.Apply(tc); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := readSockopts(t, c), (sockopts{1, 7, 3, 4, 9000}); got != want {
+		t.Errorf("getsockopt %+v, want %+v", got, want)
+	}
+}
+
+// TestApplyNotTCP: connections that are not TCP sockets are left alone.
+func TestApplyNotTCP(t *testing.T) {
+	opts := tcpopt.Options{KeepAlive: true, UserTimeout: time.Second}
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if err := opts.Apply(a); err != nil {
+		t.Errorf("pipe: %v", err)
+	}
+	path := filepath.Join(t.TempDir(), "s")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	uc, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	if err := opts.Apply(uc); err != nil {
+		t.Errorf("unix socket: %v", err)
+	}
+}
+
+// TestApplyClosed: an error names the option that failed.
+func TestApplyClosed(t *testing.T) {
+	c, _ := tcpPair(t)
+	c.Close()
+	err := tcpopt.Options{KeepAlive: true}.Apply(c)
+	if err == nil {
+		t.Fatal("Apply on a closed connection succeeded")
+	}
+	t.Log(err)
+}
