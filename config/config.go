@@ -59,6 +59,7 @@ type Config struct {
 	MinPoolSize            int
 	MaxClientConn          int
 	QueryWaitTimeout       time.Duration
+	QueryWaitNotice        time.Duration
 	ServerIdleTimeout      time.Duration
 	ServerLifetime         time.Duration
 	ServerCheckDelay       time.Duration
@@ -154,6 +155,7 @@ func Defaults(profile string) Config {
 		MinPoolSize:            0,
 		MaxClientConn:          1000,
 		QueryWaitTimeout:       30 * time.Second,
+		QueryWaitNotice:        0,
 		ServerIdleTimeout:      10 * time.Minute,
 		ServerLifetime:         time.Hour,
 		ServerCheckDelay:       30 * time.Second,
@@ -238,6 +240,7 @@ type printed struct {
 	MinPoolSize            int            `yaml:"min_pool_size"`
 	MaxClientConn          int            `yaml:"max_client_conn"`
 	QueryWaitTimeout       string         `yaml:"query_wait_timeout"`
+	QueryWaitNotice        string         `yaml:"query_wait_notice"`
 	ServerIdleTimeout      string         `yaml:"server_idle_timeout"`
 	ServerLifetime         string         `yaml:"server_lifetime"`
 	ServerCheckDelay       string         `yaml:"server_check_delay"`
@@ -308,6 +311,7 @@ func (c *Config) printable() printed {
 		MinPoolSize:            c.MinPoolSize,
 		MaxClientConn:          c.MaxClientConn,
 		QueryWaitTimeout:       d(c.QueryWaitTimeout),
+		QueryWaitNotice:        d(c.QueryWaitNotice),
 		ServerIdleTimeout:      d(c.ServerIdleTimeout),
 		ServerLifetime:         d(c.ServerLifetime),
 		ServerCheckDelay:       d(c.ServerCheckDelay),

@@ -75,6 +75,9 @@
 //	query_wait_timeout        PGSIDECAR_QUERY_WAIT_TIMEOUT        --query-wait-timeout
 //	    default: 30s. How long a client waits for a server connection
 //	    (including while the upstream is down). 0 waits forever.
+//	query_wait_notice         PGSIDECAR_QUERY_WAIT_NOTICE         --query-wait-notice
+//	    default: 0 (off). A client that has waited this long for a server
+//	    connection gets a NOTICE saying so (once per wait), then keeps waiting.
 //	server_idle_timeout       PGSIDECAR_SERVER_IDLE_TIMEOUT       --server-idle-timeout
 //	    default: 10m. Idle server connections beyond min_pool_size are closed
 //	    after this. 0 never closes them.

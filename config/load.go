@@ -61,6 +61,7 @@ var settings = []setting{
 	{"min_pool_size", kindInt, func(c *Config) any { return &c.MinPoolSize }, `server connections kept open per route (default 0)`},
 	{"max_client_conn", kindInt, func(c *Config) any { return &c.MaxClientConn }, `maximum client connections in total (default 1000)`},
 	{"query_wait_timeout", kindDuration, func(c *Config) any { return &c.QueryWaitTimeout }, `how long a client waits for a server connection; 0 waits forever (default 30s)`},
+	{"query_wait_notice", kindDuration, func(c *Config) any { return &c.QueryWaitNotice }, `send a waiting client a NOTICE after it waited this long for a server connection; 0 never (default 0)`},
 	{"server_idle_timeout", kindDuration, func(c *Config) any { return &c.ServerIdleTimeout }, `close server connections idle this long; 0 never (default 10m)`},
 	{"server_lifetime", kindDuration, func(c *Config) any { return &c.ServerLifetime }, `close server connections older than this once released; 0 never (default 1h)`},
 	{"server_check_delay", kindDuration, func(c *Config) any { return &c.ServerCheckDelay }, `check a server connection idle longer than this before reuse; 0 always (default 30s)`},

@@ -28,6 +28,10 @@ type Upstream struct {
 	// is removed from ConnString, since pgconn does not know it; the pool
 	// implements it. Key keeps it.
 	LoadBalanceHosts string
+	// WantsPrimary is set when the connection string's target_session_attrs is
+	// read-write or primary: a server that refuses a write as read-only
+	// (25006) has been demoted and is no longer the one the route wants.
+	WantsPrimary bool
 }
 
 // String returns a description of u without its password.
@@ -127,6 +131,8 @@ func (c *Config) Resolve(database, user string) (Upstream, error) {
 		return Upstream{}, fmt.Errorf("resolve database %s user %s: %s: %v",
 			strconv.Quote(database), strconv.Quote(user), source, err)
 	}
+	tsa, _ := d.get("target_session_attrs")
+	up.WantsPrimary = tsa == "read-write" || tsa == "primary"
 	up.ConnString = d.withLogin(up.Database, up.User, password)
 	return up, nil
 }

@@ -156,6 +156,7 @@ func (c *Config) Validate() error {
 		val time.Duration
 	}{
 		{"query_wait_timeout", c.QueryWaitTimeout},
+		{"query_wait_notice", c.QueryWaitNotice},
 		{"server_idle_timeout", c.ServerIdleTimeout},
 		{"server_lifetime", c.ServerLifetime},
 		{"server_check_delay", c.ServerCheckDelay},

@@ -18,6 +18,9 @@ const (
 	codeAdminShutdown      = "57P01"
 )
 
+// codeReadOnlySQLTransaction is what a server that refuses writes answers (a demoted primary).
+const codeReadOnlySQLTransaction = "25006"
+
 // clientError converts err into the error a client is shown. Errors from the upstream keep their
 // own SQLSTATE and message; the proxy's own errors get a fitting SQLSTATE. All are FATAL: the
 // proxy closes the connection after sending one.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgsidecar/pgsidecar/internal/retry"
 	"github.com/pgsidecar/pgsidecar/pool"
@@ -57,6 +58,8 @@ func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *serverStat
 	s.retrying = true
 	s.replied = false
 	s.retryNeeded = false
+	readOnly := s.readOnlyRefusal
+	s.readOnlyRefusal = false
 	s.writeFailed = false
 	batch := append([]byte(nil), s.retryBatch...)
 	entries := append([]respEntry(nil), s.retryEntries...)
@@ -72,14 +75,23 @@ func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *serverStat
 		ost.relaying.Store(false)
 	}
 	s.pool.Destroy(old)
-	// A server that shut down usually means the upstream restarted: its idle siblings are
-	// dead too, and dropping them at once saves every other client a failed attempt.
-	s.pool.DropIdle()
+	reason := "connection"
+	if readOnly {
+		// relayTracked retired the demoted server's connections already; the others are fine.
+		reason = "read_only"
+	} else {
+		// A server that shut down usually means the upstream restarted: its idle siblings are
+		// dead too, and dropping them at once saves every other client a failed attempt.
+		s.pool.DropIdle()
+	}
 	c, err := s.acquireServer()
 	if err != nil {
 		s.mu.Lock()
 		s.server = nil
 		s.retryErr = err
+		if readOnly {
+			s.retryErr = fmt.Errorf("the server is read-only (SQLSTATE %s) and no writable one became available: %w", codeReadOnlySQLTransaction, err)
+		}
 		s.mu.Unlock()
 		finish()
 		return nil, nil, false
@@ -138,7 +150,7 @@ func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *serverStat
 	if werr != nil {
 		s.log.Info("retry on another server: write failed", "err", werr)
 	}
-	s.srv.metrics.retried("connection")
+	s.srv.metrics.retried(reason)
 	return c, st, true
 }
 
@@ -163,7 +175,21 @@ func (s *session) acquireServer() (*pool.Conn, error) {
 		return c, nil
 	}
 	wait := s.srv.cfg.QueryWaitTimeout
+	var notice *time.Timer
+	if d := s.srv.cfg.QueryWaitNotice; d > 0 && (wait <= 0 || d < wait) {
+		s.wmu.Lock()
+		s.waitNotice = true
+		s.wmu.Unlock()
+		notice = time.AfterFunc(d, s.sendWaitNotice)
+	}
 	c, err := s.pool.AcquireWithin(s.ctx, wait)
+	if notice != nil {
+		notice.Stop()
+		// Under wmu: once this returns, no notice can be written after a reply has begun.
+		s.wmu.Lock()
+		s.waitNotice = false
+		s.wmu.Unlock()
+	}
 	if err != nil {
 		if errors.Is(err, pool.ErrWaitTimeout) {
 			msg := fmt.Sprintf("pgsidecar: no server connection became free within query_wait_timeout (%s)", wait)
@@ -179,6 +205,38 @@ func (s *session) acquireServer() (*pool.Conn, error) {
 		return nil, &upstreamError{err: fmt.Errorf("apply session parameters: %w", err)}
 	}
 	return c, nil
+}
+
+// sendWaitNotice tells a client that has waited query_wait_notice for a server that it is still
+// waiting, and why. It runs on a timer while acquireServer waits: nothing else writes to the
+// client then (no server is attached, or the one retrying the client's request is blocked
+// getting another), and wmu keeps it from racing the end of the wait.
+func (s *session) sendWaitNotice() {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if !s.waitNotice {
+		return
+	}
+	s.waitNotice = false
+	st := s.pool.Stat()
+	msg := fmt.Sprintf("pgsidecar: waiting for a server connection for %s: %d of %d in use, %d clients waiting (query_wait_timeout %s)",
+		s.srv.cfg.QueryWaitNotice, st.InUse, st.Size, st.Waiting, s.srv.cfg.QueryWaitTimeout)
+	if last := s.pool.LastError(); last != nil {
+		msg += "; last connection attempt: " + last.Error()
+	}
+	buf, _ := (&pgproto3.NoticeResponse{Severity: "NOTICE", SeverityUnlocalized: "NOTICE", Code: "00000", Message: msg}).Encode(nil)
+	_, _ = s.cio.Write(buf)
+}
+
+// retireServerLocked retires every connection of the pool to the attached server's address:
+// idle ones are closed now, the attached one and those other clients hold when released.
+func (s *session) retireServerLocked() {
+	if s.server == nil {
+		return
+	}
+	if n := s.pool.RetireAddr(s.server.Addr()); n > 0 {
+		s.log.Info("upstream server turned read-only; retiring its connections", "addr", s.server.Addr(), "connections", n)
+	}
 }
 
 // deadlineErr reports whether err is a read deadline firing.

@@ -99,6 +99,9 @@ type session struct {
 	params map[string]string
 	// paramsKey is paramsKeyOf(params), set with it.
 	paramsKey string
+	// wantsPrimary is the route's Upstream.WantsPrimary: a server answering 25006 has been
+	// demoted, and every connection to it is retired.
+	wantsPrimary bool
 	// paramsDirty is set when the client changed a tracked parameter with SQL; rereading is
 	// closed once they have been read back from the server after the transaction.
 	paramsDirty bool
@@ -115,6 +118,9 @@ type session struct {
 	replied     bool
 	retrying    bool
 	retryNeeded bool
+	// readOnlyRefusal is set with retryNeeded when the refusal was 25006 (the server turned
+	// read-only) rather than a shutdown.
+	readOnlyRefusal bool
 	// writeFailed is set when clientToServer could not write to the server: the batch did not
 	// reach it, and serverToClient decides whether to send it to another server.
 	writeFailed bool
@@ -137,6 +143,9 @@ type session struct {
 
 	// wmu serialises writes to the client.
 	wmu sync.Mutex
+	// waitNotice is set, under wmu, while the client waits for a server with a
+	// query_wait_notice pending; the notice is sent only while it is set.
+	waitNotice bool
 	// sentError is set once an ErrorResponse was sent; closeConn then lingers.
 	sentError atomic.Bool
 }
@@ -347,6 +356,7 @@ func (s *session) bindPool() error {
 		return &startupError{code: codeInvalidCatalog, msg: fmt.Sprintf("pgsidecar: no upstream for database %q and user %q: %v", s.database, s.user, err)}
 	}
 	s.txPooling = up.PoolMode != "session"
+	s.wantsPrimary = up.WantsPrimary
 	s.txCounter = s.srv.metrics.transactionsFor(up.Database, up.User)
 	s.maxMsg = s.srv.cfg.MaxMessageSize
 	if p, ok := s.srv.pools.Lookup(up.Key); ok {

@@ -658,11 +658,19 @@ func (s *session) relayTracked(f *frameReader, st *serverState) (out []byte, rea
 				}
 				break
 			}
-			if f.w-f.r >= total && s.firstReplyLocked() && s.canRetryLocked() && retryableServerError(errorCode(f.buf[f.r+5:f.r+total])) {
-				// The server refused the batch before running it (it is shutting down, or
-				// was terminated): send it to another server instead of failing it. Nothing
-				// after this error matters; the server closes the connection.
+			readOnly := s.wantsPrimary && f.w-f.r >= total && errorCode(f.buf[f.r+5:f.r+total]) == codeReadOnlySQLTransaction
+			if readOnly {
+				// The route wants a primary and this server refuses writes: it was demoted.
+				// Every connection to it goes (this one when released), and new ones are
+				// dialled to whichever host target_session_attrs accepts now.
+				s.retireServerLocked()
+			}
+			if f.w-f.r >= total && s.firstReplyLocked() && s.canRetryLocked() && (readOnly || retryableServerError(errorCode(f.buf[f.r+5:f.r+total]))) {
+				// The server refused the batch before running it (it is shutting down, was
+				// terminated, or is read-only): send it to another server instead of failing
+				// it. Nothing after this error matters; this server connection is dropped.
 				s.retryNeeded = true
+				s.readOnlyRefusal = readOnly
 				w.cut(f.w)
 				f.r = f.w
 				return w.bytes(), ready, status, nil

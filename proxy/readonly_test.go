@@ -1,0 +1,145 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgsidecar/pgsidecar/config"
+	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+)
+
+// TestPrimaryTurnsReadOnly demotes the primary in place (it stays up and reachable but turns
+// read-only, as a primary does when a failover demotes it) while clients write in autocommit
+// through a route with target_session_attrs=read-write over two hosts. The writes that reach
+// the demoted server are refused with 25006 before running; the proxy retires every connection
+// to it and sends them to the new primary: the clients see no error, every row is written
+// exactly once, and no pooled connection to the demoted server is left.
+func TestPrimaryTurnsReadOnly(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: needs PostgreSQL")
+	}
+	a := pgtest.Must(t, pgtest.Options{})
+	b := pgtest.Must(t, pgtest.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, c := range []*pgtest.Cluster{a, b} {
+		if err := c.Exec(ctx, "create table ro_t (client int, n int, primary key (client, n))"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := startProxy(t, a, func(cfg *config.Config) {
+		cfg.DatabaseURL = fmt.Sprintf("postgres://postgres@127.0.0.1:%d,127.0.0.1:%d/postgres?sslmode=disable&target_session_attrs=read-write&application_name=ro_test", a.Port(), b.Port())
+		cfg.PoolSize = 3
+		cfg.RetryDelay = 20 * time.Millisecond
+	})
+
+	const clients, perClient = 6, 60
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var clientErrs []error
+	written := make(chan struct{}, clients*perClient)
+	for id := range clients {
+		conn := p.connect(t, pgx.QueryExecModeSimpleProtocol)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := range perClient {
+				if _, err := conn.Exec(ctx, "insert into ro_t values ($1, $2)", id, n); err != nil {
+					mu.Lock()
+					clientErrs = append(clientErrs, fmt.Errorf("client %d row %d: %w", id, n, err))
+					mu.Unlock()
+					return
+				}
+				written <- struct{}{}
+				time.Sleep(2 * time.Millisecond)
+			}
+		}()
+	}
+	// A third of the way in, the primary turns read-only without restarting: its existing
+	// sessions refuse writes from their next transaction on.
+	for range clients * perClient / 3 {
+		<-written
+	}
+	if err := a.Exec(ctx, "alter system set default_transaction_read_only = on"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Exec(ctx, "select pg_reload_conf()"); err != nil {
+		t.Fatal(err)
+	}
+	demoted := time.Now()
+	wg.Wait()
+	for _, err := range clientErrs {
+		t.Error(err)
+	}
+
+	count := func(c *pgtest.Cluster) int {
+		conn, err := pgx.Connect(ctx, c.DSN("postgres"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(context.Background())
+		var n int
+		if err := conn.QueryRow(ctx, "select count(*) from ro_t").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	// The primary key rules out a row written twice on one server; the sum rules out a row
+	// written on both, or on neither.
+	onA, onB := count(a), count(b)
+	t.Logf("rows: %d on the demoted server, %d on the new primary; retries for read-only: %v",
+		onA, onB, retriesTotal(t, p, "read_only"))
+	if onA+onB != clients*perClient {
+		t.Errorf("%d + %d rows, want %d: a write was lost or duplicated", onA, onB, clients*perClient)
+	}
+	if onB == 0 {
+		t.Error("no row reached the new primary")
+	}
+	if retriesTotal(t, p, "read_only") == 0 {
+		t.Error(`pgsidecar_retries_total{reason="read_only"} is 0; want the refused writes counted`)
+	}
+	// Every pooled connection to the demoted server is gone.
+	watch, err := pgx.Connect(ctx, a.DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watch.Close(context.Background())
+	waitFor(t, ctx, 10*time.Second, "the proxy's connections to the demoted server to close", func() error {
+		var n int
+		if err := watch.QueryRow(ctx, "select count(*) from pg_stat_activity where application_name = 'ro_test'").Scan(&n); err != nil {
+			return err
+		}
+		if n != 0 {
+			return fmt.Errorf("%d still open", n)
+		}
+		return nil
+	})
+	t.Logf("demoted server left by the proxy within %v", time.Since(demoted))
+}
+
+// retriesTotal reads pgsidecar_retries_total{reason} from the proxy's registry.
+func retriesTotal(t testing.TB, p *testProxy, reason string) float64 {
+	t.Helper()
+	mfs, err := p.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "pgsidecar_retries_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "reason" && l.GetValue() == reason {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
