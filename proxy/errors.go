@@ -18,8 +18,14 @@ const (
 	codeAdminShutdown      = "57P01"
 )
 
-// codeReadOnlySQLTransaction is what a server that refuses writes answers (a demoted primary).
-const codeReadOnlySQLTransaction = "25006"
+// SQLSTATE codes of server errors the proxy acts on.
+const (
+	// codeReadOnlySQLTransaction is what a server that refuses writes answers (a demoted
+	// primary).
+	codeReadOnlySQLTransaction = "25006"
+	codeSerializationFailure   = "40001"
+	codeDeadlockDetected       = "40P01"
+)
 
 // clientError converts err into the error a client is shown. Errors from the upstream keep their
 // own SQLSTATE and message; the proxy's own errors get a fitting SQLSTATE. All are FATAL: the

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -46,7 +47,8 @@ func connectionLost(err error) bool {
 
 // retryOnNewServer sends the remembered batch, which old failed, to another server and returns
 // that server with its state; ok is false when the batch cannot be retried, and the caller
-// fails the session as before. old is destroyed either way when ok.
+// fails the session as before. When ok, old has been destroyed, or released when it refused
+// the batch for a conflict (serialization failure, deadlock) and is otherwise fine.
 func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *serverState, ok bool) {
 	s.mu.Lock()
 	n := len(s.retryEntries)
@@ -58,8 +60,12 @@ func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *serverStat
 	s.retrying = true
 	s.replied = false
 	s.retryNeeded = false
-	readOnly := s.readOnlyRefusal
-	s.readOnlyRefusal = false
+	reason, oldReady := s.retryReason, s.retryOldReady
+	s.retryReason, s.retryOldReady = "", false
+	if reason == "" {
+		reason = "connection" // the write failed: relayTracked saw no refusal
+	}
+	attempt := s.retryAttempts
 	s.writeFailed = false
 	batch := append([]byte(nil), s.retryBatch...)
 	entries := append([]respEntry(nil), s.retryEntries...)
@@ -74,22 +80,33 @@ func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *serverStat
 	if ost, isState := old.Tag.(*serverState); isState {
 		ost.relaying.Store(false)
 	}
-	s.pool.Destroy(old)
-	reason := "connection"
-	if readOnly {
+	switch reason {
+	case "serialization", "deadlock":
+		// The server is fine and back in an idle state once its ReadyForQuery is read; the
+		// batch may well run on it again.
+		if oldReady || s.awaitReadyForQuery(old) == nil {
+			s.pool.Release(old)
+		} else {
+			s.pool.Destroy(old)
+		}
+	case "read_only":
 		// relayTracked retired the demoted server's connections already; the others are fine.
-		reason = "read_only"
-	} else {
+		s.pool.Destroy(old)
+	default:
+		s.pool.Destroy(old)
 		// A server that shut down usually means the upstream restarted: its idle siblings are
 		// dead too, and dropping them at once saves every other client a failed attempt.
 		s.pool.DropIdle()
 	}
-	c, err := s.acquireServer()
+	err := s.retryPause(attempt)
+	if err == nil {
+		c, err = s.acquireServer()
+	}
 	if err != nil {
 		s.mu.Lock()
 		s.server = nil
 		s.retryErr = err
-		if readOnly {
+		if reason == "read_only" {
 			s.retryErr = fmt.Errorf("the server is read-only (SQLSTATE %s) and no writable one became available: %w", codeReadOnlySQLTransaction, err)
 		}
 		s.mu.Unlock()
@@ -205,6 +222,82 @@ func (s *session) acquireServer() (*pool.Conn, error) {
 		return nil, &upstreamError{err: fmt.Errorf("apply session parameters: %w", err)}
 	}
 	return c, nil
+}
+
+// retryPause waits before the attempt'th re-send of a batch (1 for the first): not before the
+// first, whose cure is another server or the conflicting transaction that has just ended, and
+// with exponential backoff and full jitter from retry_delay before the later ones, so that
+// clients refused together do not retry in lockstep.
+func (s *session) retryPause(attempt int) error {
+	if attempt < 2 {
+		return nil
+	}
+	d := retry.Backoff{Initial: s.srv.cfg.RetryDelay}.Delay(attempt-2, nil)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-s.ctx.Done():
+		return fmt.Errorf("retry: %w", context.Cause(s.ctx))
+	}
+}
+
+// hasReadyForQuery reports whether the complete messages in b include a ReadyForQuery.
+func hasReadyForQuery(b []byte) bool {
+	for len(b) >= 5 {
+		n := 1 + int(binary.BigEndian.Uint32(b[1:5]))
+		if n < 5 || n > len(b) {
+			return false
+		}
+		if b[0] == 'Z' {
+			return true
+		}
+		b = b[n:]
+	}
+	return false
+}
+
+// awaitReadyForQuery reads and discards c's messages up to its next ReadyForQuery, for a server
+// whose reply to a failed request the client is not shown. Only the rest of an error reply is
+// expected, so the wait is short.
+func (s *session) awaitReadyForQuery(c *pool.Conn) error {
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	defer func() { _ = c.SetReadDeadline(time.Time{}) }()
+	f := frameReader{buf: c.ReadBuffer()}
+	for {
+		n, err := c.Read(f.buf[f.w:])
+		f.w += n
+		for {
+			if f.advance(nil) {
+				continue
+			}
+			typ, length, ok, ferr := f.next(s.maxMsg)
+			if ferr != nil {
+				return ferr
+			}
+			if !ok {
+				break
+			}
+			if typ == 'Z' {
+				switch {
+				case f.w-f.r < 1+length:
+					// The rest of it is still to come.
+				case f.w-f.r > 1+length:
+					return errors.New("server sent more after ReadyForQuery")
+				default:
+					return nil
+				}
+				break
+			}
+			f.r += 5
+			f.remaining = length - 4
+		}
+		if err != nil {
+			return err
+		}
+		f.compact()
+	}
 }
 
 // sendWaitNotice tells a client that has waited query_wait_notice for a server that it is still

@@ -118,9 +118,12 @@ type session struct {
 	replied     bool
 	retrying    bool
 	retryNeeded bool
-	// readOnlyRefusal is set with retryNeeded when the refusal was 25006 (the server turned
-	// read-only) rather than a shutdown.
-	readOnlyRefusal bool
+	// retryReason is set with retryNeeded: why the server refused the batch, as the
+	// pgsidecar_retries_total reason ("connection", "read_only", "serialization", "deadlock").
+	// retryOldReady says the refusing server's ReadyForQuery was already read (conflicts only:
+	// that server stays usable).
+	retryReason   string
+	retryOldReady bool
 	// writeFailed is set when clientToServer could not write to the server: the batch did not
 	// reach it, and serverToClient decides whether to send it to another server.
 	writeFailed bool

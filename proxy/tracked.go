@@ -665,12 +665,29 @@ func (s *session) relayTracked(f *frameReader, st *serverState) (out []byte, rea
 				// dialled to whichever host target_session_attrs accepts now.
 				s.retireServerLocked()
 			}
-			if f.w-f.r >= total && s.firstReplyLocked() && s.canRetryLocked() && (readOnly || retryableServerError(errorCode(f.buf[f.r+5:f.r+total]))) {
+			var code string
+			if f.w-f.r >= total {
+				code = errorCode(f.buf[f.r+5 : f.r+total])
+			}
+			// A serialization failure or deadlock of a statement that ran alone in an implicit
+			// transaction rolled it back whole: running it again is what the client would do.
+			conflict := (code == codeSerializationFailure || code == codeDeadlockDetected) && h.msg == 'Q' && h.single
+			if code != "" && s.firstReplyLocked() && s.canRetryLocked() && (readOnly || conflict || retryableServerError(code)) {
 				// The server refused the batch before running it (it is shutting down, was
-				// terminated, or is read-only): send it to another server instead of failing
-				// it. Nothing after this error matters; this server connection is dropped.
+				// terminated, or is read-only), or it failed whole: send it again instead of
+				// failing it. Nothing after this error matters to the client.
 				s.retryNeeded = true
-				s.readOnlyRefusal = readOnly
+				switch {
+				case readOnly:
+					s.retryReason = "read_only"
+				case code == codeSerializationFailure:
+					s.retryReason = "serialization"
+				case code == codeDeadlockDetected:
+					s.retryReason = "deadlock"
+				default:
+					s.retryReason = "connection"
+				}
+				s.retryOldReady = conflict && hasReadyForQuery(f.buf[f.r+total:f.w])
 				w.cut(f.w)
 				f.r = f.w
 				return w.bytes(), ready, status, nil
