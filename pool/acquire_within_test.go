@@ -101,3 +101,66 @@ func TestAcquireWithinBoundsDial(t *testing.T) {
 		_ = c.Close()
 	}
 }
+
+// TestAcquireWithinDeadlinesOutOfOrder: waiters with different bounds give up each at its own
+// time, whatever their order in the queue, and a waiter without a bound keeps its place.
+func TestAcquireWithinDeadlinesOutOfOrder(t *testing.T) {
+	defer leakCheck(t)()
+	p, _ := newPool(t, func(c *pool.Config) { c.Size = 1 })
+	defer p.Close()
+	held := acquire(t, p)
+
+	type result struct {
+		wait    time.Duration
+		elapsed time.Duration
+		err     error
+	}
+	results := make(chan result, 3)
+	start := time.Now()
+	for i, wait := range []time.Duration{600 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond} {
+		go func() {
+			c, err := p.AcquireWithin(context.Background(), wait)
+			if err == nil {
+				p.Release(c)
+			}
+			results <- result{wait, time.Since(start), err}
+		}()
+		for p.Stat().Waiting != i+1 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	unbounded := make(chan *pool.Conn, 1)
+	go func() {
+		c, err := p.Acquire(context.Background())
+		if err != nil {
+			t.Errorf("unbounded Acquire: %v", err)
+		}
+		unbounded <- c
+	}()
+	for p.Stat().Waiting != 4 {
+		time.Sleep(time.Millisecond)
+	}
+	var prev time.Duration
+	for range 3 {
+		r := <-results
+		if !errors.Is(r.err, pool.ErrWaitTimeout) {
+			t.Errorf("waiter bounded by %v: %v, want ErrWaitTimeout", r.wait, r.err)
+		}
+		if r.elapsed < r.wait || r.elapsed > r.wait+time.Second {
+			t.Errorf("waiter bounded by %v gave up after %v", r.wait, r.elapsed)
+		}
+		if r.wait < prev {
+			t.Errorf("waiter bounded by %v gave up after the one bounded by %v", r.wait, prev)
+		}
+		prev = r.wait
+	}
+	if s := p.Stat(); s.Waiting != 1 {
+		t.Errorf("after the bounded waiters gave up: Waiting=%d, want 1", s.Waiting)
+	}
+	p.Release(held)
+	if c := <-unbounded; c != held {
+		t.Errorf("unbounded waiter got %p, want the released connection %p", c, held)
+	} else {
+		p.Release(c)
+	}
+}

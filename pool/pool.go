@@ -148,20 +148,33 @@ type Pool struct {
 	stop context.CancelFunc
 	wg   sync.WaitGroup
 
+	// freeWaiters keeps waiters, channel included, for reuse: with more clients than
+	// connections, every acquire waits.
+	freeWaiters sync.Pool
+	// expiry fires at expiryAt, the earliest waiter deadline known when it was armed, and takes
+	// every waiter past its deadline out of the queue: one timer for the pool instead of one per
+	// waiting client. Guarded by mu.
+	expiry   *time.Timer
+	expiryAt time.Time
+
 	acquires, waits, waitNanos, dials, dialErrors, closes atomic.Uint64
 	dialRetries, checkFailures, idleDropped, retired      atomic.Uint64
 }
 
 type waiter struct {
-	ch chan grant
+	ch chan grant // buffered: a grant never blocks the granter
+	// deadline is when an AcquireWithin waiter gives up (zero: only its context); the pool's
+	// expiry timer takes it out of the queue then.
+	deadline time.Time
 }
 
 // grant is what a waiter receives: a connection, the right to dial one (a slot and a dial token
-// already counted in open and dialing), or an error.
+// already counted in open and dialing), the news that its deadline passed, or an error.
 type grant struct {
-	conn *Conn
-	dial bool
-	err  error
+	conn    *Conn
+	dial    bool
+	expired bool
+	err     error
 }
 
 // New creates a pool and starts its maintenance goroutine, which Close stops.
@@ -307,31 +320,40 @@ func (p *Pool) acquire(ctx context.Context, wait time.Duration) (*Conn, error) {
 		p.mu.Unlock()
 		return p.dialWithin(ctx, deadline)
 	}
-	w := &waiter{ch: make(chan grant, 1)}
+	w, _ := p.freeWaiters.Get().(*waiter)
+	if w == nil {
+		w = &waiter{ch: make(chan grant, 1)}
+	}
+	w.deadline = deadline
 	p.waiters = append(p.waiters, w)
+	if !deadline.IsZero() {
+		p.armExpiryLocked(deadline)
+	}
 	p.mu.Unlock()
 
 	p.waits.Add(1)
 	start := time.Now()
 	defer func() { p.waitNanos.Add(uint64(time.Since(start))) }()
-	var expired <-chan time.Time
-	if wait > 0 {
-		t := time.NewTimer(deadline.Sub(start))
-		defer t.Stop()
-		expired = t.C
-	}
 	var cause error
 	select {
 	case g := <-w.ch:
+		// The queue no longer holds w and nothing else will be sent to it.
+		p.freeWaiters.Put(w)
 		switch {
 		case g.err != nil:
 			return nil, g.err
 		case g.dial:
 			return p.dialWithin(ctx, deadline)
+		case g.expired:
+			p.mu.Lock()
+			lastErr := p.lastErr
+			p.mu.Unlock()
+			if lastErr != nil {
+				return nil, fmt.Errorf("wait for server connection: %w (last dial: %w)", ErrWaitTimeout, lastErr)
+			}
+			return nil, fmt.Errorf("wait for server connection: %w", ErrWaitTimeout)
 		}
 		return g.conn, nil
-	case <-expired:
-		cause = ErrWaitTimeout
 	case <-ctx.Done():
 		cause = context.Cause(ctx)
 	}
@@ -352,6 +374,7 @@ func (p *Pool) acquire(ctx context.Context, wait time.Duration) (*Conn, error) {
 			p.Release(g.conn)
 		}
 	}
+	p.freeWaiters.Put(w) // out of the queue, its channel drained
 	if lastErr != nil {
 		return nil, fmt.Errorf("wait for server connection: %w (last dial: %w)", cause, lastErr)
 	}
@@ -386,6 +409,46 @@ func (p *Pool) dispatchLocked() {
 		p.open++
 		p.dialing++
 		w.ch <- grant{dial: true}
+	}
+}
+
+// armExpiryLocked makes sure the expiry timer fires no later than deadline.
+func (p *Pool) armExpiryLocked(deadline time.Time) {
+	if !p.expiryAt.IsZero() && !deadline.Before(p.expiryAt) {
+		return
+	}
+	p.expiryAt = deadline
+	if p.expiry == nil {
+		p.expiry = time.AfterFunc(time.Until(deadline), p.expireWaiters)
+		return
+	}
+	p.expiry.Reset(time.Until(deadline))
+}
+
+// expireWaiters tells every waiter whose deadline has passed, taking it out of the queue, and
+// arms the timer for the next deadline.
+func (p *Pool) expireWaiters() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.expiryAt = time.Time{}
+	now := time.Now()
+	var next time.Time
+	kept := p.waiters[:0]
+	for _, w := range p.waiters {
+		switch {
+		case w.deadline.IsZero():
+		case !w.deadline.After(now):
+			w.ch <- grant{expired: true}
+			continue
+		case next.IsZero() || w.deadline.Before(next):
+			next = w.deadline
+		}
+		kept = append(kept, w)
+	}
+	clear(p.waiters[len(kept):])
+	p.waiters = kept
+	if !next.IsZero() && !p.closed {
+		p.armExpiryLocked(next)
 	}
 }
 
@@ -846,6 +909,9 @@ func (p *Pool) Close() {
 	p.open -= len(idle)
 	waiters := p.waiters
 	p.waiters = nil
+	if p.expiry != nil {
+		p.expiry.Stop()
+	}
 	p.mu.Unlock()
 	p.stop()
 	for _, c := range idle {
