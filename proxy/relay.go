@@ -572,9 +572,6 @@ func (s *session) readyForQuery(n int, status byte, clean bool) (release bool, r
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.pending = max(s.pending-n, 0)
-	if s.pending == 0 && s.queryTimer != nil {
-		s.queryTimer.Stop()
-	}
 	s.txStatus = status
 	s.armTxIdleLocked()
 	if s.pending == 0 && s.drained != nil {
@@ -632,9 +629,7 @@ func (s *session) finish(cause error) {
 	defer func() {
 		s.mu.Lock()
 		s.dropAllStmtsLocked()
-		if s.queryTimer != nil {
-			s.queryTimer.Stop()
-		}
+		s.stopQueryTimerLocked()
 		s.mu.Unlock()
 	}()
 	var pe *protocolError

@@ -372,14 +372,31 @@ func (s *session) addPendingLocked(requests int) {
 	if requests > 0 && s.pending == 0 {
 		s.queryCancelled = false
 		if d := s.srv.cfg.QueryTimeout; d > 0 {
-			if s.queryTimer == nil {
-				s.queryTimer = time.AfterFunc(d, s.queryTimedOut)
-			} else {
-				s.queryTimer.Reset(d)
+			s.queryStart = time.Now()
+			if s.queryTimerAt.IsZero() {
+				s.armQueryTimerLocked(d)
 			}
 		}
 	}
 	s.pending += requests
+}
+
+// armQueryTimerLocked makes the query timer fire in d.
+func (s *session) armQueryTimerLocked(d time.Duration) {
+	s.queryTimerAt = time.Now().Add(d)
+	if s.queryTimer == nil {
+		s.queryTimer = time.AfterFunc(d, s.queryTimedOut)
+		return
+	}
+	s.queryTimer.Reset(d)
+}
+
+// stopQueryTimerLocked stops the query timer for good (the session is ending).
+func (s *session) stopQueryTimerLocked() {
+	if s.queryTimer != nil {
+		s.queryTimer.Stop()
+	}
+	s.queryTimerAt = time.Time{}
 }
 
 // queryTimedOut cancels the running query like a client's CancelRequest would: PostgreSQL
@@ -388,15 +405,29 @@ func (s *session) addPendingLocked(requests int) {
 // host): its connection is closed, so the client gets 08006 instead of waiting forever.
 func (s *session) queryTimedOut() {
 	s.mu.Lock()
-	srv, cancelled, busy := s.server, s.queryCancelled, s.pending > 0 || s.unsynced
-	if srv != nil && busy && !cancelled {
-		s.queryCancelled = true
-		s.queryTimer.Reset(min(max(s.srv.cfg.QueryTimeout, time.Second), maxCancelGrace))
+	if s.closing || s.queryTimerAt.IsZero() {
+		s.mu.Unlock()
+		return // stopped meanwhile
 	}
-	s.mu.Unlock()
+	s.queryTimerAt = time.Time{}
+	srv, cancelled, busy := s.server, s.queryCancelled, s.pending > 0 || s.unsynced
 	if srv == nil || !busy {
+		// Armed for a request that has ended; the next one arms it again.
+		s.mu.Unlock()
 		return
 	}
+	d := s.srv.cfg.QueryTimeout
+	if ran := time.Since(s.queryStart); !cancelled && ran < d {
+		// Armed for an earlier request; this one has time left.
+		s.armQueryTimerLocked(d - ran)
+		s.mu.Unlock()
+		return
+	}
+	if !cancelled {
+		s.queryCancelled = true
+		s.armQueryTimerLocked(min(max(d, time.Second), maxCancelGrace))
+	}
+	s.mu.Unlock()
 	if cancelled {
 		s.log.Warn("server did not answer a cancelled query; closing its connection")
 		s.mu.Lock()
@@ -427,9 +458,6 @@ func (s *session) dropGoneServer() bool {
 		return false
 	}
 	s.serverGone = false
-	if s.pending == 0 && s.queryTimer != nil {
-		s.queryTimer.Stop()
-	}
 	s.server = nil
 	s.loopDone = nil
 	s.txStatus = 'I'

@@ -133,9 +133,14 @@ type session struct {
 	// last request completed: its end is expected and is no error for the client.
 	serverGone bool
 	// queryTimer cancels the server's query when a request runs past query_timeout. It is
-	// created once and reset per request, so the hot path does not allocate. queryCancelled is
-	// set once it fired for the current request: firing again closes the server connection.
+	// created once and not touched per request: queryStart records when the current request
+	// went out, and a timer that fires early (armed for an earlier request) re-arms itself for
+	// the rest, so a transaction costs no timer operation. queryTimerAt is when it fires (zero:
+	// not armed). queryCancelled is set once it fired for the current request: firing again
+	// closes the server connection.
 	queryTimer     *time.Timer
+	queryTimerAt   time.Time
+	queryStart     time.Time
 	queryCancelled bool
 	// abandoned is set when the proxy closed a server that answered neither its query nor the
 	// cancel of it; the client is told that instead of the socket error.
