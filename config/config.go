@@ -80,6 +80,7 @@ type Config struct {
 	MaxMessageSize         int
 	MaxPreparedStatements  int
 	MaxProcs               int
+	MaxProcsQueued         int
 	SessionState           string
 	AuthType               string
 	AuthTrustRemote        bool
@@ -170,6 +171,7 @@ func Defaults(profile string) Config {
 		MaxMessageSize:         1 << 30,
 		MaxPreparedStatements:  200,
 		MaxProcs:               1,
+		MaxProcsQueued:         2,
 		SessionState:           SessionStatePin,
 		AuthType:               AuthTrust,
 		LogLevel:               "info",
@@ -261,6 +263,7 @@ type printed struct {
 	MaxMessageSize         int            `yaml:"max_message_size"`
 	MaxPreparedStatements  int            `yaml:"max_prepared_statements"`
 	MaxProcs               int            `yaml:"max_procs"`
+	MaxProcsQueued         int            `yaml:"max_procs_queued"`
 	SessionState           string         `yaml:"session_state"`
 	AuthType               string         `yaml:"auth_type"`
 	AuthTrustRemote        bool           `yaml:"auth_trust_remote"`
@@ -332,6 +335,7 @@ func (c *Config) printable() printed {
 		MaxMessageSize:         c.MaxMessageSize,
 		MaxPreparedStatements:  c.MaxPreparedStatements,
 		MaxProcs:               c.MaxProcs,
+		MaxProcsQueued:         c.MaxProcsQueued,
 		SessionState:           c.SessionState,
 		AuthType:               c.AuthType,
 		AuthTrustRemote:        c.AuthTrustRemote,

@@ -170,6 +170,12 @@
 //	    transaction: relaying is system-call bound, and more threads add
 //	    cross-thread wake-ups. Raise it when one core saturates (many TLS
 //	    clients). 0 = Go's default: the CPU count or the container's limit.
+//	max_procs_queued          PGSIDECAR_MAX_PROCS_QUEUED          --max-procs-queued
+//	    default: 2. Threads executing Go code while clients queue deep for
+//	    servers (more than four waiting per server in use, sampled four
+//	    times a second); back to max_procs once the queue stays short. Then
+//	    a second thread hands freed servers on faster. At most the CPU
+//	    count; 0 (or not above max_procs) = always max_procs.
 //	auth_type                 PGSIDECAR_AUTH_TYPE                 --auth-type
 //	    default: "trust". Client authentication: "trust", "md5" or
 //	    "scram-sha-256". With md5 or scram-sha-256 and no users, nobody can

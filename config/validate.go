@@ -199,6 +199,9 @@ func (c *Config) Validate() error {
 	if c.SessionState != SessionStatePin && c.SessionState != SessionStateRefuse {
 		add("session_state", "must be %q or %q, got %q", SessionStatePin, SessionStateRefuse, c.SessionState)
 	}
+	if c.MaxProcsQueued < 0 {
+		add("max_procs_queued", "must not be negative, got %d", c.MaxProcsQueued)
+	}
 	if c.MaxProcs < 0 {
 		add("max_procs", "must not be negative, got %d", c.MaxProcs)
 	}

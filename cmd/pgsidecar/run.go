@@ -144,6 +144,16 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, stdout 
 		}()
 	}
 
+	if g := newProcsGovernor(cfg.MaxProcs, cfg.MaxProcsQueued, pools, logger); g.enabled() {
+		gctx, stopGovernor := context.WithCancel(context.WithoutCancel(ctx))
+		var wg sync.WaitGroup
+		wg.Go(func() { g.run(gctx) })
+		defer func() {
+			stopGovernor()
+			wg.Wait()
+		}()
+	}
+
 	srv, err := proxy.New(proxy.Options{Config: cfg, Pools: pools, Logger: logger, Metrics: proxy.NewMetrics(reg)})
 	if err != nil {
 		return err
