@@ -68,6 +68,7 @@ type Config struct {
 	QueryTimeout           time.Duration
 	Retries                int
 	RetryDelay             time.Duration
+	RetryMaxDelay          time.Duration
 	IdleTransactionTimeout time.Duration
 	ClientIdleTimeout      time.Duration
 	ClientLoginTimeout     time.Duration
@@ -165,6 +166,7 @@ func Defaults(profile string) Config {
 		QueryTimeout:           60 * time.Second,
 		Retries:                2,
 		RetryDelay:             500 * time.Millisecond,
+		RetryMaxDelay:          2 * time.Second,
 		IdleTransactionTimeout: 0,
 		ClientIdleTimeout:      0,
 		ClientLoginTimeout:     60 * time.Second,
@@ -251,6 +253,7 @@ type printed struct {
 	QueryTimeout           string         `yaml:"query_timeout"`
 	Retries                int            `yaml:"retries"`
 	RetryDelay             string         `yaml:"retry_delay"`
+	RetryMaxDelay          string         `yaml:"retry_max_delay"`
 	IdleTransactionTimeout string         `yaml:"idle_transaction_timeout"`
 	ClientIdleTimeout      string         `yaml:"client_idle_timeout"`
 	ClientLoginTimeout     string         `yaml:"client_login_timeout"`
@@ -323,6 +326,7 @@ func (c *Config) printable() printed {
 		QueryTimeout:           d(c.QueryTimeout),
 		Retries:                c.Retries,
 		RetryDelay:             d(c.RetryDelay),
+		RetryMaxDelay:          d(c.RetryMaxDelay),
 		IdleTransactionTimeout: d(c.IdleTransactionTimeout),
 		ClientIdleTimeout:      d(c.ClientIdleTimeout),
 		ClientLoginTimeout:     d(c.ClientLoginTimeout),

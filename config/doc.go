@@ -105,7 +105,10 @@
 //	retry_delay               PGSIDECAR_RETRY_DELAY               --retry-delay
 //	    default: 500ms local, 1s production, 200ms edge. First delay between
 //	    upstream dial attempts (exponential backoff with full jitter from it,
-//	    capped at 2s). 0 means 100ms.
+//	    capped at retry_max_delay). 0 means 100ms.
+//	retry_max_delay           PGSIDECAR_RETRY_MAX_DELAY           --retry-max-delay
+//	    default: 2s. Cap of the backoff between dial attempts and between
+//	    re-sends of a refused request. 0 means 2s.
 //	idle_transaction_timeout  PGSIDECAR_IDLE_TRANSACTION_TIMEOUT  --idle-transaction-timeout
 //	    default: 0. A client idle inside a transaction this long is
 //	    disconnected. 0 turns it off.

@@ -70,6 +70,7 @@ var settings = []setting{
 	{"query_timeout", kindDuration, func(c *Config) any { return &c.QueryTimeout }, `cancel a request's server query after this; 0 none (default 60s local, 30s production, 15s edge)`},
 	{"retries", kindInt, func(c *Config) any { return &c.Retries }, `transaction mode: times a request refused by a terminating server is sent to another server; 0 never (default 2 local, 3 production, 5 edge)`},
 	{"retry_delay", kindDuration, func(c *Config) any { return &c.RetryDelay }, `first delay between upstream dial attempts, exponential with jitter; 0 means 100ms (default 500ms local, 1s production, 200ms edge)`},
+	{"retry_max_delay", kindDuration, func(c *Config) any { return &c.RetryMaxDelay }, `cap of the exponential backoff between dial attempts and request re-sends; 0 means 2s (default 2s)`},
 	{"idle_transaction_timeout", kindDuration, func(c *Config) any { return &c.IdleTransactionTimeout }, `disconnect a client idle in a transaction this long; 0 off (default 0)`},
 	{"client_idle_timeout", kindDuration, func(c *Config) any { return &c.ClientIdleTimeout }, `disconnect a client idle this long; 0 off (default 0)`},
 	{"client_login_timeout", kindDuration, func(c *Config) any { return &c.ClientLoginTimeout }, `time a client has to complete startup and authentication; 0 none (default 60s)`},

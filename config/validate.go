@@ -163,6 +163,7 @@ func (c *Config) Validate() error {
 		{"connect_timeout", c.ConnectTimeout},
 		{"query_timeout", c.QueryTimeout},
 		{"retry_delay", c.RetryDelay},
+		{"retry_max_delay", c.RetryMaxDelay},
 		{"idle_transaction_timeout", c.IdleTransactionTimeout},
 		{"client_idle_timeout", c.ClientIdleTimeout},
 		{"client_login_timeout", c.ClientLoginTimeout},

@@ -232,7 +232,7 @@ func (s *session) retryPause(attempt int) error {
 	if attempt < 2 {
 		return nil
 	}
-	d := retry.Backoff{Initial: s.srv.cfg.RetryDelay}.Delay(attempt-2, nil)
+	d := retry.Backoff{Initial: s.srv.cfg.RetryDelay, Max: s.srv.cfg.RetryMaxDelay}.Delay(attempt-2, nil)
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

@@ -387,7 +387,7 @@ func (s *session) bindPool() error {
 		ConnectTimeout: s.srv.cfg.ConnectTimeout,
 		// While the upstream is down, dials are retried with backoff for as long as the client
 		// is willing to wait (query_wait_timeout), so clients ride through restarts.
-		Retry:      retry.Backoff{Initial: s.srv.cfg.RetryDelay},
+		Retry:      retry.Backoff{Initial: s.srv.cfg.RetryDelay, Max: s.srv.cfg.RetryMaxDelay},
 		CheckDelay: s.srv.cfg.ServerCheckDelay,
 		// Keepalive and TCP_USER_TIMEOUT on server sockets, as on client sockets.
 		TCP: new(s.srv.cfg.TCPOptions()),
