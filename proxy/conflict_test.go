@@ -43,7 +43,17 @@ func TestConflictRetried(t *testing.T) {
 			t.Fatal(err)
 		}
 		return func() {
-			time.Sleep(200 * time.Millisecond) // the client's update is waiting for the row lock
+			// Commit once the client's update waits for the row lock.
+			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+				var waiting int
+				if err := admin.QueryRow(ctx, "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and query like 'update conflict_t%'").Scan(&waiting); err != nil {
+					t.Error(err)
+					break
+				}
+				if waiting > 0 {
+					break
+				}
+			}
 			if _, err := other.Exec(ctx, "commit"); err != nil {
 				t.Error(err)
 			}
