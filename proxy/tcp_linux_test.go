@@ -15,17 +15,43 @@ import (
 // kernel.
 func TestClientTCPOptions(t *testing.T) {
 	c := cluster(t)
-	p := startProxy(t, c, func(cfg *config.Config) {
-		cfg.TCPKeepAlive = true
-		cfg.TCPKeepIdle = 40 * time.Second
-		cfg.TCPKeepInterval = 7 * time.Second
-		cfg.TCPKeepCount = 4
-		cfg.TCPUserTimeout = 45 * time.Second
-	})
-	conn := p.connect(t, pgx.QueryExecModeSimpleProtocol)
-	if _, err := conn.Exec(testCtx(t), "select 1"); err != nil {
-		t.Fatal(err)
+	for _, tt := range []struct {
+		name string
+		set  func(*config.Config)
+		want [5]int // SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT, TCP_USER_TIMEOUT
+	}{
+		{"configured", func(cfg *config.Config) {
+			cfg.TCPKeepAlive = true
+			cfg.TCPKeepIdle = 40 * time.Second
+			cfg.TCPKeepInterval = 7 * time.Second
+			cfg.TCPKeepCount = 4
+			cfg.TCPUserTimeout = 45 * time.Second
+		}, [5]int{1, 40, 7, 4, 45000}},
+		{"keepalive off", func(cfg *config.Config) {
+			cfg.TCPKeepAlive = false
+			cfg.TCPUserTimeout = 0
+		}, [5]int{0, -1, -1, -1, 0}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := startProxy(t, c, tt.set)
+			conn := p.connect(t, pgx.QueryExecModeSimpleProtocol)
+			if _, err := conn.Exec(testCtx(t), "select 1"); err != nil {
+				t.Fatal(err)
+			}
+			got := clientSocketOptions(t, p)
+			for i := range got {
+				if tt.want[i] >= 0 && got[i] != tt.want[i] {
+					t.Errorf("client socket (SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT, TCP_USER_TIMEOUT) = %v, want %v (-1: any)", got, tt.want)
+					break
+				}
+			}
+		})
 	}
+}
+
+// clientSocketOptions reads the keepalive options of the proxy's only client socket.
+func clientSocketOptions(t *testing.T, p *testProxy) [5]int {
+	t.Helper()
 	p.srv.mu.Lock()
 	var sock net.Conn
 	for sess := range p.srv.sessions {
@@ -61,7 +87,5 @@ func TestClientTCPOptions(t *testing.T) {
 	if gerr != nil {
 		t.Fatalf("getsockopt: %v", gerr)
 	}
-	if want := [5]int{1, 40, 7, 4, 45000}; got != want {
-		t.Errorf("client socket (SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT, TCP_USER_TIMEOUT) = %v, want %v", got, want)
-	}
+	return got
 }
