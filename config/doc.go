@@ -178,7 +178,8 @@
 //	    servers (more than four waiting per server in use, sampled four
 //	    times a second); back to max_procs once the queue stays short. Then
 //	    a second thread hands freed servers on faster. At most the CPU
-//	    count; 0 (or not above max_procs) = always max_procs.
+//	    count or the container's CPU limit; 0 (or not above max_procs) =
+//	    always max_procs.
 //	auth_type                 PGSIDECAR_AUTH_TYPE                 --auth-type
 //	    default: "trust". Client authentication: "trust", "md5" or
 //	    "scram-sha-256". With md5 or scram-sha-256 and no users, nobody can

@@ -82,7 +82,7 @@ var settings = []setting{
 	{"dns_max_ttl", kindDuration, func(c *Config) any { return &c.DNSMaxTTL }, `how long an upstream host name's addresses are used before they are looked up again; 0 = on every dial (default 15s)`},
 	{"max_message_size", kindInt, func(c *Config) any { return &c.MaxMessageSize }, `largest protocol message accepted, in bytes, at least 1024 (default 1073741824)`},
 	{"max_procs", kindInt, func(c *Config) any { return &c.MaxProcs }, `threads running Go code (GOMAXPROCS); 0 = Go's default, the CPU count or container CPU limit (default 1)`},
-	{"max_procs_queued", kindInt, func(c *Config) any { return &c.MaxProcsQueued }, `threads running Go code while clients queue deep for servers (at most the CPU count); 0 = always max_procs (default 2)`},
+	{"max_procs_queued", kindInt, func(c *Config) any { return &c.MaxProcsQueued }, `threads running Go code while clients queue deep for servers (at most the CPU count or container CPU limit); 0 = always max_procs (default 2)`},
 	{"session_state", kindString, func(c *Config) any { return &c.SessionState }, `transaction mode, for SQL that leaves state on the server (LISTEN, session advisory locks, temp tables, ...): "pin" the client to its server, or "refuse" the statement with an error (default "pin")`},
 	{"max_prepared_statements", kindInt, func(c *Config) any { return &c.MaxPreparedStatements }, `prepared statements kept per server connection in transaction mode, least recently used closed first; 0 = no limit (default 200)`},
 	{"auth_type", kindString, func(c *Config) any { return &c.AuthType }, `client authentication: "trust", "md5" or "scram-sha-256" (default "trust")`},

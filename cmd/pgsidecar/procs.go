@@ -39,7 +39,7 @@ const (
 
 func newProcsGovernor(base, queued int, pools *pool.Set, log *slog.Logger) *procsGovernor {
 	return &procsGovernor{
-		base: base, queued: min(queued, runtime.NumCPU()), pools: pools, log: log,
+		base: base, queued: queued, pools: pools, log: log,
 		set:        func(n int) { runtime.GOMAXPROCS(n) },
 		current:    base,
 		sampleTick: 250 * time.Millisecond,

@@ -55,10 +55,13 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer, 
 		return exitBadUsage
 	}
 	logger := newLogger(cfg, stderr)
+	// Go's default GOMAXPROCS is the CPU count, or a container's CPU limit below it: more
+	// threads than that would only be throttled.
+	cpuLimit := runtime.GOMAXPROCS(0)
 	if cfg.MaxProcs > 0 {
 		runtime.GOMAXPROCS(cfg.MaxProcs)
 	}
-	if err := serve(ctx, cfg, logger, stdout, started); err != nil {
+	if err := serve(ctx, cfg, logger, stdout, started, cpuLimit); err != nil {
 		logger.Error("pgsidecar stopped", "err", err)
 		return exitFailure
 	}
@@ -100,7 +103,7 @@ func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 }
 
 // serve wires the packages together and runs until ctx is done or /quitquitquit is called.
-func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, stdout io.Writer, started chan<- running) error {
+func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, stdout io.Writer, started chan<- running, cpuLimit int) error {
 	if cfg.DatabaseURL == "" && len(cfg.Routes) == 0 {
 		if cfg.Profile != "local" {
 			return errors.New("no upstream: set DATABASE_URL (or database_url / routes in the config file)")
@@ -144,7 +147,7 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, stdout 
 		}()
 	}
 
-	if g := newProcsGovernor(cfg.MaxProcs, cfg.MaxProcsQueued, pools, logger); g.enabled() {
+	if g := newProcsGovernor(cfg.MaxProcs, min(cfg.MaxProcsQueued, cpuLimit), pools, logger); g.enabled() {
 		gctx, stopGovernor := context.WithCancel(context.WithoutCancel(ctx))
 		var wg sync.WaitGroup
 		wg.Go(func() { g.run(gctx) })
