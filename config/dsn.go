@@ -323,12 +323,24 @@ func (d *dsn) withLogin(database, user, password string) string {
 // String returns the connection string as parsed, in its own form: the raw
 // parts of a URL, re-quoted keyword/value pairs. Parsing it again gives the
 // same values.
-func (d *dsn) String() string {
+func (d *dsn) String() string { return d.format(false) }
+
+// format writes the connection string in its own form, with every secret
+// value replaced by "xxxxx" when redact is set.
+func (d *dsn) format(redact bool) string {
 	if d.isURL {
 		var b strings.Builder
 		b.WriteString(d.prefix)
 		if d.hasUserinfo {
-			b.WriteString(d.userinfo)
+			u, _, hasPW := strings.Cut(d.userinfo, ":")
+			switch {
+			case !redact:
+				b.WriteString(d.userinfo)
+			case hasPW:
+				b.WriteString(u + ":" + redacted)
+			default:
+				b.WriteString(u)
+			}
 			b.WriteByte('@')
 		}
 		b.WriteString(d.netloc)
@@ -343,7 +355,10 @@ func (d *dsn) String() string {
 				b.WriteByte('&')
 			}
 			b.WriteString(q.rawKey)
-			if q.hasEq {
+			switch {
+			case redact && secretKeys[strings.ToLower(q.key)]:
+				b.WriteString("=" + redacted)
+			case q.hasEq:
 				b.WriteString("=" + q.rawVal)
 			}
 		}
@@ -351,11 +366,15 @@ func (d *dsn) String() string {
 	}
 	parts := make([]string, 0, len(d.pairs))
 	for _, p := range d.pairs {
+		v := p.val
+		if redact && secretKeys[p.key] {
+			v = redacted
+		}
 		k := p.key
 		if k == "database" {
 			k = "dbname"
 		}
-		parts = append(parts, k+"="+quoteKV(p.val))
+		parts = append(parts, k+"="+quoteKV(v))
 	}
 	return strings.Join(parts, " ")
 }
@@ -422,53 +441,7 @@ func SplitLoadBalanceHosts(dsn string) (connString, mode string, err error) {
 
 // redacted returns the connection string with every secret value replaced
 // by "xxxxx".
-func (d *dsn) redacted() string {
-	if d.isURL {
-		var b strings.Builder
-		b.WriteString(d.prefix)
-		if d.hasUserinfo {
-			u, _, hasPW := strings.Cut(d.userinfo, ":")
-			b.WriteString(u)
-			if hasPW {
-				b.WriteString(":" + redacted)
-			}
-			b.WriteByte('@')
-		}
-		b.WriteString(d.netloc)
-		if d.hasPath {
-			b.WriteByte('/')
-			b.WriteString(d.path)
-		}
-		for i, q := range d.query {
-			if i == 0 {
-				b.WriteByte('?')
-			} else {
-				b.WriteByte('&')
-			}
-			b.WriteString(q.rawKey)
-			switch {
-			case secretKeys[strings.ToLower(q.key)]:
-				b.WriteString("=" + redacted)
-			case q.hasEq:
-				b.WriteString("=" + q.rawVal)
-			}
-		}
-		return b.String()
-	}
-	parts := make([]string, 0, len(d.pairs))
-	for _, p := range d.pairs {
-		v := p.val
-		if secretKeys[p.key] {
-			v = redacted
-		}
-		k := p.key
-		if k == "database" {
-			k = "dbname"
-		}
-		parts = append(parts, k+"="+quoteKV(v))
-	}
-	return strings.Join(parts, " ")
-}
+func (d *dsn) redacted() string { return d.format(true) }
 
 // RedactDSN returns dsn with every password replaced by "xxxxx": the
 // password of a URL's user info, the password and sslpassword query

@@ -125,21 +125,5 @@ func TestPrimaryTurnsReadOnly(t *testing.T) {
 // retriesTotal reads pgsidecar_retries_total{reason} from the proxy's registry.
 func retriesTotal(t testing.TB, p *testProxy, reason string) float64 {
 	t.Helper()
-	mfs, err := p.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "pgsidecar_retries_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "reason" && l.GetValue() == reason {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
+	return reasonCounter(t, p, "pgsidecar_retries_total", reason)
 }

@@ -145,12 +145,18 @@ func txBusy(t testing.TB, p *testProxy, n int) (stop func()) {
 // txPins reads pgsidecar_client_pins_total{reason} from the proxy's registry.
 func txPins(t testing.TB, p *testProxy, reason string) float64 {
 	t.Helper()
+	return reasonCounter(t, p, "pgsidecar_client_pins_total", reason)
+}
+
+// reasonCounter reads the counter name{reason} from the proxy's registry (0 when absent).
+func reasonCounter(t testing.TB, p *testProxy, name, reason string) float64 {
+	t.Helper()
 	mfs, err := p.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != "pgsidecar_client_pins_total" {
+		if mf.GetName() != name {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
