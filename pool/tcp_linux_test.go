@@ -1,13 +1,11 @@
 package pool_test
 
 import (
-	"net"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/pgsidecar/pgsidecar/internal/tcpopt"
+	"github.com/pgsidecar/pgsidecar/internal/tcpopt/tcpopttest"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
@@ -19,48 +17,20 @@ func TestTCPOptions(t *testing.T) {
 	for _, tt := range []struct {
 		name string
 		tcp  *tcpopt.Options
-		want [5]int // SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT, TCP_USER_TIMEOUT
+		want tcpopttest.Sockopts
 	}{
-		{"configured", &opts, [5]int{1, 30, 10, 3, 60000}},
-		{"keepalive off", &tcpopt.Options{UserTimeout: 5 * time.Second}, [5]int{0, 15, 15, 9, 5000}},
-		{"not configured", nil, [5]int{1, 15, 15, 9, 0}},
+		{"configured", &opts, tcpopttest.Sockopts{KeepAlive: 1, IdleSecs: 30, IntervalSecs: 10, Count: 3, UserTimeoutMillis: 60000}},
+		{"keepalive off", &tcpopt.Options{UserTimeout: 5 * time.Second}, tcpopttest.Sockopts{KeepAlive: 0, IdleSecs: 15, IntervalSecs: 15, Count: 9, UserTimeoutMillis: 5000}},
+		{"not configured", nil, tcpopttest.Sockopts{KeepAlive: 1, IdleSecs: 15, IntervalSecs: 15, Count: 9, UserTimeoutMillis: 0}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			p, _ := newPool(t, func(c *pool.Config) { c.TCP = tt.tcp })
 			c := acquire(t, p)
 			defer p.Release(c)
 			execOK(t, c, "select 1")
-			tc, ok := c.Conn.(*net.TCPConn)
-			if !ok {
-				t.Fatalf("server connection is a %T, want *net.TCPConn", c.Conn)
-			}
-			rc, err := tc.SyscallConn()
-			if err != nil {
-				t.Fatal(err)
-			}
-			var got [5]int
-			var gerr error
-			opts := [5][2]int{
-				{unix.SOL_SOCKET, unix.SO_KEEPALIVE}, {unix.IPPROTO_TCP, unix.TCP_KEEPIDLE},
-				{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL}, {unix.IPPROTO_TCP, unix.TCP_KEEPCNT},
-				{unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT},
-			}
-			if err := rc.Control(func(fd uintptr) {
-				for i, o := range opts {
-					v, err := unix.GetsockoptInt(int(fd), o[0], o[1])
-					if err != nil {
-						gerr = err
-					}
-					got[i] = v
-				}
-			}); err != nil {
-				t.Fatal(err)
-			}
-			if gerr != nil {
-				t.Fatalf("getsockopt: %v", gerr)
-			}
+			got := tcpopttest.Read(t, c.Conn)
 			if got != tt.want {
-				t.Errorf("getsockopt %v, want %v", got, tt.want)
+				t.Errorf("getsockopt %+v, want %+v", got, tt.want)
 			}
 		})
 	}

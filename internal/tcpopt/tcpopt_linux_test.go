@@ -7,47 +7,18 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/pgsidecar/pgsidecar/internal/tcpopt"
+	"github.com/pgsidecar/pgsidecar/internal/tcpopt/tcpopttest"
 )
 
 // sockopts is what the kernel reports for a socket.
-type sockopts struct {
-	keepAlive, idleSecs, intervalSecs, count, userTimeoutMillis int
-}
+type sockopts = tcpopttest.Sockopts
 
-func readSockopts(t *testing.T, c net.Conn) sockopts {
-	t.Helper()
-	rc, err := c.(*net.TCPConn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got sockopts
-	var errs []error
-	err = rc.Control(func(fd uintptr) {
-		get := func(level, opt int) int {
-			v, err := unix.GetsockoptInt(int(fd), level, opt)
-			if err != nil {
-				errs = append(errs, err)
-			}
-			return v
-		}
-		got = sockopts{
-			keepAlive:         get(unix.SOL_SOCKET, unix.SO_KEEPALIVE),
-			idleSecs:          get(unix.IPPROTO_TCP, unix.TCP_KEEPIDLE),
-			intervalSecs:      get(unix.IPPROTO_TCP, unix.TCP_KEEPINTVL),
-			count:             get(unix.IPPROTO_TCP, unix.TCP_KEEPCNT),
-			userTimeoutMillis: get(unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT),
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, err := range errs {
-		t.Fatalf("getsockopt: %v", err)
-	}
-	return got
+func readSockopts(t *testing.T, c net.Conn) sockopts { return tcpopttest.Read(t, c) }
+
+// so builds the sockopts the kernel should report.
+func so(keepAlive, idleSecs, intervalSecs, count, userTimeoutMillis int) sockopts {
+	return sockopts{KeepAlive: keepAlive, IdleSecs: idleSecs, IntervalSecs: intervalSecs, Count: count, UserTimeoutMillis: userTimeoutMillis}
 }
 
 // tcpPair returns both ends of a loopback TCP connection: one dialled, one accepted, each with
@@ -80,16 +51,16 @@ func TestApply(t *testing.T) {
 	}{
 		{"pgsidecar defaults",
 			tcpopt.Options{KeepAlive: true, KeepIdle: 30 * time.Second, KeepInterval: 10 * time.Second, KeepCount: 3, UserTimeout: time.Minute},
-			sockopts{1, 30, 10, 3, 60000}},
+			so(1, 30, 10, 3, 60000)},
 		{"rounded up to the kernel's units",
 			tcpopt.Options{KeepAlive: true, KeepIdle: 1500 * time.Millisecond, KeepInterval: time.Millisecond, KeepCount: 1, UserTimeout: 1500 * time.Microsecond},
-			sockopts{1, 2, 1, 1, 2}},
+			so(1, 2, 1, 1, 2)},
 		{"zero values are Go's defaults and no user timeout",
 			tcpopt.Options{KeepAlive: true},
-			sockopts{1, 15, 15, 9, 0}},
+			so(1, 15, 15, 9, 0)},
 		{"kernel maxima",
 			tcpopt.Options{KeepAlive: true, KeepIdle: tcpopt.MaxKeepIdle, KeepInterval: tcpopt.MaxKeepInterval, KeepCount: tcpopt.MaxKeepCount, UserTimeout: tcpopt.MaxUserTimeout},
-			sockopts{1, 32767, 32767, 127, 1<<31 - 1}},
+			so(1, 32767, 32767, 127, 1<<31-1)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -117,7 +88,7 @@ func TestApplyOff(t *testing.T) {
 	if err := (tcpopt.Options{}).Apply(c); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := readSockopts(t, c), (sockopts{0, 40, 5, 2, 0}); got != want {
+	if got, want := readSockopts(t, c), (so(0, 40, 5, 2, 0)); got != want {
 		t.Errorf("getsockopt %+v, want %+v", got, want)
 	}
 }
@@ -130,7 +101,7 @@ func TestApplyTLS(t *testing.T) {
 	if err := opts.Apply(tc); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := readSockopts(t, c), (sockopts{1, 7, 3, 4, 9000}); got != want {
+	if got, want := readSockopts(t, c), (so(1, 7, 3, 4, 9000)); got != want {
 		t.Errorf("getsockopt %+v, want %+v", got, want)
 	}
 }
