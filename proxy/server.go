@@ -68,6 +68,8 @@ type Server struct {
 	stmts stmtRegistry
 	// relays runs the sessions' serverToClient loops.
 	relays relayWorkers
+	// routes remembers resolved routes: a connection per transaction resolves one per login.
+	routes routeCache
 }
 
 // New validates what the proxy needs from opts (TLS files) and returns a Server that is not

@@ -359,7 +359,7 @@ func (s *session) startup() (ok bool, err error) {
 
 // bindPool resolves the client's route and finds or creates its pool.
 func (s *session) bindPool() error {
-	up, err := s.srv.cfg.Resolve(s.database, s.user)
+	up, err := s.srv.routes.resolve(s.srv.cfg, s.database, s.user)
 	if err != nil {
 		return &startupError{code: codeInvalidCatalog, msg: fmt.Sprintf("pgsidecar: no upstream for database %q and user %q: %v", s.database, s.user, err)}
 	}
