@@ -28,6 +28,9 @@ type Upstream struct {
 	// is removed from ConnString, since pgconn does not know it; the pool
 	// implements it. Key keeps it.
 	LoadBalanceHosts string
+	// HasPassword reports whether a password was found for the upstream user
+	// (see Resolve); without one the upstream must accept the user without.
+	HasPassword bool
 	// WantsPrimary is set when the connection string's target_session_attrs is
 	// read-write or primary: a server that refuses a write as read-only
 	// (25006) has been demoted and is no longer the one the route wants.
@@ -131,6 +134,7 @@ func (c *Config) Resolve(database, user string) (Upstream, error) {
 		return Upstream{}, fmt.Errorf("resolve database %s user %s: %s: %v",
 			strconv.Quote(database), strconv.Quote(user), source, err)
 	}
+	up.HasPassword = password != ""
 	tsa, _ := d.get("target_session_attrs")
 	up.WantsPrimary = tsa == "read-write" || tsa == "primary"
 	up.ConnString = d.withLogin(up.Database, up.User, password)

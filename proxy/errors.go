@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -84,4 +85,10 @@ func appendErrorResponse(dst []byte, e *pgconn.PgError) []byte {
 		out, _ = (&pgproto3.ErrorResponse{Severity: e.Severity, SeverityUnlocalized: e.Severity, Code: e.Code, Message: "error"}).Encode(dst)
 	}
 	return out
+}
+
+// authFailure reports whether err is the upstream refusing a login (SQLSTATE class 28).
+func authFailure(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "28")
 }

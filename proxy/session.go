@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pgsidecar/pgsidecar/config"
 	"github.com/pgsidecar/pgsidecar/internal/rawio"
 	"github.com/pgsidecar/pgsidecar/internal/retry"
 	"github.com/pgsidecar/pgsidecar/pool"
@@ -102,6 +103,8 @@ type session struct {
 	// wantsPrimary is the route's Upstream.WantsPrimary: a server answering 25006 has been
 	// demoted, and every connection to it is retired.
 	wantsPrimary bool
+	// upstream is the client's resolved route (it holds the upstream password: never log it).
+	upstream config.Upstream
 	// paramsDirty is set when the client changed a tracked parameter with SQL; rereading is
 	// closed once they have been read back from the server after the transaction.
 	paramsDirty bool
@@ -331,6 +334,13 @@ func (s *session) startup() (ok bool, err error) {
 	params, err := s.pool.ServerParams(pctx)
 	pcancel()
 	if err != nil {
+		if s.upstream.User != "" && !s.upstream.HasPassword && authFailure(err) {
+			// The upstream wants a password pgsidecar does not have: say which setting is
+			// missing rather than pass on a password failure the client cannot fix.
+			err = &startupError{code: codeInvalidAuthSpec, msg: fmt.Sprintf(
+				"pgsidecar: the upstream asks for a password for user %q and pgsidecar has none: set it in database_url (for that URL's user), in a route's password, or as a plain password in a users entry",
+				s.upstream.User)}
+		}
 		s.sendStartupError(err)
 		return false, err
 	}
@@ -365,6 +375,7 @@ func (s *session) bindPool() error {
 	}
 	s.txPooling = up.PoolMode != "session"
 	s.wantsPrimary = up.WantsPrimary
+	s.upstream = up
 	s.txCounter = s.srv.metrics.transactionsFor(up.Database, up.User)
 	s.maxMsg = s.srv.cfg.MaxMessageSize
 	if p, ok := s.srv.pools.Lookup(up.Key); ok {

@@ -389,8 +389,8 @@ func TestRouteUnknownUserPassword(t *testing.T) {
 		if !errors.As(err, &pgErr) {
 			t.Fatalf("got %v (%T), want an ErrorResponse (*pgconn.PgError) with SQLSTATE class 28", err, err)
 		}
-		if !strings.HasPrefix(pgErr.Code, "28") {
-			t.Fatalf("got SQLSTATE %s (%s), want class 28 (invalid authorization)", pgErr.Code, pgErr.Message)
+		if pgErr.Code != codeInvalidAuthSpec || !strings.Contains(pgErr.Message, "users entry") || !strings.Contains(pgErr.Message, role) {
+			t.Fatalf("got SQLSTATE %s (%s), want 28000 naming the user and the settings that would give its password", pgErr.Code, pgErr.Message)
 		}
 		// An authentication failure is not transient: no waiting out query_wait_timeout.
 		if d := time.Since(start); d > p.cfg.QueryWaitTimeout/2 {
