@@ -345,10 +345,13 @@ func (e *upstreamError) Unwrap() error { return e.err }
 
 // serverToClient relays srv's output to the client until the server can go back to the pool
 // (transaction mode, ReadyForQuery idle with nothing in flight), the client leaves, or either
-// side fails. It is the only writer to the client while it runs.
-func (s *session) serverToClient(srv *pool.Conn, done chan struct{}) {
+// side fails. It is the only writer to the client while it runs. f is the caller's read state,
+// kept between loops so that a transaction allocates none; the loop resets it.
+func (s *session) serverToClient(srv *pool.Conn, done chan struct{}, f *frameReader) {
 	defer close(done)
-	f := frameReader{buf: srv.ReadBuffer()}
+	*f = frameReader{buf: srv.ReadBuffer()}
+	// Let go of the server's buffer once the loop ends: the server may be closed by then.
+	defer func() { *f = frameReader{} }()
 	var st *serverState
 	if s.txPooling {
 		st = srv.Tag.(*serverState)
@@ -383,7 +386,7 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}) {
 				s.wmu.Lock()
 				s.mu.Lock()
 				var out []byte
-				out, ready, status, perr = s.relayTracked(&f, st)
+				out, ready, status, perr = s.relayTracked(f, st)
 				s.mu.Unlock()
 				if len(out) > 0 {
 					_, werr = s.cio.Write(out)
@@ -391,7 +394,7 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}) {
 				s.wmu.Unlock()
 			} else {
 				start := f.r
-				ready, status, perr = s.scanServer(&f)
+				ready, status, perr = s.scanServer(f)
 				if f.r > start {
 					werr = s.writeClient(f.buf[start:f.r])
 				}
@@ -418,7 +421,7 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}) {
 					return
 				}
 				srv, st = c, cst
-				f = frameReader{buf: srv.ReadBuffer()}
+				*f = frameReader{buf: srv.ReadBuffer()}
 				continue
 			}
 			f.compact()
@@ -439,7 +442,7 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}) {
 			if st != nil && !deadlineErr(err) && connectionLost(err) && s.lostBeforeRequest() {
 				if c, cst, ok := s.retryOnNewServer(srv); ok {
 					srv, st = c, cst
-					f = frameReader{buf: srv.ReadBuffer()}
+					*f = frameReader{buf: srv.ReadBuffer()}
 					continue
 				}
 			}

@@ -27,6 +27,8 @@ const maxIdleRelayWorkers = 128
 
 type relayWorker struct {
 	tasks chan relayTask // buffered: handing over a loop never blocks
+	// f is the read state of the worker's loops, reused so that a loop allocates none.
+	f frameReader
 }
 
 // relayTask is one serverToClient loop: session s relaying server c until done is closed.
@@ -56,7 +58,7 @@ func (w *relayWorkers) start(t relayTask) {
 func (wk *relayWorker) run(w *relayWorkers, t relayTask) {
 	defer w.wg.Done()
 	for {
-		t.s.serverToClient(t.c, t.done)
+		t.s.serverToClient(t.c, t.done, &wk.f)
 		t = relayTask{} // let the session go while parked
 		w.mu.Lock()
 		if w.stopped || len(w.idle) >= maxIdleRelayWorkers {
