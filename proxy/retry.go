@@ -318,7 +318,14 @@ func (s *session) sendWaitNotice() {
 		msg += "; last connection attempt: " + last.Error()
 	}
 	buf, _ := (&pgproto3.NoticeResponse{Severity: "NOTICE", SeverityUnlocalized: "NOTICE", Code: "00000", Message: msg}).Encode(nil)
-	_, _ = s.cio.Write(buf)
+	// A client that reads nothing must not hold wmu, and with it the session, forever. A
+	// notice cut short would leave the client's stream broken, so then the client goes.
+	_ = s.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	if _, err := s.cio.Write(buf); err != nil {
+		s.log.Info("client does not read; closing it", "err", err)
+		_ = s.conn.Close()
+	}
+	_ = s.conn.SetWriteDeadline(time.Time{})
 }
 
 // retireServerLocked retires every connection of the pool to the attached server's address:
