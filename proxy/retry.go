@@ -62,7 +62,8 @@ func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *serverStat
 	s.retryNeeded = false
 	reason, oldReady := s.retryReason, s.retryOldReady
 	s.retryReason, s.retryOldReady = "", false
-	if reason == "" {
+	wroteNothing := reason == ""
+	if wroteNothing {
 		reason = "connection" // the write failed: relayTracked saw no refusal
 	}
 	attempt := s.retryAttempts
@@ -79,6 +80,17 @@ func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *serverStat
 
 	if ost, isState := old.Tag.(*serverState); isState {
 		ost.relaying.Store(false)
+	}
+	if reason == "connection" && !wroteNothing && !closesAfterFatal(old) {
+		// A FATAL refusal that the connection's end does not follow came from something
+		// other than the server ending the session: the request may have run.
+		s.pool.Destroy(old)
+		s.mu.Lock()
+		s.server = nil
+		s.retryErr = errFatalNotClosed
+		s.mu.Unlock()
+		finish()
+		return nil, nil, false
 	}
 	switch reason {
 	case "serialization", "deadlock":
@@ -169,6 +181,22 @@ func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *serverStat
 	}
 	s.srv.metrics.retried(reason)
 	return c, st, true
+}
+
+// errFatalNotClosed is why a request refused with FATAL is not sent again when the server
+// connection did not end after the refusal.
+var errFatalNotClosed = errors.New("the server refused the request with a FATAL error but did not close the connection")
+
+// closeWait bounds how long a server that refused a request with FATAL may take to close.
+const closeWait = 2 * time.Second
+
+// closesAfterFatal reports whether c, whose last message was a FATAL error, ends without
+// sending anything more, as PostgreSQL does after a FATAL.
+func closesAfterFatal(c *pool.Conn) bool {
+	_ = c.SetReadDeadline(time.Now().Add(closeWait))
+	var b [1]byte
+	n, err := c.Read(b[:])
+	return n == 0 && err != nil && !deadlineErr(err)
 }
 
 // preparedIn reports whether the batch itself prepares ps.
@@ -367,6 +395,9 @@ func (s *session) canRetryLocked() bool {
 func (s *session) retryFailure() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if errors.Is(s.retryErr, errFatalNotClosed) {
+		return s.retryErr
+	}
 	if s.retryErr != nil {
 		return fmt.Errorf("the server went away and no other became available: %w", s.retryErr)
 	}

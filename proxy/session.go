@@ -92,6 +92,8 @@ type session struct {
 	// server that does not hold it; unnamedSeq numbers those Parses.
 	unnamedParse []byte
 	unnamedSeq   uint64
+	// unnamedCommits is set when the unnamed statement may commit on its own.
+	unnamedCommits bool
 	// skipping drops client messages until Sync after an error the proxy raised itself.
 	skipping bool
 	// pinned is why the client keeps its server for the rest of its session ("" = it does not).

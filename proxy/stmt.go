@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 
 	"github.com/pgsidecar/pgsidecar/pool"
+	"github.com/pgsidecar/pgsidecar/proxy/classify"
 )
 
 // Transaction pooling moves a client between server connections, but a named prepared statement
@@ -23,6 +24,9 @@ type preparedStmt struct {
 	parse []byte // a Parse message naming the statement name
 	key   string
 	refs  int // clients holding it; guarded by stmtRegistry.mu
+	// commits is set when the statement may commit on its own (CALL, DO, ...): a batch
+	// executing it is never sent again.
+	commits bool
 	// valid is set once a server accepted the Parse: later Parses of the same text can be
 	// answered by the proxy without a server.
 	valid atomic.Bool
@@ -67,7 +71,7 @@ func (r *stmtRegistry) get(query, paramTypes []byte) *preparedStmt {
 	parse = append(parse, query...)
 	parse = append(parse, 0)
 	parse = append(parse, paramTypes...)
-	st := &preparedStmt{name: name, parse: parse, key: key, refs: 1}
+	st := &preparedStmt{name: name, parse: parse, key: key, refs: 1, commits: classify.Classify(bytesString(query), nil).CommitsAlone}
 	r.byKey[key] = st
 	return st
 }
@@ -192,6 +196,9 @@ type respEntry struct {
 	// single marks a simple Query of one statement; done is set once its CommandComplete was
 	// relayed: PostgreSQL commits an implicit transaction before sending that.
 	single, done bool
+	// plain marks a Query of plain statements only (classify.Result.Plain); commits marks a
+	// Query or Bind whose statement may commit on its own (classify.Result.CommitsAlone).
+	plain, commits bool
 }
 
 // respQueue is a FIFO of respEntry that reuses its storage.

@@ -184,7 +184,7 @@ scan:
 				}
 				if typ == 'Q' {
 					s.pinLocked(reasonUnclassified)
-					s.resp.push(respEntry{msg: 'Q'})
+					s.resp.push(respEntry{msg: 'Q', commits: true})
 					st.unnamedBy = nil
 					requests++
 					f.r += 5
@@ -358,7 +358,7 @@ func (s *session) trackQuery(body []byte, st *serverState, w *batchWriter, total
 	// A simple Query destroys the unnamed statement, on the server and so for the client.
 	st.unnamedBy = nil
 	s.unnamedParse = s.unnamedParse[:0]
-	s.resp.push(respEntry{msg: 'Q', single: res.Statements == 1})
+	s.resp.push(respEntry{msg: 'Q', single: res.Statements == 1, plain: res.Plain, commits: res.CommitsAlone})
 	return true
 }
 
@@ -380,7 +380,8 @@ func (s *session) trackParse(body []byte, st *serverState, w *batchWriter, total
 	if !ok {
 		return protocolErrorf("malformed Parse message")
 	}
-	if res := classify.Classify(bytesString(query), isTracked); res.Pin != classify.None {
+	res := classify.Classify(bytesString(query), isTracked)
+	if res.Pin != classify.None {
 		if s.pinned == "" && s.refusesState() {
 			e := &pgconn.PgError{Severity: "ERROR", Code: codeFeatureUnsupported, Message: refusalMessage(res.Pin)}
 			s.resp.push(respEntry{synth: appendErrorResponse(nil, e)})
@@ -394,6 +395,7 @@ func (s *session) trackParse(body []byte, st *serverState, w *batchWriter, total
 	}
 	if len(name) == 0 {
 		s.unnamedParse = append(s.unnamedParse[:0], w.f.buf[w.f.r:w.f.r+total]...)
+		s.unnamedCommits = res.CommitsAlone
 		s.unnamedSeq++
 		st.unnamedBy, st.unnamedSeq = s, s.unnamedSeq
 		s.resp.push(respEntry{msg: 'P', unnamed: true})
@@ -473,7 +475,7 @@ func (s *session) trackBind(body []byte, st *serverState, w *batchWriter, total 
 	}
 	if len(name) == 0 {
 		s.ensureUnnamedLocked(st, w)
-		s.resp.push(respEntry{msg: 'B'})
+		s.resp.push(respEntry{msg: 'B', commits: s.unnamedCommits})
 		return 0, nil
 	}
 	ps, ok := s.stmts[string(name)]
@@ -497,7 +499,7 @@ func (s *session) trackBind(body []byte, st *serverState, w *batchWriter, total 
 	w.addByte(0)
 	w.addString(ps.name)
 	w.addByte(0)
-	s.resp.push(respEntry{msg: 'B', stmt: ps})
+	s.resp.push(respEntry{msg: 'B', stmt: ps, commits: ps.commits})
 	return 0, nil
 }
 
@@ -647,8 +649,14 @@ func (s *session) relayTracked(f *frameReader, st *serverState) (out []byte, rea
 				s.wrote.Wait()
 			}
 			h = s.resp.head()
+			var code string
+			fatal := false
+			if f.w-f.r >= total {
+				body := f.buf[f.r+5 : f.r+total]
+				code, fatal = errorCode(body), errorFatal(body)
+			}
 			if h == nil {
-				if f.w-f.r >= total && s.txStatus != 'T' && s.txStatus != 'E' && !s.writing && shutdownError(errorCode(f.buf[f.r+5:f.r+total])) {
+				if fatal && s.txStatus != 'T' && s.txStatus != 'E' && !s.writing && shutdownError(code) {
 					// An idle server announcing its end (terminated, or the upstream shutting
 					// down) concerns no request: the client gets another server instead.
 					w.cut(f.w)
@@ -658,24 +666,25 @@ func (s *session) relayTracked(f *frameReader, st *serverState) (out []byte, rea
 				}
 				break
 			}
-			readOnly := s.wantsPrimary && f.w-f.r >= total && errorCode(f.buf[f.r+5:f.r+total]) == codeReadOnlySQLTransaction
+			readOnly := s.wantsPrimary && code == codeReadOnlySQLTransaction
 			if readOnly {
 				// The route wants a primary and this server refuses writes: it was demoted.
 				// Every connection to it goes (this one when released), and new ones are
 				// dialled to whichever host target_session_attrs accepts now.
 				s.retireServerLocked()
 			}
-			var code string
-			if f.w-f.r >= total {
-				code = errorCode(f.buf[f.r+5 : f.r+total])
-			}
-			// A serialization failure or deadlock of a statement that ran alone in an implicit
-			// transaction rolled it back whole: running it again is what the client would do.
-			conflict := (code == codeSerializationFailure || code == codeDeadlockDetected) && h.msg == 'Q' && h.single
-			if code != "" && s.firstReplyLocked() && s.canRetryLocked() && (readOnly || conflict || retryableServerError(code)) {
-				// The server refused the batch before running it (it is shutting down, was
-				// terminated, or is read-only), or it failed whole: send it again instead of
-				// failing it. Nothing after this error matters to the client.
+			// A serialization failure or deadlock of a plain statement that ran alone in an
+			// implicit transaction rolled it back whole: running it again is what the client
+			// would do.
+			conflict := (code == codeSerializationFailure || code == codeDeadlockDetected) && h.msg == 'Q' && h.single && h.plain
+			// A server that refuses a request with a FATAL connection or shutdown error ends the
+			// connection and rolls back what the request did, unless the request could commit
+			// on its own. An ERROR with the same code (a statement can raise any code) proves
+			// nothing, and neither does a FATAL followed by anything but the connection's end.
+			refused := fatal && retryableServerError(code) && f.r+total == f.w
+			if code != "" && (readOnly || conflict || refused) && s.firstReplyLocked() && s.canRetryLocked() && !s.batchCommitsLocked() {
+				// Send the batch again instead of failing it. Nothing after this error
+				// matters to the client.
 				s.retryNeeded = true
 				switch {
 				case readOnly:
@@ -692,8 +701,8 @@ func (s *session) relayTracked(f *frameReader, st *serverState) (out []byte, rea
 				f.r = f.w
 				return w.bytes(), ready, status, nil
 			}
-			if h.msg == 'Q' && h.single && h.done && !h.swallow && s.resp.len() == 1 && !s.writing && f.w-f.r >= total &&
-				s.txStatus != 'T' && s.txStatus != 'E' && shutdownError(errorCode(f.buf[f.r+5:f.r+total])) {
+			if h.msg == 'Q' && h.single && h.done && !h.swallow && s.resp.len() == 1 && !s.writing && fatal &&
+				s.txStatus != 'T' && s.txStatus != 'E' && shutdownError(code) {
 				// The server was shut down right after completing a one-statement Query in an
 				// implicit transaction, which it had committed before reporting completion:
 				// finish the exchange for the client instead of failing a statement that took
@@ -712,7 +721,7 @@ func (s *session) relayTracked(f *frameReader, st *serverState) (out []byte, rea
 			}
 			// A schema change invalidated a shared statement's result type: every server must
 			// prepare it afresh (the client sees this error once, as it would directly).
-			if h.msg == 'B' && h.stmt != nil && f.w-f.r >= total && errorCode(f.buf[f.r+5:f.r+total]) == "0A000" {
+			if h.msg == 'B' && h.stmt != nil && code == "0A000" {
 				h.stmt.gen.Add(1)
 				if s.retrySchemaChangeLocked(h.stmt, st) {
 					drop = true
@@ -976,19 +985,32 @@ func (s *session) readyStatusLocked() byte {
 }
 
 // errorCode returns the SQLSTATE field of an ErrorResponse body.
-func errorCode(body []byte) string {
+func errorCode(body []byte) string { return string(errorField(body, 'C')) }
+
+// errorFatal reports whether an ErrorResponse body has severity FATAL or PANIC: the server ends
+// the connection after it. The non-localized severity (V, PostgreSQL 9.6+) is preferred.
+func errorFatal(body []byte) bool {
+	sev := errorField(body, 'V')
+	if sev == nil {
+		sev = errorField(body, 'S')
+	}
+	return string(sev) == "FATAL" || string(sev) == "PANIC"
+}
+
+// errorField returns field typ of an ErrorResponse or NoticeResponse body, nil when absent.
+func errorField(body []byte, typ byte) []byte {
 	for len(body) > 0 && body[0] != 0 {
 		field := body[0]
 		v, rest, ok := cstring(body[1:])
 		if !ok {
-			return ""
+			return nil
 		}
-		if field == 'C' {
-			return string(v)
+		if field == typ {
+			return v
 		}
 		body = rest
 	}
-	return ""
+	return nil
 }
 
 // maxRetryBatch bounds the batches kept for a re-run after a schema change.
@@ -1075,6 +1097,17 @@ func (s *session) retrySchemaChangeLocked(ps *preparedStmt, st *serverState) boo
 	s.srv.metrics.retried("schema_change")
 	s.log.Debug("statement re-prepared and re-run after a schema change", "statement", ps.name)
 	return true
+}
+
+// batchCommitsLocked reports whether the remembered batch holds a request that may commit on its
+// own (CALL, DO, VACUUM, ...): once a server got it, it is never sent again.
+func (s *session) batchCommitsLocked() bool {
+	for _, e := range s.retryEntries {
+		if e.commits {
+			return true
+		}
+	}
+	return false
 }
 
 // firstReplyLocked reports whether the server has not answered any part of the remembered

@@ -52,6 +52,19 @@ type Result struct {
 	Deallocate []string
 	// Statements is the number of non-empty statements.
 	Statements int
+	// Plain reports that there is at least one statement and every one is a query or a data
+	// change that its implicit transaction makes atomic: SELECT, INSERT, UPDATE, DELETE, MERGE,
+	// VALUES, TABLE, WITH or a parenthesised query (also under EXPLAIN). After a serialization
+	// failure or deadlock rolled such a statement back, running it again is what a client would
+	// do.
+	Plain bool
+	// CommitsAlone reports a statement that may commit work before it ends, so that an error
+	// from it proves nothing about what took effect: CALL and DO (a procedure or DO block may
+	// COMMIT), COMMIT/END and COMMIT/ROLLBACK PREPARED, and the statements PostgreSQL refuses in a
+	// transaction block because they commit internally (VACUUM, CLUSTER, REINDEX, CREATE/DROP/
+	// ALTER DATABASE, CREATE/DROP TABLESPACE, ALTER SYSTEM, CREATE/ALTER/DROP SUBSCRIPTION, and
+	// anything CONCURRENTLY). The proxy never sends such a statement again once a server got it.
+	CommitsAlone bool
 }
 
 // Classify describes sql: the text of a simple-protocol Query, which may hold
@@ -78,6 +91,9 @@ func Classify(sql string, tracked func(param string) bool) Result {
 			continue
 		}
 		c.res.Statements++
+		if c.res.Statements == 1 {
+			c.res.Plain = true
+		}
 		start := stmt{lx: lx}
 		v := c.statement(start)
 		lx = c.scan(start, v)
@@ -176,8 +192,12 @@ func (c *classifier) statement(st stmt) verb {
 	if t.is("(") {
 		return verbSelect
 	}
+	c.res.Plain = c.res.Plain && t.kind == tokWord && plainVerb(t.text)
 	if t.kind != tokWord {
 		return verbOther
+	}
+	if commitsAlone(t, st) {
+		c.res.CommitsAlone = true
 	}
 	switch lowerKeyword(t.text) {
 	case "select", "with":
@@ -209,6 +229,45 @@ func (c *classifier) statement(st stmt) verb {
 		c.deallocate(&st)
 	}
 	return verbOther
+}
+
+// plainVerb reports whether a statement starting with word w is a query or a data change
+// (see Result.Plain).
+func plainVerb(w string) bool {
+	switch len(w) {
+	case 4:
+		return equalFold(w, "with")
+	case 5:
+		return equalFold(w, "merge") || equalFold(w, "table")
+	case 6:
+		return equalFold(w, "select") || equalFold(w, "insert") || equalFold(w, "update") ||
+			equalFold(w, "delete") || equalFold(w, "values")
+	}
+	return false
+}
+
+// commitsAlone reports whether a statement starting with t may commit on its own (see
+// Result.CommitsAlone); st is positioned after t. CONCURRENTLY anywhere is found by scan.
+func commitsAlone(t token, st stmt) bool {
+	switch {
+	case t.kw("call"), t.kw("do"), t.kw("commit"), t.kw("end"), t.kw("vacuum"), t.kw("cluster"), t.kw("reindex"):
+		return true
+	case t.kw("rollback"):
+		return st.next().kw("prepared")
+	}
+	var object token
+	switch {
+	case t.kw("create"), t.kw("drop"):
+		object = st.next()
+	case t.kw("alter"):
+		object = st.next()
+		if object.kw("system") {
+			return true
+		}
+	default:
+		return false
+	}
+	return object.kw("database") || object.kw("tablespace") || object.kw("subscription")
 }
 
 // keywords are the statement keywords statement looks for; lowerKeyword
@@ -446,6 +505,9 @@ func (c *classifier) scan(st stmt, v verb) lexer {
 		t := st.next()
 		if t.kind == tokEOF {
 			return st.lx
+		}
+		if t.kind == tokWord && len(t.text) == len("concurrently") && t.kw("concurrently") {
+			c.res.CommitsAlone = true
 		}
 		if t.kind == tokWord || t.kind == tokIdent {
 			switch {

@@ -486,3 +486,54 @@ func BenchmarkClassify(b *testing.B) {
 		})
 	}
 }
+
+func TestClassifyRetrySafety(t *testing.T) {
+	cases := []struct {
+		sql           string
+		plain, commit bool
+	}{
+		{"", false, false},
+		{"select 1", true, false},
+		{"(select 1)", true, false},
+		{"WITH x AS (delete from t returning *) select * from x", true, false},
+		{"insert into t values (1); update t set a = 2", true, false},
+		{"MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE", true, false},
+		{"values (1)", true, false},
+		{"table t", true, false},
+		{"explain analyze delete from t", true, false},
+		{"select 1; set x.y = 1", false, false},
+		{"begin", false, false},
+		{"create table t (a int)", false, false},
+		{"CALL p()", false, true},
+		{"do $$begin commit; end$$", false, true},
+		{"DO 'begin end'", false, true},
+		{"select 1; commit", false, true},
+		{"end", false, true},
+		{"commit prepared 'x'", false, true},
+		{"rollback prepared 'x'", false, true},
+		{"rollback", false, false},
+		{"vacuum t", false, true},
+		{"VACUUM (ANALYZE) t", false, true},
+		{"cluster", false, true},
+		{"reindex table t", false, true},
+		{"create database d", false, true},
+		{"drop database if exists d", false, true},
+		{"alter database d set tablespace x", false, true},
+		{"create tablespace x location '/x'", false, true},
+		{"alter system set work_mem = '1MB'", false, true},
+		{"create subscription s connection '' publication p", false, true},
+		{"create index concurrently i on t (a)", false, true},
+		{"CREATE UNIQUE INDEX CONCURRENTLY i ON t (a)", false, true},
+		{"drop index concurrently i", false, true},
+		{"alter table t detach partition p concurrently", false, true},
+		{"select 'concurrently'", true, false},
+		{`select "concurrently" from t`, true, false},
+		{"alter table t add column a int", false, false},
+	}
+	for _, tc := range cases {
+		got := Classify(tc.sql, trackedParams)
+		if got.Plain != tc.plain || got.CommitsAlone != tc.commit {
+			t.Errorf("Classify(%q): Plain %v CommitsAlone %v, want %v %v", tc.sql, got.Plain, got.CommitsAlone, tc.plain, tc.commit)
+		}
+	}
+}
