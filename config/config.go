@@ -80,16 +80,27 @@ type Config struct {
 	DNSMaxTTL              time.Duration
 	MaxMessageSize         int
 	MaxPreparedStatements  int
-	MaxProcs               int
-	MaxProcsQueued         int
-	SessionState           string
-	AuthType               string
-	AuthTrustRemote        bool
-	Users                  []User
-	Routes                 []Route
-	TLS                    TLS
-	LogLevel               string
-	LogFormat              string
+	// MaxClientPreparedStatements bounds the named prepared statements one client may hold in
+	// transaction mode; a Parse beyond it fails with 53400. 0 = no limit.
+	MaxClientPreparedStatements int
+	// MaxPreparedStatementBytes bounds the bytes of statement text held by the shared
+	// prepared-statement registry in transaction mode; a Parse of a new text beyond it fails
+	// with 53400. 0 = no limit.
+	MaxPreparedStatementBytes int
+	// MaxRequestsInFlight bounds the requests and replies one transaction-mode client may
+	// have queued (sent to a server and not answered yet, or answered by the proxy behind
+	// them); the proxy reads no more from a client at the limit until replies drain.
+	MaxRequestsInFlight int
+	MaxProcs            int
+	MaxProcsQueued      int
+	SessionState        string
+	AuthType            string
+	AuthTrustRemote     bool
+	Users               []User
+	Routes              []Route
+	TLS                 TLS
+	LogLevel            string
+	LogFormat           string
 }
 
 // User is one entry of the users key: a client login name and its secret.
@@ -149,35 +160,38 @@ type TLS struct {
 // Profile set to that name, so that Validate reports it.
 func Defaults(profile string) Config {
 	c := Config{
-		Profile:                profile,
-		Listen:                 []string{"127.0.0.1:6432"},
-		HTTPListen:             "127.0.0.1:9930",
-		PoolMode:               PoolModeTransaction,
-		PoolSize:               10,
-		MinPoolSize:            0,
-		MaxClientConn:          1000,
-		QueryWaitTimeout:       30 * time.Second,
-		QueryWaitNotice:        0,
-		ServerIdleTimeout:      10 * time.Minute,
-		ServerLifetime:         time.Hour,
-		ServerCheckDelay:       30 * time.Second,
-		ServerResetQuery:       "DISCARD ALL",
-		ConnectTimeout:         5 * time.Second,
-		QueryTimeout:           60 * time.Second,
-		Retries:                2,
-		RetryDelay:             500 * time.Millisecond,
-		RetryMaxDelay:          2 * time.Second,
-		IdleTransactionTimeout: 0,
-		ClientIdleTimeout:      0,
-		ClientLoginTimeout:     60 * time.Second,
-		MaxMessageSize:         1 << 30,
-		MaxPreparedStatements:  200,
-		MaxProcs:               1,
-		MaxProcsQueued:         2,
-		SessionState:           SessionStatePin,
-		AuthType:               AuthTrust,
-		LogLevel:               "info",
-		LogFormat:              "text",
+		Profile:                     profile,
+		Listen:                      []string{"127.0.0.1:6432"},
+		HTTPListen:                  "127.0.0.1:9930",
+		PoolMode:                    PoolModeTransaction,
+		PoolSize:                    10,
+		MinPoolSize:                 0,
+		MaxClientConn:               1000,
+		QueryWaitTimeout:            30 * time.Second,
+		QueryWaitNotice:             0,
+		ServerIdleTimeout:           10 * time.Minute,
+		ServerLifetime:              time.Hour,
+		ServerCheckDelay:            30 * time.Second,
+		ServerResetQuery:            "DISCARD ALL",
+		ConnectTimeout:              5 * time.Second,
+		QueryTimeout:                60 * time.Second,
+		Retries:                     2,
+		RetryDelay:                  500 * time.Millisecond,
+		RetryMaxDelay:               2 * time.Second,
+		IdleTransactionTimeout:      0,
+		ClientIdleTimeout:           0,
+		ClientLoginTimeout:          60 * time.Second,
+		MaxMessageSize:              1 << 30,
+		MaxPreparedStatements:       200,
+		MaxClientPreparedStatements: 1000,
+		MaxPreparedStatementBytes:   64 << 20,
+		MaxRequestsInFlight:         1000,
+		MaxProcs:                    1,
+		MaxProcsQueued:              2,
+		SessionState:                SessionStatePin,
+		AuthType:                    AuthTrust,
+		LogLevel:                    "info",
+		LogFormat:                   "text",
 		// Probes after 30 s of idleness keep pooled connections known to cloud NATs and load
 		// balancers, which forget idle flows (AWS NAT gateway after 350 s, Azure after 4 min),
 		// and find a dead peer within a minute (30 s + 3 x 10 s); the user timeout gives a peer
@@ -235,46 +249,49 @@ func (c *Config) UserSecret(name string) (secret string, ok bool) {
 // printed is the YAML shape of Config used by Print; keys match the config
 // file keys.
 type printed struct {
-	Profile                string         `yaml:"profile"`
-	Listen                 []string       `yaml:"listen"`
-	HTTPListen             string         `yaml:"http_listen"`
-	DatabaseURL            string         `yaml:"database_url"`
-	PoolMode               string         `yaml:"pool_mode"`
-	PoolSize               int            `yaml:"pool_size"`
-	MinPoolSize            int            `yaml:"min_pool_size"`
-	MaxClientConn          int            `yaml:"max_client_conn"`
-	QueryWaitTimeout       string         `yaml:"query_wait_timeout"`
-	QueryWaitNotice        string         `yaml:"query_wait_notice"`
-	ServerIdleTimeout      string         `yaml:"server_idle_timeout"`
-	ServerLifetime         string         `yaml:"server_lifetime"`
-	ServerCheckDelay       string         `yaml:"server_check_delay"`
-	ServerResetQuery       string         `yaml:"server_reset_query"`
-	ConnectTimeout         string         `yaml:"connect_timeout"`
-	QueryTimeout           string         `yaml:"query_timeout"`
-	Retries                int            `yaml:"retries"`
-	RetryDelay             string         `yaml:"retry_delay"`
-	RetryMaxDelay          string         `yaml:"retry_max_delay"`
-	IdleTransactionTimeout string         `yaml:"idle_transaction_timeout"`
-	ClientIdleTimeout      string         `yaml:"client_idle_timeout"`
-	ClientLoginTimeout     string         `yaml:"client_login_timeout"`
-	TCPKeepAlive           bool           `yaml:"tcp_keepalive"`
-	TCPKeepIdle            string         `yaml:"tcp_keepidle"`
-	TCPKeepInterval        string         `yaml:"tcp_keepintvl"`
-	TCPKeepCount           int            `yaml:"tcp_keepcnt"`
-	TCPUserTimeout         string         `yaml:"tcp_user_timeout"`
-	DNSMaxTTL              string         `yaml:"dns_max_ttl"`
-	MaxMessageSize         int            `yaml:"max_message_size"`
-	MaxPreparedStatements  int            `yaml:"max_prepared_statements"`
-	MaxProcs               int            `yaml:"max_procs"`
-	MaxProcsQueued         int            `yaml:"max_procs_queued"`
-	SessionState           string         `yaml:"session_state"`
-	AuthType               string         `yaml:"auth_type"`
-	AuthTrustRemote        bool           `yaml:"auth_trust_remote"`
-	Users                  []printedUser  `yaml:"users"`
-	Routes                 []printedRoute `yaml:"routes"`
-	TLS                    printedTLS     `yaml:"tls"`
-	LogLevel               string         `yaml:"log_level"`
-	LogFormat              string         `yaml:"log_format"`
+	Profile                     string         `yaml:"profile"`
+	Listen                      []string       `yaml:"listen"`
+	HTTPListen                  string         `yaml:"http_listen"`
+	DatabaseURL                 string         `yaml:"database_url"`
+	PoolMode                    string         `yaml:"pool_mode"`
+	PoolSize                    int            `yaml:"pool_size"`
+	MinPoolSize                 int            `yaml:"min_pool_size"`
+	MaxClientConn               int            `yaml:"max_client_conn"`
+	QueryWaitTimeout            string         `yaml:"query_wait_timeout"`
+	QueryWaitNotice             string         `yaml:"query_wait_notice"`
+	ServerIdleTimeout           string         `yaml:"server_idle_timeout"`
+	ServerLifetime              string         `yaml:"server_lifetime"`
+	ServerCheckDelay            string         `yaml:"server_check_delay"`
+	ServerResetQuery            string         `yaml:"server_reset_query"`
+	ConnectTimeout              string         `yaml:"connect_timeout"`
+	QueryTimeout                string         `yaml:"query_timeout"`
+	Retries                     int            `yaml:"retries"`
+	RetryDelay                  string         `yaml:"retry_delay"`
+	RetryMaxDelay               string         `yaml:"retry_max_delay"`
+	IdleTransactionTimeout      string         `yaml:"idle_transaction_timeout"`
+	ClientIdleTimeout           string         `yaml:"client_idle_timeout"`
+	ClientLoginTimeout          string         `yaml:"client_login_timeout"`
+	TCPKeepAlive                bool           `yaml:"tcp_keepalive"`
+	TCPKeepIdle                 string         `yaml:"tcp_keepidle"`
+	TCPKeepInterval             string         `yaml:"tcp_keepintvl"`
+	TCPKeepCount                int            `yaml:"tcp_keepcnt"`
+	TCPUserTimeout              string         `yaml:"tcp_user_timeout"`
+	DNSMaxTTL                   string         `yaml:"dns_max_ttl"`
+	MaxMessageSize              int            `yaml:"max_message_size"`
+	MaxPreparedStatements       int            `yaml:"max_prepared_statements"`
+	MaxClientPreparedStatements int            `yaml:"max_client_prepared_statements"`
+	MaxPreparedStatementBytes   int            `yaml:"max_prepared_statement_bytes"`
+	MaxRequestsInFlight         int            `yaml:"max_requests_in_flight"`
+	MaxProcs                    int            `yaml:"max_procs"`
+	MaxProcsQueued              int            `yaml:"max_procs_queued"`
+	SessionState                string         `yaml:"session_state"`
+	AuthType                    string         `yaml:"auth_type"`
+	AuthTrustRemote             bool           `yaml:"auth_trust_remote"`
+	Users                       []printedUser  `yaml:"users"`
+	Routes                      []printedRoute `yaml:"routes"`
+	TLS                         printedTLS     `yaml:"tls"`
+	LogLevel                    string         `yaml:"log_level"`
+	LogFormat                   string         `yaml:"log_format"`
 }
 
 type printedUser struct {
@@ -308,44 +325,47 @@ func redactSecret(s string) string {
 func (c *Config) printable() printed {
 	d := func(v time.Duration) string { return v.String() }
 	p := printed{
-		Profile:                c.Profile,
-		Listen:                 c.Listen,
-		HTTPListen:             c.HTTPListen,
-		DatabaseURL:            RedactDSN(c.DatabaseURL),
-		PoolMode:               c.PoolMode,
-		PoolSize:               c.PoolSize,
-		MinPoolSize:            c.MinPoolSize,
-		MaxClientConn:          c.MaxClientConn,
-		QueryWaitTimeout:       d(c.QueryWaitTimeout),
-		QueryWaitNotice:        d(c.QueryWaitNotice),
-		ServerIdleTimeout:      d(c.ServerIdleTimeout),
-		ServerLifetime:         d(c.ServerLifetime),
-		ServerCheckDelay:       d(c.ServerCheckDelay),
-		ServerResetQuery:       c.ServerResetQuery,
-		ConnectTimeout:         d(c.ConnectTimeout),
-		QueryTimeout:           d(c.QueryTimeout),
-		Retries:                c.Retries,
-		RetryDelay:             d(c.RetryDelay),
-		RetryMaxDelay:          d(c.RetryMaxDelay),
-		IdleTransactionTimeout: d(c.IdleTransactionTimeout),
-		ClientIdleTimeout:      d(c.ClientIdleTimeout),
-		ClientLoginTimeout:     d(c.ClientLoginTimeout),
-		TCPKeepAlive:           c.TCPKeepAlive,
-		TCPKeepIdle:            d(c.TCPKeepIdle),
-		TCPKeepInterval:        d(c.TCPKeepInterval),
-		TCPKeepCount:           c.TCPKeepCount,
-		TCPUserTimeout:         d(c.TCPUserTimeout),
-		DNSMaxTTL:              d(c.DNSMaxTTL),
-		MaxMessageSize:         c.MaxMessageSize,
-		MaxPreparedStatements:  c.MaxPreparedStatements,
-		MaxProcs:               c.MaxProcs,
-		MaxProcsQueued:         c.MaxProcsQueued,
-		SessionState:           c.SessionState,
-		AuthType:               c.AuthType,
-		AuthTrustRemote:        c.AuthTrustRemote,
-		TLS:                    printedTLS{CertFile: c.TLS.CertFile, KeyFile: c.TLS.KeyFile},
-		LogLevel:               c.LogLevel,
-		LogFormat:              c.LogFormat,
+		Profile:                     c.Profile,
+		Listen:                      c.Listen,
+		HTTPListen:                  c.HTTPListen,
+		DatabaseURL:                 RedactDSN(c.DatabaseURL),
+		PoolMode:                    c.PoolMode,
+		PoolSize:                    c.PoolSize,
+		MinPoolSize:                 c.MinPoolSize,
+		MaxClientConn:               c.MaxClientConn,
+		QueryWaitTimeout:            d(c.QueryWaitTimeout),
+		QueryWaitNotice:             d(c.QueryWaitNotice),
+		ServerIdleTimeout:           d(c.ServerIdleTimeout),
+		ServerLifetime:              d(c.ServerLifetime),
+		ServerCheckDelay:            d(c.ServerCheckDelay),
+		ServerResetQuery:            c.ServerResetQuery,
+		ConnectTimeout:              d(c.ConnectTimeout),
+		QueryTimeout:                d(c.QueryTimeout),
+		Retries:                     c.Retries,
+		RetryDelay:                  d(c.RetryDelay),
+		RetryMaxDelay:               d(c.RetryMaxDelay),
+		IdleTransactionTimeout:      d(c.IdleTransactionTimeout),
+		ClientIdleTimeout:           d(c.ClientIdleTimeout),
+		ClientLoginTimeout:          d(c.ClientLoginTimeout),
+		TCPKeepAlive:                c.TCPKeepAlive,
+		TCPKeepIdle:                 d(c.TCPKeepIdle),
+		TCPKeepInterval:             d(c.TCPKeepInterval),
+		TCPKeepCount:                c.TCPKeepCount,
+		TCPUserTimeout:              d(c.TCPUserTimeout),
+		DNSMaxTTL:                   d(c.DNSMaxTTL),
+		MaxMessageSize:              c.MaxMessageSize,
+		MaxPreparedStatements:       c.MaxPreparedStatements,
+		MaxClientPreparedStatements: c.MaxClientPreparedStatements,
+		MaxPreparedStatementBytes:   c.MaxPreparedStatementBytes,
+		MaxRequestsInFlight:         c.MaxRequestsInFlight,
+		MaxProcs:                    c.MaxProcs,
+		MaxProcsQueued:              c.MaxProcsQueued,
+		SessionState:                c.SessionState,
+		AuthType:                    c.AuthType,
+		AuthTrustRemote:             c.AuthTrustRemote,
+		TLS:                         printedTLS{CertFile: c.TLS.CertFile, KeyFile: c.TLS.KeyFile},
+		LogLevel:                    c.LogLevel,
+		LogFormat:                   c.LogFormat,
 	}
 	if p.Listen == nil {
 		p.Listen = []string{}

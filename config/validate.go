@@ -206,6 +206,15 @@ func (c *Config) Validate() error {
 	if c.MaxProcs < 0 {
 		add("max_procs", "must not be negative, got %d", c.MaxProcs)
 	}
+	if c.MaxClientPreparedStatements < 0 {
+		add("max_client_prepared_statements", "must not be negative, got %d", c.MaxClientPreparedStatements)
+	}
+	if c.MaxPreparedStatementBytes < 0 {
+		add("max_prepared_statement_bytes", "must not be negative, got %d", c.MaxPreparedStatementBytes)
+	}
+	if c.MaxRequestsInFlight < 16 {
+		add("max_requests_in_flight", "must be at least 16, got %d", c.MaxRequestsInFlight)
+	}
 	if c.MaxPreparedStatements < 0 {
 		add("max_prepared_statements", "must not be negative, got %d", c.MaxPreparedStatements)
 	}

@@ -17,6 +17,10 @@ const (
 	codeInvalidCatalog     = "3D000"
 	codeInvalidAuthSpec    = "28000"
 	codeAdminShutdown      = "57P01"
+	codeConfigLimit        = "53400" // configuration_limit_exceeded
+	codeNameTooLong        = "42622"
+	codeDuplicateStatement = "42P05"
+	codeUnknownStatement   = "26000"
 )
 
 // SQLSTATE codes of server errors the proxy acts on.

@@ -125,6 +125,11 @@ func (s *session) clientToServer() error {
 				f.buf, f.r, f.w = nb, 0, n
 			}
 		}
+		if s.txPooling {
+			if err := s.awaitRoom(); err != nil {
+				return err
+			}
+		}
 		timeouts := s.armIdleTimeout(&f)
 		n, err := s.cio.Read(f.buf[f.w:])
 		f.w += n
@@ -140,6 +145,42 @@ func (s *session) clientToServer() error {
 			return fmt.Errorf("read from client: %w", err)
 		}
 	}
+}
+
+// flushMessage is a Flush: the server sends what it holds back for a Sync.
+var flushMessage = []byte{'H', 0, 0, 0, 4}
+
+// awaitRoom holds a transaction-mode client's reads while max_requests_in_flight of its
+// requests and the proxy's own replies queued behind them await their answers, until half of
+// them have drained: a client that pipelines without reading is read no further, rather than
+// buffered without limit.
+func (s *session) awaitRoom() error {
+	limit := s.srv.cfg.MaxRequestsInFlight
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if limit <= 0 || s.resp.len() < limit || s.partial {
+		// A message partly sent must be finished first: the server waits for its rest.
+		return nil
+	}
+	if srv := s.server; srv != nil && !s.writing {
+		// The server holds replies back until a Sync or Flush, which the client may well
+		// have sent, unread now: ask for them.
+		s.writing = true
+		s.mu.Unlock()
+		_, err := srv.Write(flushMessage)
+		s.mu.Lock()
+		s.writing = false
+		s.wrote.Broadcast()
+		if err != nil {
+			return fmt.Errorf("write to server: %w", err)
+		}
+	}
+	s.awaitingRoom = true
+	for s.resp.len() > limit/2 && s.server != nil && s.loopErr == nil && !s.closing {
+		s.wrote.Wait()
+	}
+	s.awaitingRoom = false
+	return nil
 }
 
 // armIdleTimeout sets the client read deadline for client_idle_timeout (no server attached)
@@ -387,6 +428,9 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}, f *frameRea
 				s.mu.Lock()
 				var out []byte
 				out, ready, status, perr = s.relayTracked(f, st)
+				if s.awaitingRoom {
+					s.wrote.Broadcast()
+				}
 				s.mu.Unlock()
 				if len(out) > 0 {
 					_, werr = s.cio.Write(out)
@@ -611,6 +655,7 @@ func (s *session) loopFailed(err error, tellClient, atBoundary bool) {
 	closing := s.closing
 	if !closing || !atBoundary || !errors.Is(err, os.ErrDeadlineExceeded) {
 		s.loopErr = err
+		s.wrote.Broadcast() // awaitRoom waits for replies that will not come
 	}
 	if s.abandoned {
 		err = fmt.Errorf("the server answered neither the query within query_timeout (%s) nor its cancel request, and was disconnected", s.srv.cfg.QueryTimeout)

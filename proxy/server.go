@@ -87,6 +87,7 @@ func New(opts Options) (*Server, error) {
 		sessions: make(map[*session]struct{}),
 		byPID:    make(map[uint32]*session),
 	}
+	s.stmts.max = opts.Config.MaxPreparedStatementBytes
 	if c := opts.Config.TLS; c.CertFile != "" {
 		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
 		if err != nil {

@@ -70,6 +70,9 @@ type session struct {
 	writing bool
 	// wrote is signalled (with mu) when writing is cleared.
 	wrote sync.Cond
+	// awaitingRoom is set while clientToServer waits for queued replies to drain (awaitRoom);
+	// serverToClient then signals wrote as it relays.
+	awaitingRoom bool
 	// txStatus is the status of the last ReadyForQuery from server.
 	txStatus byte
 	// closing is set once the client is gone; serverToClient then stops quietly.

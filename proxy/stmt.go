@@ -46,42 +46,56 @@ type stmtRegistry struct {
 	mu    sync.Mutex
 	byKey map[string]*preparedStmt
 	seq   uint64
+	// bytes is the size of the Parse messages held; max bounds it (0 = no limit).
+	bytes, max int
 }
 
 // get returns the shared statement for query and the Parse message's parameter-type section,
-// counting one more reference.
+// counting one more reference, or nil when a new statement would take the registry past its
+// limit.
 func (r *stmtRegistry) get(query, paramTypes []byte) *preparedStmt {
-	key := string(query) + "\x00" + string(paramTypes)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if st, ok := r.byKey[key]; ok {
+	if st, ok := r.byKey[registryKey(query, paramTypes)]; ok {
 		st.refs++
 		return st
+	}
+	name := serverStmtPrefix + strconv.FormatUint(r.seq+1, 36)
+	n := 4 + len(name) + 1 + len(query) + 1 + len(paramTypes)
+	if r.max > 0 && r.bytes+1+n > r.max {
+		return nil
 	}
 	if r.byKey == nil {
 		r.byKey = make(map[string]*preparedStmt)
 	}
 	r.seq++
-	name := serverStmtPrefix + strconv.FormatUint(r.seq, 36)
-	n := 4 + len(name) + 1 + len(query) + 1 + len(paramTypes)
 	parse := make([]byte, 0, 1+n)
 	parse = append(parse, 'P', byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 	parse = append(parse, name...)
 	parse = append(parse, 0)
+	keyStart := len(parse)
 	parse = append(parse, query...)
 	parse = append(parse, 0)
 	parse = append(parse, paramTypes...)
+	// The key is a view of the Parse message, which is never modified: the text is held once.
+	key := bytesString(parse[keyStart:])
 	st := &preparedStmt{name: name, parse: parse, key: key, refs: 1, commits: classify.Classify(bytesString(query), nil).CommitsAlone}
 	r.byKey[key] = st
+	r.bytes += len(parse)
 	return st
+}
+
+// registryKey is the map key of a statement for a lookup: its text and parameter types as they
+// appear in a Parse message. A stored key is a view of the statement's Parse message instead.
+func registryKey(query, paramTypes []byte) string {
+	return string(query) + "\x00" + string(paramTypes)
 }
 
 // valid reports whether the statement exists and a server has accepted it.
 func (r *stmtRegistry) valid(query, paramTypes []byte) bool {
-	key := string(query) + "\x00" + string(paramTypes)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	st, ok := r.byKey[key]
+	st, ok := r.byKey[registryKey(query, paramTypes)]
 	return ok && st.valid.Load()
 }
 
@@ -93,6 +107,7 @@ func (r *stmtRegistry) put(st *preparedStmt) {
 	st.refs--
 	if st.refs <= 0 && r.byKey[st.key] == st {
 		delete(r.byKey, st.key)
+		r.bytes -= len(st.parse)
 	}
 }
 
@@ -217,17 +232,35 @@ func (q *respQueue) head() *respEntry {
 	return &q.e[q.h]
 }
 
+// Storage kept by an empty respQueue, in entries: more is let go, so that a burst of pipelined
+// requests does not hold memory for the rest of the session.
+const respQueueKeep = 256
+
 func (q *respQueue) pop() {
 	q.e[q.h] = respEntry{}
 	q.h++
-	if q.h == len(q.e) {
+	switch {
+	case q.h == len(q.e):
 		q.e, q.h = q.e[:0], 0
+		if cap(q.e) > respQueueKeep {
+			q.e = nil
+		}
+	case q.h >= respQueueKeep && 2*q.h >= len(q.e):
+		// A queue that never empties (a client that always keeps a request in flight)
+		// would otherwise grow by one entry per request for ever: move the live entries
+		// to the front, at a cost that is amortised over the pops that made the room.
+		n := copy(q.e, q.e[q.h:])
+		clear(q.e[n:])
+		q.e, q.h = q.e[:n], 0
 	}
 }
 
 func (q *respQueue) reset() {
 	clear(q.e)
 	q.e, q.h = q.e[:0], 0
+	if cap(q.e) > respQueueKeep {
+		q.e = nil
+	}
 }
 
 // completes reports whether server message typ is the last response to client message msg.

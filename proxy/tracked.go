@@ -13,6 +13,14 @@ import (
 	"github.com/pgsidecar/pgsidecar/proxy/classify"
 )
 
+// maxNameMessage is the largest Describe or Close accepted in transaction mode, which buffers
+// them whole: they carry only a statement or portal name.
+const maxNameMessage = 4 << 10
+
+// maxStmtName is the longest prepared statement name accepted in transaction mode, where the
+// proxy keeps each client's names.
+const maxStmtName = 1 << 10
+
 // maxInspect is the largest Query or Parse the proxy buffers whole to inspect it in transaction
 // mode. A larger Query streams through unclassified and pins its client.
 const maxInspect = 1 << 20
@@ -84,6 +92,18 @@ func (w *batchWriter) bytes() []byte {
 	}
 	w.out = append(w.out, w.f.buf[w.runStart:w.f.r]...)
 	return w.out
+}
+
+// maxScratch is the largest rewrite buffer a session keeps between batches.
+const maxScratch = 64 << 10
+
+// keepScratch returns b emptied for reuse, or nil when it grew past maxScratch for a rare large
+// batch: an idle session should not hold it.
+func keepScratch(b []byte) []byte {
+	if cap(b) > maxScratch {
+		return nil
+	}
+	return b[:0]
 }
 
 // needsServer reports whether the buffered client messages need a server connection: anything
@@ -175,6 +195,12 @@ scan:
 			w.runStart = f.r
 			continue
 		}
+		if (typ == 'D' || typ == 'C') && total > maxNameMessage {
+			// Real ones name a statement or portal; only a broken or hostile client sends
+			// more, and buffering it whole would hold up to max_message_size.
+			err = protocolErrorf("%c message of %d bytes is larger than the %d bytes a Describe or Close may have", typ, total, maxNameMessage)
+			break
+		}
 		switch typ {
 		case 'Q', 'P', 'D', 'C':
 			if !whole {
@@ -259,7 +285,7 @@ scan:
 	}
 	out := w.bytes()
 	if w.used {
-		s.cout = w.out[:0]
+		s.cout = keepScratch(w.out)
 	}
 	synthAtHead := s.resp.len() > 0 && s.resp.head().msg == 0
 	if len(out) > 0 {
@@ -402,13 +428,22 @@ func (s *session) trackParse(body []byte, st *serverState, w *batchWriter, total
 		return nil
 	}
 	if _, dup := s.stmts[string(name)]; dup {
-		e := &pgconn.PgError{Severity: "ERROR", Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", name)}
-		s.resp.push(respEntry{synth: appendErrorResponse(nil, e)})
-		s.skipping = true
-		w.cut(w.f.r + total)
+		s.refuseLocked(w, total, codeDuplicateStatement, fmt.Sprintf("prepared statement %q already exists", name))
+		return nil
+	}
+	if len(name) > maxStmtName {
+		s.refuseLocked(w, total, codeNameTooLong, fmt.Sprintf("pgsidecar: prepared statement name of %d bytes is longer than %d", len(name), maxStmtName))
+		return nil
+	}
+	if limit := s.srv.cfg.MaxClientPreparedStatements; limit > 0 && len(s.stmts) >= limit {
+		s.refuseLocked(w, total, codeConfigLimit, fmt.Sprintf("pgsidecar: too many prepared statements: this client holds %d (max_client_prepared_statements); close or deallocate some first", len(s.stmts)))
 		return nil
 	}
 	ps := s.srv.stmts.get(query, paramTypes)
+	if ps == nil {
+		s.refuseLocked(w, total, codeConfigLimit, fmt.Sprintf("pgsidecar: the shared prepared statement registry is full (max_prepared_statement_bytes=%d)", s.srv.cfg.MaxPreparedStatementBytes))
+		return nil
+	}
 	s.stmts[string(name)] = ps
 	w.cut(w.f.r + total)
 	if st.has(ps) {
@@ -417,6 +452,16 @@ func (s *session) trackParse(body []byte, st *serverState, w *batchWriter, total
 	}
 	s.prepareLocked(ps, st, w, false)
 	return nil
+}
+
+// refuseLocked answers the client message at the scan position (of total bytes) with an ERROR
+// of the proxy's own, and skips the client's messages up to its next Sync, as PostgreSQL does
+// after an error in the extended protocol.
+func (s *session) refuseLocked(w *batchWriter, total int, code, msg string) {
+	e := &pgconn.PgError{Severity: "ERROR", Code: code, Message: msg}
+	s.resp.push(respEntry{synth: appendErrorResponse(nil, e)})
+	s.skipping = true
+	w.cut(w.f.r + total)
 }
 
 // prepareLocked sends ps's Parse to the server, making room in its statement cache first.
@@ -612,7 +657,7 @@ func (s *session) relayTracked(f *frameReader, st *serverState) (out []byte, rea
 	w := batchWriter{f: f, out: s.sout[:0], runStart: f.r}
 	defer func() {
 		if w.used {
-			s.sout = w.out[:0]
+			s.sout = keepScratch(w.out)
 		}
 	}()
 	for f.r < f.w {
@@ -901,18 +946,35 @@ func (s *session) answerLocally(f *frameReader) error {
 		return nil
 	}
 	var out []byte
+	failed := false // after an error, like PostgreSQL, skip to the Sync
 	for f.r < end {
 		typ := f.buf[f.r]
 		length := int(binary.BigEndian.Uint32(f.buf[f.r+1:]))
 		body := f.buf[f.r+5 : f.r+1+length]
+		if failed && typ != 'S' {
+			f.r += 1 + length
+			continue
+		}
 		switch typ {
 		case 'P':
 			name, rest, _ := cstring(body)
 			query, paramTypes, _ := cstring(rest)
+			var ps *preparedStmt
+			if limit := s.srv.cfg.MaxClientPreparedStatements; limit <= 0 || len(s.stmts) < limit {
+				// nil if the statement was forgotten since knownParseLocked and the registry
+				// is full.
+				ps = s.srv.stmts.get(query, paramTypes)
+			}
+			if ps == nil {
+				e := &pgconn.PgError{Severity: "ERROR", Code: codeConfigLimit, Message: "pgsidecar: too many prepared statements (max_client_prepared_statements or max_prepared_statement_bytes)"}
+				out = appendErrorResponse(out, e)
+				failed = true
+				break
+			}
 			if res := classify.Classify(bytesString(query), isTracked); res.Pin != classify.None {
 				s.pinLocked(res.Pin)
 			}
-			s.stmts[string(name)] = s.srv.stmts.get(query, paramTypes)
+			s.stmts[string(name)] = ps
 			out = append(out, parseComplete...)
 		case 'C':
 			name, _, _ := cstring(body[1:])
@@ -945,6 +1007,9 @@ func (s *session) knownParseLocked(body []byte) bool {
 	}
 	if _, dup := s.stmts[string(name)]; dup {
 		return false
+	}
+	if limit := s.srv.cfg.MaxClientPreparedStatements; len(name) > maxStmtName || limit > 0 && len(s.stmts) >= limit {
+		return false // the normal path refuses it
 	}
 	query, paramTypes, ok := cstring(rest)
 	if !ok {
