@@ -554,6 +554,7 @@ func (s *session) released(srv *pool.Conn, reread chan struct{}) {
 			return
 		}
 	}
+	s.awaitCancels()
 	s.pool.Release(srv)
 	if s.srv.draining.Load() {
 		s.shutdownIfIdle()
@@ -718,6 +719,10 @@ func (s *session) finish(cause error) {
 		return
 	}
 	_ = srv.SetReadDeadline(time.Time{})
+	if clean {
+		// A cancel landing on the reset would fail it and cost the connection.
+		s.awaitCancels()
+	}
 	if !clean || !s.resetServer(srv, status) {
 		s.pool.Destroy(srv)
 		return

@@ -97,6 +97,7 @@ func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *serverStat
 		// The server is fine and back in an idle state once its ReadyForQuery is read; the
 		// batch may well run on it again.
 		if oldReady || s.awaitReadyForQuery(old) == nil {
+			s.awaitCancels()
 			s.pool.Release(old)
 		} else {
 			s.pool.Destroy(old)
@@ -408,7 +409,7 @@ func (s *session) retryFailure() error {
 // the first of them goes out.
 func (s *session) addPendingLocked(requests int) {
 	if requests > 0 && s.pending == 0 {
-		s.queryCancelled = false
+		s.queryCancelled = nil
 		if d := s.srv.cfg.QueryTimeout; d > 0 {
 			s.queryStart = time.Now()
 			if s.queryTimerAt.IsZero() {
@@ -448,12 +449,14 @@ func (s *session) queryTimedOut() {
 		return // stopped meanwhile
 	}
 	s.queryTimerAt = time.Time{}
-	srv, cancelled, busy := s.server, s.queryCancelled, s.pending > 0 || s.unsynced
+	srv, busy := s.server, s.pending > 0 || s.unsynced
 	if srv == nil || !busy {
 		// Armed for a request that has ended; the next one arms it again.
 		s.mu.Unlock()
 		return
 	}
+	// The hard stage is for the server that was sent the cancel, and only that one.
+	cancelled := s.queryCancelled == srv
 	d := s.srv.cfg.QueryTimeout
 	if ran := time.Since(s.queryStart); !cancelled && ran < d {
 		// Armed for an earlier request; this one has time left.
@@ -462,7 +465,7 @@ func (s *session) queryTimedOut() {
 		return
 	}
 	if !cancelled {
-		s.queryCancelled = true
+		s.queryCancelled = srv
 		s.armQueryTimerLocked(min(max(d, time.Second), maxCancelGrace))
 	}
 	s.mu.Unlock()

@@ -70,6 +70,9 @@ type session struct {
 	writing bool
 	// wrote is signalled (with mu) when writing is cleared.
 	wrote sync.Cond
+	// cancelling counts cancel requests being delivered to the attached server (or to the one
+	// just released, which waits for them in awaitCancels).
+	cancelling int
 	// awaitingRoom is set while clientToServer waits for queued replies to drain (awaitRoom);
 	// serverToClient then signals wrote as it relays.
 	awaitingRoom bool
@@ -144,12 +147,12 @@ type session struct {
 	// created once and not touched per request: queryStart records when the current request
 	// went out, and a timer that fires early (armed for an earlier request) re-arms itself for
 	// the rest, so a transaction costs no timer operation. queryTimerAt is when it fires (zero:
-	// not armed). queryCancelled is set once it fired for the current request: firing again
-	// closes the server connection.
+	// not armed). queryCancelled is the server whose request it cancelled (the current
+	// request's): firing again for that server closes its connection.
 	queryTimer     *time.Timer
 	queryTimerAt   time.Time
 	queryStart     time.Time
-	queryCancelled bool
+	queryCancelled *pool.Conn
 	// abandoned is set when the proxy closed a server that answered neither its query nor the
 	// cancel of it; the client is told that instead of the socket error.
 	abandoned bool
@@ -474,22 +477,41 @@ func (s *session) sendError(e *pgconn.PgError) {
 	_ = s.conn.SetWriteDeadline(time.Time{})
 }
 
-// cancelRunningQuery forwards a cancel to the attached server, if any. The session lock is held
-// meanwhile so that the server cannot move to another client before the cancel is delivered.
+// cancelRunningQuery forwards a cancel to the attached server, if it is running something of
+// this client's. The server is not handed to another client until the cancel has been
+// delivered (awaitCancels): PostgreSQL would otherwise cancel that client's query.
 func (s *session) cancelRunningQuery(ctx context.Context) {
 	s.mu.Lock()
 	srv := s.server
-	busy := s.pending > 0 || s.unsynced
-	s.mu.Unlock()
-	// The lock is not held over the network: an unreachable server must not stall the session.
-	// The server could finish and move to another client in the microseconds in between, the
-	// same window every pooler (and a direct client racing its own query) has.
-	if srv == nil || !busy {
+	if srv == nil || s.pending == 0 && !s.unsynced {
+		s.mu.Unlock()
 		return
 	}
-	if err := srv.CancelRequest(ctx); err != nil {
+	s.cancelling++
+	s.mu.Unlock()
+	// The lock is not held over the network: an unreachable server must not stall the session.
+	err := srv.CancelRequest(ctx)
+	s.mu.Lock()
+	s.cancelling--
+	if s.cancelling == 0 {
+		s.wrote.Broadcast()
+	}
+	s.mu.Unlock()
+	if err != nil {
 		s.log.Info("forward cancel request", "err", err)
 	}
+}
+
+// awaitCancels waits until no cancel of this session's is being delivered, before a server it
+// used goes back to the pool. Once PostgreSQL has taken the cancel request, a cancel that
+// arrives after the query ended finds the backend idle, where it is ignored. The wait is
+// bounded by the cancel's own timeout (cancelTimeout).
+func (s *session) awaitCancels() {
+	s.mu.Lock()
+	for s.cancelling > 0 {
+		s.wrote.Wait()
+	}
+	s.mu.Unlock()
 }
 
 // shutdownIfIdle tells an idle transaction-mode client that the proxy is going away and closes
