@@ -10,11 +10,12 @@ import (
 
 	"github.com/pgsidecar/pgsidecar/config"
 	"github.com/pgsidecar/pgsidecar/pool"
+	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
 
 // benchSession is a transaction-mode session attached to a fake server that discards what it
 // is sent, for measuring clientToServer's per-batch work without PostgreSQL.
-func benchSession(tb testing.TB) (*session, *frameReader) {
+func benchSession(tb testing.TB) (*session, *wire.Frames) {
 	tb.Helper()
 	cfg := config.Defaults("local")
 	srv, err := New(Options{Config: &cfg, Pools: pool.NewSet(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
@@ -43,7 +44,7 @@ func benchSession(tb testing.TB) (*session, *frameReader) {
 	s.log = srv.log
 	s.server = &pool.Conn{Conn: conn}
 	stateOf(s.server)
-	return s, &frameReader{buf: make([]byte, largeBufSize)}
+	return s, &wire.Frames{Buf: make([]byte, largeBufSize)}
 }
 
 func encodeAll(tb testing.TB, msgs ...pgproto3.FrontendMessage) []byte {
@@ -59,11 +60,11 @@ func encodeAll(tb testing.TB, msgs ...pgproto3.FrontendMessage) []byte {
 
 // benchBatch runs forwardTracked over batch repeatedly, acting as the server side for the
 // response queue so that it stays empty.
-func benchBatch(b *testing.B, s *session, f *frameReader, batch []byte) {
+func benchBatch(b *testing.B, s *session, f *wire.Frames, batch []byte) {
 	b.ReportAllocs()
 	b.SetBytes(int64(len(batch)))
 	for b.Loop() {
-		f.r, f.w = 0, copy(f.buf, batch)
+		f.R, f.W = 0, copy(f.Buf, batch)
 		if err := s.forwardTracked(f); err != nil {
 			b.Fatal(err)
 		}
@@ -79,7 +80,7 @@ func benchBatch(b *testing.B, s *session, f *frameReader, batch []byte) {
 func BenchmarkBindNamed(b *testing.B) {
 	s, f := benchSession(b)
 	prep := encodeAll(b, &pgproto3.Parse{Name: "s1", Query: "select abalance from pgbench_accounts where aid = $1"}, &pgproto3.Sync{})
-	f.r, f.w = 0, copy(f.buf, prep)
+	f.R, f.W = 0, copy(f.Buf, prep)
 	if err := s.forwardTracked(f); err != nil {
 		b.Fatal(err)
 	}
@@ -108,7 +109,7 @@ func TestTrackedForwardAllocs(t *testing.T) {
 	s, f := benchSession(t)
 	batch := encodeAll(t, &pgproto3.Query{String: "select 1"})
 	allocs := testing.AllocsPerRun(200, func() {
-		f.r, f.w = 0, copy(f.buf, batch)
+		f.R, f.W = 0, copy(f.Buf, batch)
 		if err := s.forwardTracked(f); err != nil {
 			t.Fatal(err)
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgsidecar/pgsidecar/config"
+	"github.com/pgsidecar/pgsidecar/internal/retry"
 )
 
 // heapInUse is the live heap after a collection.
@@ -139,7 +140,7 @@ func TestOversizedDescribeRefused(t *testing.T) {
 	if err := e.Decode(body); err != nil {
 		t.Fatal(err)
 	}
-	if e.Code != codeProtocolViolation {
+	if e.Code != retry.CodeProtocolViolation {
 		t.Errorf("got %s %s, want 08P01", e.Code, e.Message)
 	}
 	if grown := int64(heapInUse()) - int64(before); grown > 1<<20 {
@@ -167,7 +168,7 @@ func TestClientPreparedStatementLimit(t *testing.T) {
 	heapBefore := heapInUse()
 	for i := range 2000 {
 		_, err := pc.Prepare(ctx, fmt.Sprintf("over%d", i), fmt.Sprintf("select %d, 'over'", i), nil)
-		if pe := wantPgError(t, err, codeConfigLimit); pe == nil {
+		if pe := wantPgError(t, err, retry.CodeConfigurationLimitExceeded); pe == nil {
 			t.Fatal("no error")
 		}
 	}
@@ -205,7 +206,7 @@ func TestPreparedStatementRegistryLimit(t *testing.T) {
 	for i := 0; ; i++ {
 		_, err := pc.Prepare(ctx, fmt.Sprintf("f%d", i), fmt.Sprintf("%s, %d", filler, i), nil)
 		if err != nil {
-			wantPgError(t, err, codeConfigLimit)
+			wantPgError(t, err, retry.CodeConfigurationLimitExceeded)
 			if i < 3 {
 				t.Fatalf("refused after %d statements", i)
 			}

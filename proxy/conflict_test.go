@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgsidecar/pgsidecar/config"
+	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
 
 // TestConflictRetried: an autocommit statement that fails with a serialization failure (40001)
@@ -126,7 +127,7 @@ func TestHasReadyForQuery(t *testing.T) {
 		{"notice only", notice, false},
 		{"bad length", []byte{'N', 0, 0, 0, 1, 'Z', 0, 0, 0, 5, 'I'}, false},
 	} {
-		if got := hasReadyForQuery(tt.b); got != tt.want {
+		if got := wire.HasReadyForQuery(tt.b); got != tt.want {
 			t.Errorf("%s: hasReadyForQuery = %v, want %v", tt.name, got, tt.want)
 		}
 	}

@@ -9,13 +9,16 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgsidecar/pgsidecar/config"
+	"github.com/pgsidecar/pgsidecar/internal/retry"
 )
 
 // allRetries sums pgsidecar_retries_total over every reason.
 func allRetries(t testing.TB, p *testProxy) float64 {
 	t.Helper()
 	var n float64
-	for _, r := range []string{"connection", "read_only", "serialization", "deadlock", "schema_change", "statement_missing"} {
+	for _, r := range []string{retry.ReasonConnection, retry.ReasonShutdown, retry.ReasonStarting, retry.ReasonTooManyConnections,
+		retry.ReasonNetwork, retry.ReasonReadOnly, retry.ReasonSerialization, retry.ReasonDeadlock,
+		retry.ReasonSchemaChange, retry.ReasonStatementMissing} {
 		n += retriesTotal(t, p, r)
 	}
 	return n

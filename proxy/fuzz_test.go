@@ -6,6 +6,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
 
 func FuzzParseStartup(f *testing.F) {
@@ -141,7 +143,7 @@ func referenceScan(in []byte, maxMsg int) refScan {
 // read sizes (cycled).
 func chunkedScan(t *testing.T, in, chunks []byte, bufSize, maxMsg int) (total refScan) {
 	t.Helper()
-	f := &frameReader{buf: make([]byte, bufSize)}
+	f := &wire.Frames{Buf: make([]byte, bufSize)}
 	total = refScan{unsynced: -1, errAt: -1}
 	fed, consumed := 0, 0
 	for i := 0; ; i++ {
@@ -152,21 +154,21 @@ func chunkedScan(t *testing.T, in, chunks []byte, bufSize, maxMsg int) (total re
 		if len(chunks) > 0 {
 			n = min(n, 1+int(chunks[i%len(chunks)]))
 		}
-		space := len(f.buf) - f.w
+		space := len(f.Buf) - f.W
 		if space <= 0 {
-			t.Fatalf("no room to read: r %d w %d remaining %d (scan made no progress)", f.r, f.w, f.remaining)
+			t.Fatalf("no room to read: r %d w %d remaining %d (scan made no progress)", f.R, f.W, f.Remaining)
 		}
 		n = min(n, space)
-		copy(f.buf[f.w:], in[fed:fed+n])
-		f.w += n
+		copy(f.Buf[f.W:], in[fed:fed+n])
+		f.W += n
 		fed += n
 
-		start := f.r
+		start := f.R
 		b, err := scanClient(f, maxMsg)
-		if f.r < start || f.r > f.w || f.w > len(f.buf) || f.remaining < 0 {
-			t.Fatalf("bad frame state after scan: start %d r %d w %d len %d remaining %d", start, f.r, f.w, len(f.buf), f.remaining)
+		if f.R < start || f.R > f.W || f.W > len(f.Buf) || f.Remaining < 0 {
+			t.Fatalf("bad frame state after scan: start %d r %d w %d len %d remaining %d", start, f.R, f.W, len(f.Buf), f.Remaining)
 		}
-		consumed += f.r - start
+		consumed += f.R - start
 		total.requests += b.requests
 		if b.unsynced >= 0 {
 			total.unsynced = b.unsynced
@@ -180,23 +182,23 @@ func chunkedScan(t *testing.T, in, chunks []byte, bufSize, maxMsg int) (total re
 			return total
 		}
 		if b.terminate {
-			if f.w-f.r < 5 || f.buf[f.r] != 'X' {
-				t.Fatalf("terminate reported but the scan did not stop at an X header: %q", f.buf[f.r:f.w])
+			if f.W-f.R < 5 || f.Buf[f.R] != 'X' {
+				t.Fatalf("terminate reported but the scan did not stop at an X header: %q", f.Buf[f.R:f.W])
 			}
 			total.terminate = true
 			total.consumed = consumed
 			return total
 		}
 		// Without error or Terminate, only a partial header may be left over.
-		if f.remaining == 0 && f.w-f.r >= 5 {
-			t.Fatalf("scan stopped with a complete header buffered: r %d w %d", f.r, f.w)
+		if f.Remaining == 0 && f.W-f.R >= 5 {
+			t.Fatalf("scan stopped with a complete header buffered: r %d w %d", f.R, f.W)
 		}
-		if f.remaining > 0 && f.r != f.w {
-			t.Fatalf("scan stopped inside a body with bytes left: r %d w %d remaining %d", f.r, f.w, f.remaining)
+		if f.Remaining > 0 && f.R != f.W {
+			t.Fatalf("scan stopped inside a body with bytes left: r %d w %d remaining %d", f.R, f.W, f.Remaining)
 		}
-		f.compact()
-		if f.r != 0 || f.w > 4 {
-			t.Fatalf("after compact: r %d w %d", f.r, f.w)
+		f.Compact()
+		if f.R != 0 || f.W > 4 {
+			t.Fatalf("after compact: r %d w %d", f.R, f.W)
 		}
 	}
 	total.consumed = consumed

@@ -35,6 +35,7 @@ import (
 	"github.com/lib/pq"
 
 	"github.com/pgsidecar/pgsidecar/config"
+	"github.com/pgsidecar/pgsidecar/internal/retry"
 	"github.com/pgsidecar/pgsidecar/proxy/auth"
 )
 
@@ -272,19 +273,19 @@ func TestLoginBadStartupInput(t *testing.T) {
 		send []byte
 		code string
 	}{
-		{"random bytes", random, codeProtocolViolation},
-		{"HTTP request", []byte("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"), codeProtocolViolation},
-		{"TLS ClientHello without SSLRequest", []byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03}, codeProtocolViolation},
-		{"length 5", append(lenWord(5), 'x'), codeProtocolViolation},
-		{"length 0", lenWord(0), codeProtocolViolation},
-		{"length 10001", lenWord(10001), codeProtocolViolation},
-		{"length 1<<30", lenWord(1 << 30), codeProtocolViolation},
-		{"negative length", lenWord(0xFFFFFFFF), codeProtocolViolation},
-		{"unterminated parameters", unterminated, codeProtocolViolation},
-		{"trailing bytes", withLength(append(startupBody(startupV30, "user", "postgres"), 'z')), codeProtocolViolation},
+		{"random bytes", random, retry.CodeProtocolViolation},
+		{"HTTP request", []byte("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"), retry.CodeProtocolViolation},
+		{"TLS ClientHello without SSLRequest", []byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03}, retry.CodeProtocolViolation},
+		{"length 5", append(lenWord(5), 'x'), retry.CodeProtocolViolation},
+		{"length 0", lenWord(0), retry.CodeProtocolViolation},
+		{"length 10001", lenWord(10001), retry.CodeProtocolViolation},
+		{"length 1<<30", lenWord(1 << 30), retry.CodeProtocolViolation},
+		{"negative length", lenWord(0xFFFFFFFF), retry.CodeProtocolViolation},
+		{"unterminated parameters", unterminated, retry.CodeProtocolViolation},
+		{"trailing bytes", withLength(append(startupBody(startupV30, "user", "postgres"), 'z')), retry.CodeProtocolViolation},
 		{"no user", withLength(startupBody(startupV30, "database", "postgres")), "28000"},
-		{"protocol 2.0", withLength(startupBody(2<<16, "user", "postgres")), codeFeatureUnsupported},
-		{"SSLRequest with extra bytes", withLength(codeBody(codeSSLRequest, 0, 0, 0, 0)), codeProtocolViolation},
+		{"protocol 2.0", withLength(startupBody(2<<16, "user", "postgres")), retry.CodeFeatureNotSupported},
+		{"SSLRequest with extra bytes", withLength(codeBody(codeSSLRequest, 0, 0, 0, 0)), retry.CodeProtocolViolation},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -362,7 +363,7 @@ func TestLoginBadMessageAfterLogin(t *testing.T) {
 				t.Fatalf("select 1 = %q", v)
 			}
 			lc.write(tt.send)
-			lc.expectFatal(codeProtocolViolation)
+			lc.expectFatal(retry.CodeProtocolViolation)
 			stillWorks(t, bystander)
 		})
 	}
@@ -394,7 +395,7 @@ func TestLoginBadMessageAfterLogin(t *testing.T) {
 			t.Fatalf("status %q, want T", st)
 		}
 		lc.write(fmsg('!', nil))
-		lc.expectFatal(codeProtocolViolation)
+		lc.expectFatal(retry.CodeProtocolViolation)
 		var n int
 		if err := admin.QueryRow(testCtx(t), "select count(*) from "+table).Scan(&n); err != nil || n != 0 {
 			t.Fatalf("rows after the client broke the protocol mid-transaction: %d (%v), want 0", n, err)
@@ -773,7 +774,7 @@ func TestLoginAuthSCRAM(t *testing.T) {
 		}
 		// Garbage instead of SASLInitialResponse.
 		lc.write(fmsg('p', []byte("garbage")))
-		lc.expectFatal(codeProtocolViolation)
+		lc.expectFatal(retry.CodeProtocolViolation)
 	})
 }
 
@@ -850,7 +851,7 @@ func TestLoginTrustOnlyOnLoopback(t *testing.T) {
 		p := startProxy(t, c, func(cfg *config.Config) { cfg.Listen = []string{"0.0.0.0:0"} })
 		lc := loginDial(t, loopbackAddr(p))
 		lc.startup("postgres", "postgres")
-		lc.expectFatal(codeInvalidAuthSpec)
+		lc.expectFatal(retry.CodeInvalidAuthorization)
 	})
 	t.Run("auth_trust_remote", func(t *testing.T) {
 		p := startProxy(t, c, func(cfg *config.Config) {
@@ -913,12 +914,12 @@ func TestLoginMaxClientConn(t *testing.T) {
 		conns = append(conns, conn)
 	}
 	_, err := pgxConnect(t, p.dsn("postgres", "postgres"))
-	wantCode(t, err, codeTooManyConnections)
+	wantCode(t, err, retry.CodeTooManyConnections)
 
 	// Failed logins do not use up slots.
 	for i := 0; i < 3; i++ {
 		_, err := pgxConnect(t, p.dsn("postgres", "postgres"))
-		wantCode(t, err, codeTooManyConnections)
+		wantCode(t, err, retry.CodeTooManyConnections)
 	}
 	for _, conn := range conns {
 		stillWorks(t, conn)
@@ -940,7 +941,7 @@ func TestLoginMaxClientConn(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	_, err = pgxConnect(t, p.dsn("postgres", "postgres"))
-	wantCode(t, err, codeTooManyConnections)
+	wantCode(t, err, retry.CodeTooManyConnections)
 }
 
 func TestLoginBackendKeyData(t *testing.T) {
@@ -1013,7 +1014,7 @@ func TestLoginShutdown(t *testing.T) {
 	}()
 
 	// The idle client is told and disconnected at once.
-	idle.expectFatal(codeAdminShutdown)
+	idle.expectFatal(retry.CodeAdminShutdown)
 
 	// New clients are not accepted.
 	deadline := time.Now().Add(5 * time.Second)

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgsidecar/pgsidecar/config"
+	"github.com/pgsidecar/pgsidecar/internal/retry"
 )
 
 func TestSimpleQueryThroughProxy(t *testing.T) {
@@ -266,8 +267,8 @@ func TestQueryWaitTimeout(t *testing.T) {
 	start := time.Now()
 	_, err := waiter.Exec(ctx, "select 1")
 	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != codeConnectionFailure {
-		t.Fatalf("got %v, want SQLSTATE %s", err, codeConnectionFailure)
+	if !errors.As(err, &pgErr) || pgErr.Code != retry.CodeConnectionFailure {
+		t.Fatalf("got %v, want SQLSTATE %s", err, retry.CodeConnectionFailure)
 	}
 	if el := time.Since(start); el < 300*time.Millisecond || el > 5*time.Second {
 		t.Errorf("error after %v, want about 300ms", el)

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -12,7 +11,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgsidecar/pgsidecar/internal/retry"
 	"github.com/pgsidecar/pgsidecar/pool"
+	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
 
 // Relay buffers. An idle client holds only its small buffer; a large buffer is borrowed while a
@@ -24,76 +25,12 @@ const (
 
 var largeBufs = sync.Pool{New: func() any { b := make([]byte, largeBufSize); return &b }}
 
-// frameReader tracks the framing of one direction of the relay: where the next message header
-// starts, and how much of a message body that is streamed through is still to come.
-type frameReader struct {
-	buf       []byte
-	r, w      int
-	remaining int  // body bytes of the current streamed message not yet seen
-	dropping  bool // the rest of the current message is skipped, not relayed
-	// need asks the reader to buffer this many bytes from r before scanning again (a message
-	// the scanner must see whole).
-	need int
-}
-
-// compact moves unconsumed bytes to the front of the buffer.
-func (f *frameReader) compact() {
-	if f.r == f.w {
-		f.r, f.w = 0, 0
-		return
-	}
-	if f.r > 0 {
-		f.w = copy(f.buf, f.buf[f.r:f.w])
-		f.r = 0
-	}
-}
-
-// header returns the type and length (excluding the type byte) of the message at f.r, or ok=false
-// when fewer than 5 bytes are buffered.
-func (f *frameReader) header() (typ byte, length int, ok bool) {
-	if f.w-f.r < 5 {
-		return 0, 0, false
-	}
-	return f.buf[f.r], int(binary.BigEndian.Uint32(f.buf[f.r+1:])), true
-}
-
-// errBadLength is wrapped by next's errors.
-var errBadLength = errors.New("invalid message length")
-
-// next returns the header of the message at f.r (ok=false when it is not all buffered),
-// checking its length against maxMsg before anything is allocated for it.
-func (f *frameReader) next(maxMsg int) (typ byte, length int, ok bool, err error) {
-	typ, length, ok = f.header()
-	if ok && (length < 4 || length-4 > maxMsg) {
-		return typ, length, false, fmt.Errorf("%w %d for message type %q", errBadLength, length, typ)
-	}
-	return typ, length, ok, nil
-}
-
-// advance consumes the buffered part of a message being streamed through, reporting whether
-// there was one. The bytes of a message being dropped are cut from w's output.
-func (f *frameReader) advance(w *batchWriter) bool {
-	if f.remaining == 0 {
-		return false
-	}
-	k := min(f.remaining, f.w-f.r)
-	if f.dropping && w != nil {
-		w.cut(f.r + k)
-	}
-	f.r += k
-	f.remaining -= k
-	if f.remaining == 0 {
-		f.dropping = false
-	}
-	return true
-}
-
 // clientToServer reads the client's messages and forwards them to the attached server, taking
 // one from the pool when a message arrives and none is attached. It returns when the client
 // leaves or breaks the protocol; the caller cleans up.
 func (s *session) clientToServer() error {
 	small := make([]byte, smallBufSize)
-	f := frameReader{buf: small}
+	f := wire.Frames{Buf: small}
 	var large *[]byte
 	defer func() {
 		if large != nil {
@@ -102,16 +39,16 @@ func (s *session) clientToServer() error {
 	}()
 	for {
 		// Switch buffers at message boundaries only, so no partial message is ever split.
-		if f.r == f.w && f.remaining == 0 && f.need == 0 {
-			f.r, f.w = 0, 0
+		if f.R == f.W && f.Remaining == 0 && f.Need == 0 {
+			f.R, f.W = 0, 0
 			if large != nil {
 				largeBufs.Put(large)
 				large = nil
-				f.buf = small
+				f.Buf = small
 			}
-		} else if want := max(f.need, f.w-f.r+1); len(f.buf)-f.r < want {
-			f.compact()
-			if len(f.buf) < want {
+		} else if want := max(f.Need, f.W-f.R+1); len(f.Buf)-f.R < want {
+			f.Compact()
+			if len(f.Buf) < want {
 				// Grow: the large buffer, or for a message larger than that, one of its size
 				// that is dropped once the message has been handled.
 				var nb []byte
@@ -121,8 +58,8 @@ func (s *session) clientToServer() error {
 				} else {
 					nb = make([]byte, max(want, largeBufSize))
 				}
-				n := copy(nb, f.buf[f.r:f.w])
-				f.buf, f.r, f.w = nb, 0, n
+				n := copy(nb, f.Buf[f.R:f.W])
+				f.Buf, f.R, f.W = nb, 0, n
 			}
 		}
 		if s.txPooling {
@@ -131,8 +68,8 @@ func (s *session) clientToServer() error {
 			}
 		}
 		timeouts := s.armIdleTimeout(&f)
-		n, err := s.cio.Read(f.buf[f.w:])
-		f.w += n
+		n, err := s.cio.Read(f.Buf[f.W:])
+		f.W += n
 		if n > 0 {
 			if ferr := s.forwardClient(&f); ferr != nil {
 				return ferr
@@ -146,9 +83,6 @@ func (s *session) clientToServer() error {
 		}
 	}
 }
-
-// flushMessage is a Flush: the server sends what it holds back for a Sync.
-var flushMessage = []byte{'H', 0, 0, 0, 4}
 
 // awaitRoom holds a transaction-mode client's reads while max_requests_in_flight of its
 // requests and the proxy's own replies queued behind them await their answers, until half of
@@ -167,7 +101,7 @@ func (s *session) awaitRoom() error {
 		// have sent, unread now: ask for them.
 		s.writing = true
 		s.mu.Unlock()
-		_, err := srv.Write(flushMessage)
+		_, err := srv.Write(wire.AppendFlush(nil))
 		s.mu.Lock()
 		s.writing = false
 		s.wrote.Broadcast()
@@ -187,7 +121,7 @@ func (s *session) awaitRoom() error {
 // and reports whether either idle timeout is on. idle_transaction_timeout is armed by
 // serverToClient when a transaction goes idle (armTxIdleLocked). With both off (the default)
 // it costs nothing.
-func (s *session) armIdleTimeout(f *frameReader) bool {
+func (s *session) armIdleTimeout(f *wire.Frames) bool {
 	idle, inTx := s.srv.cfg.ClientIdleTimeout, s.srv.cfg.IdleTransactionTimeout
 	if idle <= 0 && inTx <= 0 {
 		return false
@@ -195,7 +129,7 @@ func (s *session) armIdleTimeout(f *frameReader) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
-	case idle > 0 && s.server == nil && f.r == f.w && f.remaining == 0:
+	case idle > 0 && s.server == nil && f.R == f.W && f.Remaining == 0:
 		_ = s.conn.SetReadDeadline(time.Now().Add(idle))
 	case s.server != nil && inTx > 0:
 		s.armTxIdleLocked()
@@ -224,9 +158,9 @@ func (s *session) idleTimeoutError() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.server != nil && (s.txStatus == 'T' || s.txStatus == 'E') {
-		return &startupError{code: "25P03", msg: "terminating connection due to idle-in-transaction timeout (pgsidecar idle_transaction_timeout)"}
+		return &startupError{code: retry.CodeIdleInTransactionTimeout, msg: "terminating connection due to idle-in-transaction timeout (pgsidecar idle_transaction_timeout)"}
 	}
-	return &startupError{code: "57P05", msg: "terminating connection due to idle-session timeout (pgsidecar client_idle_timeout)"}
+	return &startupError{code: retry.CodeIdleSessionTimeout, msg: "terminating connection due to idle-session timeout (pgsidecar client_idle_timeout)"}
 }
 
 // clientBatch summarises the client messages found by one scan.
@@ -242,13 +176,13 @@ type clientBatch struct {
 
 // scanClient advances f over the buffered client messages, validating each header, and stops at
 // an incomplete header or at Terminate. Bodies stream: a message may be only partly buffered.
-func scanClient(f *frameReader, maxMsg int) (clientBatch, error) {
+func scanClient(f *wire.Frames, maxMsg int) (clientBatch, error) {
 	b := clientBatch{unsynced: -1}
-	for f.r < f.w {
-		if f.advance(nil) {
+	for f.R < f.W {
+		if f.Advance(nil) {
 			continue
 		}
-		typ, length, ok, err := f.next(maxMsg)
+		typ, length, ok, err := f.Next(maxMsg)
 		if err != nil {
 			return b, protocolErrorf("%v", err)
 		}
@@ -270,8 +204,8 @@ func scanClient(f *frameReader, maxMsg int) (clientBatch, error) {
 		default:
 			return b, protocolErrorf("invalid frontend message type %d", typ)
 		}
-		f.r += 5
-		f.remaining = length - 4
+		f.R += 5
+		f.Remaining = length - 4
 	}
 	return b, nil
 }
@@ -279,16 +213,16 @@ func scanClient(f *frameReader, maxMsg int) (clientBatch, error) {
 // forwardClient forwards every complete buffered client message and the available part of a
 // streamed one, and keeps an incomplete header for the next read. Transaction mode goes through
 // forwardTracked; session mode relays bytes as they are.
-func (s *session) forwardClient(f *frameReader) error {
+func (s *session) forwardClient(f *wire.Frames) error {
 	if s.txPooling {
 		return s.forwardTracked(f)
 	}
-	start := f.r
+	start := f.R
 	b, err := scanClient(f, s.maxMsg)
-	if f.r > start {
+	if f.R > start {
 		// Messages before a bad one run, as they would on PostgreSQL (a COMMIT among them
 		// must not be lost); finish lets their results reach the client before the error.
-		if serr := s.sendToServer(f.buf[start:f.r], b.requests, b.unsynced, f.remaining > 0); serr != nil {
+		if serr := s.sendToServer(f.Buf[start:f.R], b.requests, b.unsynced, f.Remaining > 0); serr != nil {
 			return serr
 		}
 	}
@@ -299,7 +233,7 @@ func (s *session) forwardClient(f *frameReader) error {
 		// Terminate is the proxy's business: the server stays for the next client.
 		return errTerminate
 	}
-	f.compact()
+	f.Compact()
 	return nil
 }
 
@@ -388,11 +322,11 @@ func (e *upstreamError) Unwrap() error { return e.err }
 // (transaction mode, ReadyForQuery idle with nothing in flight), the client leaves, or either
 // side fails. It is the only writer to the client while it runs. f is the caller's read state,
 // kept between loops so that a transaction allocates none; the loop resets it.
-func (s *session) serverToClient(srv *pool.Conn, done chan struct{}, f *frameReader) {
+func (s *session) serverToClient(srv *pool.Conn, done chan struct{}, f *wire.Frames) {
 	defer close(done)
-	*f = frameReader{buf: srv.ReadBuffer()}
+	*f = wire.Frames{Buf: srv.ReadBuffer()}
 	// Let go of the server's buffer once the loop ends: the server may be closed by then.
-	defer func() { *f = frameReader{} }()
+	defer func() { *f = wire.Frames{} }()
 	var st *serverState
 	if s.txPooling {
 		st = srv.Tag.(*serverState)
@@ -415,8 +349,8 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}, f *frameRea
 	// transaction and cut its CPU per transaction by a fifth at 64 and 256 clients.
 	runtime.Gosched()
 	for {
-		n, err := srv.Read(f.buf[f.w:])
-		f.w += n
+		n, err := srv.Read(f.Buf[f.W:])
+		f.W += n
 		if n > 0 {
 			var ready int
 			var status byte
@@ -437,10 +371,10 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}, f *frameRea
 				}
 				s.wmu.Unlock()
 			} else {
-				start := f.r
+				start := f.R
 				ready, status, perr = s.scanServer(f)
-				if f.r > start {
-					werr = s.writeClient(f.buf[start:f.r])
+				if f.R > start {
+					werr = s.writeClient(f.Buf[start:f.R])
 				}
 			}
 			if werr != nil {
@@ -465,16 +399,16 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}, f *frameRea
 					return
 				}
 				srv, st = c, cst
-				*f = frameReader{buf: srv.ReadBuffer()}
+				*f = wire.Frames{Buf: srv.ReadBuffer()}
 				continue
 			}
-			f.compact()
+			f.Compact()
 			if ready > 0 {
 				counted := 0 // relayTracked counts them itself
 				if st == nil {
 					counted = ready
 				}
-				if release, reread := s.readyForQuery(counted, status, f.r == f.w && f.remaining == 0); release {
+				if release, reread := s.readyForQuery(counted, status, f.R == f.W && f.Remaining == 0); release {
 					handedBack = true
 					s.released(srv, reread)
 					return
@@ -482,11 +416,11 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}, f *frameRea
 			}
 		}
 		if err != nil {
-			boundary := f.r == f.w && f.remaining == 0
+			boundary := f.R == f.W && f.Remaining == 0
 			if st != nil && !deadlineErr(err) && connectionLost(err) && s.lostBeforeRequest() {
 				if c, cst, ok := s.retryOnNewServer(srv); ok {
 					srv, st = c, cst
-					*f = frameReader{buf: srv.ReadBuffer()}
+					*f = wire.Frames{Buf: srv.ReadBuffer()}
 					continue
 				}
 			}
@@ -585,31 +519,31 @@ func inspectServerMsg(typ byte) bool { return typ == 'Z' }
 
 // scanServer advances over buffered server messages. It returns the number of ReadyForQuery
 // messages seen and the last transaction status.
-func (s *session) scanServer(f *frameReader) (ready int, status byte, err error) {
-	for f.r < f.w {
-		if f.advance(nil) {
+func (s *session) scanServer(f *wire.Frames) (ready int, status byte, err error) {
+	for f.R < f.W {
+		if f.Advance(nil) {
 			continue
 		}
-		typ, length, ok, err := f.next(s.maxMsg)
+		typ, length, ok, err := f.Next(s.maxMsg)
 		if err != nil {
 			return ready, status, fmt.Errorf("server sent %w", err)
 		}
 		if !ok {
 			return ready, status, nil
 		}
-		if inspectServerMsg(typ) && 1+length <= len(f.buf) {
-			if f.w-f.r < 1+length {
+		if inspectServerMsg(typ) && 1+length <= len(f.Buf) {
+			if f.W-f.R < 1+length {
 				return ready, status, nil // wait for the rest of it
 			}
 			if typ == 'Z' && length == 5 {
 				ready++
-				status = f.buf[f.r+5]
+				status = f.Buf[f.R+5]
 			}
-			f.r += 1 + length
+			f.R += 1 + length
 			continue
 		}
-		f.r += 5
-		f.remaining = length - 4
+		f.R += 5
+		f.Remaining = length - 4
 	}
 	return ready, status, nil
 }
@@ -666,7 +600,7 @@ func (s *session) loopFailed(err error, tellClient, atBoundary bool) {
 		return
 	}
 	if tellClient {
-		s.sendError(&pgconn.PgError{Severity: "FATAL", Code: codeConnectionFailure, Message: "pgsidecar: lost connection to the server: " + err.Error()})
+		s.sendError(&pgconn.PgError{Severity: "FATAL", Code: retry.CodeConnectionFailure, Message: "pgsidecar: lost connection to the server: " + err.Error()})
 	}
 	_ = s.conn.Close()
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/pgsidecar/pgsidecar/config"
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/internal/retry"
 )
 
 // ownCluster starts a cluster for a test that kills or restarts it.
@@ -318,8 +319,8 @@ func TestUpstreamDownLongerThanWait(t *testing.T) {
 	_, err := conn.Exec(ctx, "select 1")
 	elapsed := time.Since(start)
 	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != codeConnectionFailure {
-		t.Fatalf("with the upstream down: got %v, want SQLSTATE %s", err, codeConnectionFailure)
+	if !errors.As(err, &pgErr) || pgErr.Code != retry.CodeConnectionFailure {
+		t.Fatalf("with the upstream down: got %v, want SQLSTATE %s", err, retry.CodeConnectionFailure)
 	}
 	if elapsed > 700*time.Millisecond+3*time.Second {
 		t.Fatalf("error after %v, want within query_wait_timeout (700ms) plus a margin", elapsed)

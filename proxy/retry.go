@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -11,11 +10,11 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgsidecar/pgsidecar/internal/retry"
 	"github.com/pgsidecar/pgsidecar/pool"
+	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
 
 // Transparent retry on another server (transaction mode). A batch the proxy remembered (see
@@ -32,12 +31,12 @@ import (
 func retryableServerError(code string) bool {
 	// The one classification of errors (internal/retry) decides, except that a protocol
 	// violation is the request's own fault: sending it again would only fail again.
-	return code != codeProtocolViolation && retry.Classify(&pgconn.PgError{Code: code}).Retryable
+	return code != retry.CodeProtocolViolation && retry.ClassifyCode(code).Retryable
 }
 
 // shutdownError reports the codes of a server terminating the connection (admin or crash
 // shutdown).
-func shutdownError(code string) bool { return code == "57P01" || code == "57P02" }
+func shutdownError(code string) bool { return retry.ClassifyCode(code).Reason == retry.ReasonShutdown }
 
 // connectionLost reports whether err is the server connection going away.
 func connectionLost(err error) bool {
@@ -64,7 +63,7 @@ func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *serverStat
 	s.retryReason, s.retryOldReady = "", false
 	wroteNothing := reason == ""
 	if wroteNothing {
-		reason = "connection" // the write failed: relayTracked saw no refusal
+		reason = retry.ReasonNetwork // the write failed: relayTracked saw no refusal
 	}
 	attempt := s.retryAttempts
 	s.writeFailed = false
@@ -81,7 +80,8 @@ func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *serverStat
 	if ost, isState := old.Tag.(*serverState); isState {
 		ost.relaying.Store(false)
 	}
-	if reason == "connection" && !wroteNothing && !closesAfterFatal(old) {
+	conflict := reason == retry.ReasonSerialization || reason == retry.ReasonDeadlock
+	if !conflict && reason != retry.ReasonReadOnly && !wroteNothing && !closesAfterFatal(old) {
 		// A FATAL refusal that the connection's end does not follow came from something
 		// other than the server ending the session: the request may have run.
 		s.pool.Destroy(old)
@@ -93,7 +93,7 @@ func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *serverStat
 		return nil, nil, false
 	}
 	switch reason {
-	case "serialization", "deadlock":
+	case retry.ReasonSerialization, retry.ReasonDeadlock:
 		// The server is fine and back in an idle state once its ReadyForQuery is read; the
 		// batch may well run on it again.
 		if oldReady || s.awaitReadyForQuery(old) == nil {
@@ -102,7 +102,7 @@ func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *serverStat
 		} else {
 			s.pool.Destroy(old)
 		}
-	case "read_only":
+	case retry.ReasonReadOnly:
 		// relayTracked retired the demoted server's connections already; the others are fine.
 		s.pool.Destroy(old)
 	default:
@@ -119,8 +119,8 @@ func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *serverStat
 		s.mu.Lock()
 		s.server = nil
 		s.retryErr = err
-		if reason == "read_only" {
-			s.retryErr = fmt.Errorf("the server is read-only (SQLSTATE %s) and no writable one became available: %w", codeReadOnlySQLTransaction, err)
+		if reason == retry.ReasonReadOnly {
+			s.retryErr = fmt.Errorf("the server is read-only (SQLSTATE %s) and no writable one became available: %w", retry.CodeReadOnlySQLTransaction, err)
 		}
 		s.mu.Unlock()
 		finish()
@@ -146,7 +146,7 @@ func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *serverStat
 	for _, e := range entries {
 		if e.msg == 'P' && e.swallow && e.stmt != nil && st.has(e.stmt) {
 			// The batch prepares it, and this server has it already: make room for the Parse.
-			buf = append(buf, closeMessage('S', e.stmt.name)...)
+			buf = wire.AppendClose(buf, 'S', e.stmt.name)
 			s.resp.push(respEntry{msg: 'C', swallow: true})
 			st.remove(e.stmt)
 		}
@@ -242,7 +242,7 @@ func (s *session) acquireServer() (*pool.Conn, error) {
 			if last := s.pool.LastError(); last != nil {
 				msg += "; last connection attempt: " + last.Error()
 			}
-			return nil, &startupError{code: codeConnectionFailure, msg: msg}
+			return nil, &startupError{code: retry.CodeConnectionFailure, msg: msg}
 		}
 		return nil, &upstreamError{err: err}
 	}
@@ -272,36 +272,21 @@ func (s *session) retryPause(attempt int) error {
 	}
 }
 
-// hasReadyForQuery reports whether the complete messages in b include a ReadyForQuery.
-func hasReadyForQuery(b []byte) bool {
-	for len(b) >= 5 {
-		n := 1 + int(binary.BigEndian.Uint32(b[1:5]))
-		if n < 5 || n > len(b) {
-			return false
-		}
-		if b[0] == 'Z' {
-			return true
-		}
-		b = b[n:]
-	}
-	return false
-}
-
 // awaitReadyForQuery reads and discards c's messages up to its next ReadyForQuery, for a server
 // whose reply to a failed request the client is not shown. Only the rest of an error reply is
 // expected, so the wait is short.
 func (s *session) awaitReadyForQuery(c *pool.Conn) error {
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	defer func() { _ = c.SetReadDeadline(time.Time{}) }()
-	f := frameReader{buf: c.ReadBuffer()}
+	f := wire.Frames{Buf: c.ReadBuffer()}
 	for {
-		n, err := c.Read(f.buf[f.w:])
-		f.w += n
+		n, err := c.Read(f.Buf[f.W:])
+		f.W += n
 		for {
-			if f.advance(nil) {
+			if f.Advance(nil) {
 				continue
 			}
-			typ, length, ok, ferr := f.next(s.maxMsg)
+			typ, length, ok, ferr := f.Next(s.maxMsg)
 			if ferr != nil {
 				return ferr
 			}
@@ -310,22 +295,22 @@ func (s *session) awaitReadyForQuery(c *pool.Conn) error {
 			}
 			if typ == 'Z' {
 				switch {
-				case f.w-f.r < 1+length:
+				case f.W-f.R < 1+length:
 					// The rest of it is still to come.
-				case f.w-f.r > 1+length:
+				case f.W-f.R > 1+length:
 					return errors.New("server sent more after ReadyForQuery")
 				default:
 					return nil
 				}
 				break
 			}
-			f.r += 5
-			f.remaining = length - 4
+			f.R += 5
+			f.Remaining = length - 4
 		}
 		if err != nil {
 			return err
 		}
-		f.compact()
+		f.Compact()
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgsidecar/pgsidecar/config"
+	"github.com/pgsidecar/pgsidecar/internal/retry"
 	"github.com/pgsidecar/pgsidecar/internal/tcpopt"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
@@ -277,7 +278,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.cancel()
 	s.mu.Lock()
 	for sess := range s.sessions {
-		sess.abort(&pgconn.PgError{Severity: "FATAL", Code: codeAdminShutdown, Message: "terminating connection due to administrator command (pgsidecar shutdown deadline passed)"})
+		sess.abort(&pgconn.PgError{Severity: "FATAL", Code: retry.CodeAdminShutdown, Message: "terminating connection due to administrator command (pgsidecar shutdown deadline passed)"})
 	}
 	s.mu.Unlock()
 	<-done

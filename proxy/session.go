@@ -25,6 +25,7 @@ import (
 	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/pgsidecar/pgsidecar/proxy/auth"
 	"github.com/pgsidecar/pgsidecar/proxy/classify"
+	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
 
 // session is one client connection. Its goroutine (run, then clientToServer) owns the client's
@@ -130,7 +131,7 @@ type session struct {
 	retrying    bool
 	retryNeeded bool
 	// retryReason is set with retryNeeded: why the server refused the batch, as the
-	// pgsidecar_retries_total reason ("connection", "read_only", "serialization", "deadlock").
+	// pgsidecar_retries_total reason (a retry.Reason).
 	// retryOldReady says the refusing server's ReadyForQuery was already read (conflicts only:
 	// that server stays usable).
 	retryReason   string
@@ -290,7 +291,7 @@ func (s *session) startup() (ok bool, err error) {
 
 	if n := s.srv.clients.Add(1); n > int64(s.srv.cfg.MaxClientConn) {
 		s.srv.clients.Add(-1)
-		err := &startupError{code: codeTooManyConnections, msg: fmt.Sprintf("sorry, too many clients already (max_client_conn=%d)", s.srv.cfg.MaxClientConn)}
+		err := &startupError{code: retry.CodeTooManyConnections, msg: fmt.Sprintf("sorry, too many clients already (max_client_conn=%d)", s.srv.cfg.MaxClientConn)}
 		s.sendStartupError(err)
 		return false, err
 	}
@@ -320,7 +321,7 @@ func (s *session) startup() (ok bool, err error) {
 		return false, err
 	}
 	if method == auth.Trust && !s.loopback && !s.srv.cfg.AuthTrustRemote {
-		err := &startupError{code: codeInvalidAuthSpec, msg: "pgsidecar: trust authentication is only allowed on loopback listeners (set auth_trust_remote to force it)"}
+		err := &startupError{code: retry.CodeInvalidAuthorization, msg: "pgsidecar: trust authentication is only allowed on loopback listeners (set auth_trust_remote to force it)"}
 		s.sendStartupError(err)
 		return false, err
 	}
@@ -345,7 +346,7 @@ func (s *session) startup() (ok bool, err error) {
 		if s.upstream.User != "" && !s.upstream.HasPassword && authFailure(err) {
 			// The upstream wants a password pgsidecar does not have: say which setting is
 			// missing rather than pass on a password failure the client cannot fix.
-			err = &startupError{code: codeInvalidAuthSpec, msg: fmt.Sprintf(
+			err = &startupError{code: retry.CodeInvalidAuthorization, msg: fmt.Sprintf(
 				"pgsidecar: the upstream asks for a password for user %q and pgsidecar has none: set it in database_url (for that URL's user), in a route's password, or as a plain password in a users entry",
 				s.upstream.User)}
 		}
@@ -379,7 +380,7 @@ func (s *session) startup() (ok bool, err error) {
 func (s *session) bindPool() error {
 	up, err := s.srv.routes.resolve(s.srv.cfg, s.database, s.user)
 	if err != nil {
-		return &startupError{code: codeInvalidCatalog, msg: fmt.Sprintf("pgsidecar: no upstream for database %q and user %q: %v", s.database, s.user, err)}
+		return &startupError{code: retry.CodeInvalidCatalogName, msg: fmt.Sprintf("pgsidecar: no upstream for database %q and user %q: %v", s.database, s.user, err)}
 	}
 	s.txPooling = up.PoolMode != "session"
 	s.wantsPrimary = up.WantsPrimary
@@ -392,7 +393,7 @@ func (s *session) bindPool() error {
 	}
 	cc, err := pgconn.ParseConfig(up.ConnString)
 	if err != nil {
-		return &startupError{code: codeConnectionFailure, msg: fmt.Sprintf("pgsidecar: invalid upstream connection string for %s: %v", up.Key, redactedParseError(err))}
+		return &startupError{code: retry.CodeConnectionFailure, msg: fmt.Sprintf("pgsidecar: invalid upstream connection string for %s: %v", up.Key, redactedParseError(err))}
 	}
 	s.pool = s.srv.pools.Get(pool.Config{
 		Key:            up.Key,
@@ -415,7 +416,7 @@ func (s *session) bindPool() error {
 		DNSMaxTTL:        s.srv.cfg.DNSMaxTTL,
 	})
 	if s.pool == nil {
-		return &startupError{code: codeAdminShutdown, msg: "pgsidecar is shutting down"}
+		return &startupError{code: retry.CodeAdminShutdown, msg: "pgsidecar is shutting down"}
 	}
 	return nil
 }
@@ -468,7 +469,7 @@ func (s *session) sendStartupError(err error) {
 // sendError writes an ErrorResponse, bounded in time so a client that does not read cannot
 // block the session's cleanup.
 func (s *session) sendError(e *pgconn.PgError) {
-	buf := appendErrorResponse(nil, e)
+	buf := wire.AppendErrorResponse(nil, e)
 	s.sentError.Store(true)
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
@@ -523,7 +524,7 @@ func (s *session) shutdownIfIdle() {
 	if !idle {
 		return
 	}
-	s.sendError(&pgconn.PgError{Severity: "FATAL", Code: codeAdminShutdown, Message: "terminating connection due to administrator command (pgsidecar is shutting down)"})
+	s.sendError(&pgconn.PgError{Severity: "FATAL", Code: retry.CodeAdminShutdown, Message: "terminating connection due to administrator command (pgsidecar is shutting down)"})
 	_ = s.conn.Close()
 }
 
@@ -531,7 +532,7 @@ func (s *session) shutdownIfIdle() {
 // gets only a moment to take the error.
 func (s *session) abort(e *pgconn.PgError) {
 	_ = s.conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-	buf := appendErrorResponse(nil, e)
+	buf := wire.AppendErrorResponse(nil, e)
 	s.wmu.Lock()
 	_, _ = s.conn.Write(buf)
 	s.wmu.Unlock()

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/pgsidecar/pgsidecar/internal/retry"
 )
 
 // Startup packet codes (protocol version numbers and special requests), as in PostgreSQL's
@@ -122,7 +124,7 @@ func parseStartup(body []byte) (*startup, error) {
 		s.params = append(s.params, param{name: name, value: value})
 	}
 	if s.get("user") == "" {
-		return nil, &startupError{code: "28000", msg: "no PostgreSQL user name specified in startup packet"}
+		return nil, &startupError{code: retry.CodeInvalidAuthorization, msg: "no PostgreSQL user name specified in startup packet"}
 	}
 	return s, nil
 }

@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgsidecar/pgsidecar/internal/retry"
+	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
 
 // startupBody builds a startup packet body (without the length word): code, then the
@@ -63,14 +65,14 @@ func checkStartupErr(t *testing.T, err error, want startupWant) {
 		if !errors.As(err, &pe) {
 			t.Fatalf("error = %v (%T), want *protocolError", err, err)
 		}
-		if got := clientError(err).Code; got != codeProtocolViolation {
+		if got := clientError(err).Code; got != retry.CodeProtocolViolation {
 			t.Fatalf("client sees SQLSTATE %s, want 08P01", got)
 		}
 	case stUnsupported:
 		if !errors.As(err, &upe) {
 			t.Fatalf("error = %v (%T), want *unsupportedProtocolError", err, err)
 		}
-		if got := clientError(err).Code; got != codeFeatureUnsupported {
+		if got := clientError(err).Code; got != retry.CodeFeatureNotSupported {
 			t.Fatalf("client sees SQLSTATE %s, want 0A000", got)
 		}
 	case st28000:
@@ -84,7 +86,7 @@ func checkStartupErr(t *testing.T, err error, want startupWant) {
 		if err == nil || errors.As(err, &pe) || errors.As(err, &se) || errors.As(err, &upe) {
 			t.Fatalf("error = %v (%T), want a read error", err, err)
 		}
-		if got := clientError(err).Code; got != codeConnectionFailure {
+		if got := clientError(err).Code; got != retry.CodeConnectionFailure {
 			t.Fatalf("client sees SQLSTATE %s, want 08006", got)
 		}
 	}
@@ -327,10 +329,10 @@ func frontendBytes(t testing.TB, msgs ...pgproto3.FrontendMessage) []byte {
 	return b
 }
 
-func frameOf(b []byte) *frameReader {
+func frameOf(b []byte) *wire.Frames {
 	buf := make([]byte, len(b), len(b)+16)
 	copy(buf, b)
-	return &frameReader{buf: buf, w: len(b)}
+	return &wire.Frames{Buf: buf, W: len(b)}
 }
 
 func TestScanClient(t *testing.T) {
@@ -403,11 +405,11 @@ func TestScanClient(t *testing.T) {
 				if !errors.As(err, &pe) {
 					t.Fatalf("err = %v (%T), want *protocolError", err, err)
 				}
-				if clientError(err).Code != codeProtocolViolation {
+				if clientError(err).Code != retry.CodeProtocolViolation {
 					t.Fatalf("client code %s, want 08P01", clientError(err).Code)
 				}
-				if f.r != tt.wantR {
-					t.Errorf("r = %d on error, want %d (the valid messages before the bad one)", f.r, tt.wantR)
+				if f.R != tt.wantR {
+					t.Errorf("r = %d on error, want %d (the valid messages before the bad one)", f.R, tt.wantR)
 				}
 				if b.requests != tt.requests {
 					t.Errorf("requests = %d on error, want %d", b.requests, tt.requests)
@@ -421,14 +423,14 @@ func TestScanClient(t *testing.T) {
 			if wantR < 0 {
 				wantR = len(tt.in)
 			}
-			if f.r != wantR || f.w != len(tt.in) {
-				t.Errorf("r, w = %d, %d; want %d, %d", f.r, f.w, wantR, len(tt.in))
+			if f.R != wantR || f.W != len(tt.in) {
+				t.Errorf("r, w = %d, %d; want %d, %d", f.R, f.W, wantR, len(tt.in))
 			}
 			if b.requests != tt.requests || b.unsynced != tt.unsynced || b.terminate != tt.terminate {
 				t.Errorf("batch = %+v, want requests %d unsynced %d terminate %v", b, tt.requests, tt.unsynced, tt.terminate)
 			}
-			if f.remaining != tt.remaining {
-				t.Errorf("remaining = %d, want %d", f.remaining, tt.remaining)
+			if f.Remaining != tt.remaining {
+				t.Errorf("remaining = %d, want %d", f.Remaining, tt.remaining)
 			}
 		})
 	}
@@ -438,59 +440,59 @@ func TestScanClient(t *testing.T) {
 func TestScanClientStreaming(t *testing.T) {
 	big := frontendBytes(t, &pgproto3.Query{String: "select '" + strings.Repeat("x", 3000) + "'"})
 	syncM := frontendBytes(t, &pgproto3.Sync{})
-	f := &frameReader{buf: make([]byte, 1024)}
+	f := &wire.Frames{Buf: make([]byte, 1024)}
 
 	// First read: the header and 1019 body bytes of a 3000+ byte Query.
-	f.w = copy(f.buf, big[:1024])
+	f.W = copy(f.Buf, big[:1024])
 	b, err := scanClient(f, 1<<30)
-	if err != nil || b.requests != 1 || f.r != 1024 || f.remaining != len(big)-1024 {
-		t.Fatalf("read 1: batch %+v err %v r %d remaining %d", b, err, f.r, f.remaining)
+	if err != nil || b.requests != 1 || f.R != 1024 || f.Remaining != len(big)-1024 {
+		t.Fatalf("read 1: batch %+v err %v r %d remaining %d", b, err, f.R, f.Remaining)
 	}
-	f.compact()
-	if f.r != 0 || f.w != 0 {
-		t.Fatalf("compact after full consumption: r, w = %d, %d", f.r, f.w)
+	f.Compact()
+	if f.R != 0 || f.W != 0 {
+		t.Fatalf("compact after full consumption: r, w = %d, %d", f.R, f.W)
 	}
 	// Second read: more body; no new request is counted.
-	f.w = copy(f.buf, big[1024:2048])
+	f.W = copy(f.Buf, big[1024:2048])
 	b, err = scanClient(f, 1<<30)
-	if err != nil || b.requests != 0 || b.unsynced != -1 || f.remaining != len(big)-2048 {
-		t.Fatalf("read 2: batch %+v err %v remaining %d", b, err, f.remaining)
+	if err != nil || b.requests != 0 || b.unsynced != -1 || f.Remaining != len(big)-2048 {
+		t.Fatalf("read 2: batch %+v err %v remaining %d", b, err, f.Remaining)
 	}
-	f.compact()
+	f.Compact()
 	// Third read: the rest of the body, a Sync and 2 bytes of a further header.
 	tail := append(append(append([]byte(nil), big[2048:]...), syncM...), 'Q', 0)
-	f.w = copy(f.buf, tail)
+	f.W = copy(f.Buf, tail)
 	b, err = scanClient(f, 1<<30)
-	if err != nil || b.requests != 1 || b.unsynced != 0 || f.remaining != 0 || f.r != len(tail)-2 {
-		t.Fatalf("read 3: batch %+v err %v r %d remaining %d", b, err, f.r, f.remaining)
+	if err != nil || b.requests != 1 || b.unsynced != 0 || f.Remaining != 0 || f.R != len(tail)-2 {
+		t.Fatalf("read 3: batch %+v err %v r %d remaining %d", b, err, f.R, f.Remaining)
 	}
-	f.compact()
-	if f.r != 0 || f.w != 2 || f.buf[0] != 'Q' || f.buf[1] != 0 {
-		t.Fatalf("partial header not kept at the front: r %d w %d buf %q", f.r, f.w, f.buf[:2])
+	f.Compact()
+	if f.R != 0 || f.W != 2 || f.Buf[0] != 'Q' || f.Buf[1] != 0 {
+		t.Fatalf("partial header not kept at the front: r %d w %d buf %q", f.R, f.W, f.Buf[:2])
 	}
 	// Fourth read: the rest of that header (a 2-byte body follows later).
-	f.w += copy(f.buf[f.w:], []byte{0, 0, 6, 'a'})
+	f.W += copy(f.Buf[f.W:], []byte{0, 0, 6, 'a'})
 	b, err = scanClient(f, 1<<30)
-	if err != nil || b.requests != 1 || f.remaining != 1 || f.r != f.w {
-		t.Fatalf("read 4: batch %+v err %v r %d w %d remaining %d", b, err, f.r, f.w, f.remaining)
+	if err != nil || b.requests != 1 || f.Remaining != 1 || f.R != f.W {
+		t.Fatalf("read 4: batch %+v err %v r %d w %d remaining %d", b, err, f.R, f.W, f.Remaining)
 	}
 }
 
 func TestFrameReaderCompact(t *testing.T) {
-	f := &frameReader{buf: []byte("abcdefgh"), r: 5, w: 8}
-	f.compact()
-	if f.r != 0 || f.w != 3 || string(f.buf[:3]) != "fgh" {
-		t.Fatalf("compact: r %d w %d buf %q", f.r, f.w, f.buf)
+	f := &wire.Frames{Buf: []byte("abcdefgh"), R: 5, W: 8}
+	f.Compact()
+	if f.R != 0 || f.W != 3 || string(f.Buf[:3]) != "fgh" {
+		t.Fatalf("compact: r %d w %d buf %q", f.R, f.W, f.Buf)
 	}
-	f = &frameReader{buf: []byte("abcdefgh"), r: 8, w: 8}
-	f.compact()
-	if f.r != 0 || f.w != 0 {
-		t.Fatalf("compact of empty: r %d w %d", f.r, f.w)
+	f = &wire.Frames{Buf: []byte("abcdefgh"), R: 8, W: 8}
+	f.Compact()
+	if f.R != 0 || f.W != 0 {
+		t.Fatalf("compact of empty: r %d w %d", f.R, f.W)
 	}
-	f = &frameReader{buf: []byte("abcdefgh"), r: 0, w: 4}
-	f.compact()
-	if f.r != 0 || f.w != 4 || string(f.buf[:4]) != "abcd" {
-		t.Fatalf("compact at 0: r %d w %d buf %q", f.r, f.w, f.buf)
+	f = &wire.Frames{Buf: []byte("abcdefgh"), R: 0, W: 4}
+	f.Compact()
+	if f.R != 0 || f.W != 4 || string(f.Buf[:4]) != "abcd" {
+		t.Fatalf("compact at 0: r %d w %d buf %q", f.R, f.W, f.Buf)
 	}
 }
 
@@ -515,11 +517,11 @@ func TestScanClientAllocs(t *testing.T) {
 	var b clientBatch
 	var err error
 	allocs := testing.AllocsPerRun(200, func() {
-		f.r, f.w, f.remaining = 0, len(in), 0
+		f.R, f.W, f.Remaining = 0, len(in), 0
 		b, err = scanClient(f, 1<<30)
 	})
-	if err != nil || b.requests != 25 || b.unsynced != 0 || f.r != len(in) {
-		t.Fatalf("scan: %+v %v r=%d", b, err, f.r)
+	if err != nil || b.requests != 25 || b.unsynced != 0 || f.R != len(in) {
+		t.Fatalf("scan: %+v %v r=%d", b, err, f.R)
 	}
 	if allocs != 0 {
 		t.Fatalf("scanClient allocates %.1f times per batch of 100 messages, want 0", allocs)
@@ -532,7 +534,7 @@ func BenchmarkScanClient(b *testing.B) {
 	b.ReportAllocs()
 	b.SetBytes(int64(len(in)))
 	for b.Loop() {
-		f.r, f.w, f.remaining = 0, len(in), 0
+		f.R, f.W, f.Remaining = 0, len(in), 0
 		if _, err := scanClient(f, 1<<30); err != nil {
 			b.Fatal(err)
 		}
@@ -572,8 +574,8 @@ func TestScanServer(t *testing.T) {
 	t.Run("whole result", func(t *testing.T) {
 		f := frameOf(rs)
 		ready, status, err := s.scanServer(f)
-		if err != nil || ready != 1 || status != 'I' || f.r != len(rs) || f.remaining != 0 {
-			t.Fatalf("ready %d status %q err %v r %d", ready, status, err, f.r)
+		if err != nil || ready != 1 || status != 'I' || f.R != len(rs) || f.Remaining != 0 {
+			t.Fatalf("ready %d status %q err %v r %d", ready, status, err, f.R)
 		}
 	})
 	t.Run("two results, last status wins", func(t *testing.T) {
@@ -585,16 +587,16 @@ func TestScanServer(t *testing.T) {
 		}
 	})
 	t.Run("ReadyForQuery split waits for it whole", func(t *testing.T) {
-		f := &frameReader{buf: make([]byte, 4096)}
-		f.w = copy(f.buf, rs[:len(rs)-2])
+		f := &wire.Frames{Buf: make([]byte, 4096)}
+		f.W = copy(f.Buf, rs[:len(rs)-2])
 		ready, _, err := s.scanServer(f)
-		if err != nil || ready != 0 || f.r != len(rs)-6 || f.remaining != 0 {
-			t.Fatalf("partial Z: ready %d err %v r %d remaining %d", ready, err, f.r, f.remaining)
+		if err != nil || ready != 0 || f.R != len(rs)-6 || f.Remaining != 0 {
+			t.Fatalf("partial Z: ready %d err %v r %d remaining %d", ready, err, f.R, f.Remaining)
 		}
-		f.compact()
-		f.w += copy(f.buf[f.w:], rs[len(rs)-2:])
+		f.Compact()
+		f.W += copy(f.Buf[f.W:], rs[len(rs)-2:])
 		ready, status, err := s.scanServer(f)
-		if err != nil || ready != 1 || status != 'I' || f.r != f.w {
+		if err != nil || ready != 1 || status != 'I' || f.R != f.W {
 			t.Fatalf("rest of Z: ready %d status %q err %v", ready, status, err)
 		}
 	})
@@ -619,11 +621,11 @@ func TestScanServerAllocs(t *testing.T) {
 	var ready int
 	var err error
 	allocs := testing.AllocsPerRun(200, func() {
-		f.r, f.w, f.remaining = 0, len(in), 0
+		f.R, f.W, f.Remaining = 0, len(in), 0
 		ready, _, err = s.scanServer(f)
 	})
-	if err != nil || ready != 1 || f.r != len(in) {
-		t.Fatalf("scan: ready %d err %v r %d", ready, err, f.r)
+	if err != nil || ready != 1 || f.R != len(in) {
+		t.Fatalf("scan: ready %d err %v r %d", ready, err, f.R)
 	}
 	if allocs != 0 {
 		t.Fatalf("scanServer allocates %.1f times per result of 100 rows, want 0", allocs)
@@ -637,7 +639,7 @@ func BenchmarkScanServer(b *testing.B) {
 	b.ReportAllocs()
 	b.SetBytes(int64(len(in)))
 	for b.Loop() {
-		f.r, f.w, f.remaining = 0, len(in), 0
+		f.R, f.W, f.Remaining = 0, len(in), 0
 		if _, _, err := s.scanServer(f); err != nil {
 			b.Fatal(err)
 		}

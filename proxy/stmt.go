@@ -291,9 +291,3 @@ func extended(msg byte) bool {
 	}
 	return false
 }
-
-// Canned responses the proxy sends for messages it answers itself.
-var (
-	parseComplete = []byte{'1', 0, 0, 0, 4}
-	closeComplete = []byte{'3', 0, 0, 0, 4}
-)

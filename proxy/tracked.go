@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
 	"strings"
 	"unsafe"
@@ -10,7 +9,9 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgsidecar/pgsidecar/config"
+	"github.com/pgsidecar/pgsidecar/internal/retry"
 	"github.com/pgsidecar/pgsidecar/proxy/classify"
+	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
 
 // maxNameMessage is the largest Describe or Close accepted in transaction mode, which buffers
@@ -44,56 +45,6 @@ func isTracked(name string) bool { return trackedParams[name] }
 // bytesString views b as a string without copying; the string must not outlive b's contents.
 func bytesString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
-// cstring splits b at its first NUL.
-func cstring(b []byte) (s, rest []byte, ok bool) {
-	i := bytes.IndexByte(b, 0)
-	if i < 0 {
-		return nil, nil, false
-	}
-	return b[:i], b[i+1:], true
-}
-
-// batchWriter collects what one scan sends on: runs of the input buffer passed through as they
-// are, and messages the proxy rewrote or added. Until something is rewritten, the output is the
-// input run itself and nothing is copied.
-type batchWriter struct {
-	f        *frameReader
-	out      []byte
-	used     bool
-	runStart int
-}
-
-// cut ends the pass-through run at the current message (f.r) and skips to skipTo.
-func (w *batchWriter) cut(skipTo int) {
-	w.out = append(w.out, w.f.buf[w.runStart:w.f.r]...)
-	w.used = true
-	w.runStart = skipTo
-}
-
-func (w *batchWriter) add(b []byte) {
-	w.out = append(w.out, b...)
-	w.used = true
-}
-
-func (w *batchWriter) addString(s string) {
-	w.out = append(w.out, s...)
-	w.used = true
-}
-
-func (w *batchWriter) addByte(b byte) {
-	w.out = append(w.out, b)
-	w.used = true
-}
-
-// bytes returns everything to send for the scanned part of the buffer.
-func (w *batchWriter) bytes() []byte {
-	if !w.used {
-		return w.f.buf[w.runStart:w.f.r]
-	}
-	w.out = append(w.out, w.f.buf[w.runStart:w.f.r]...)
-	return w.out
-}
-
 // maxScratch is the largest rewrite buffer a session keeps between batches.
 const maxScratch = 64 << 10
 
@@ -108,32 +59,35 @@ func keepScratch(b []byte) []byte {
 
 // needsServer reports whether the buffered client messages need a server connection: anything
 // but Flush and COPY messages outside COPY (which PostgreSQL ignores) does.
-func needsServer(f *frameReader) bool {
-	r := f.r
-	if f.remaining > 0 {
-		if !f.dropping {
+func needsServer(f *wire.Frames) bool {
+	r := f.R
+	if f.Remaining > 0 {
+		if !f.Dropping {
 			return true
 		}
-		r += f.remaining // the rest of a message being dropped
+		r += f.Remaining // the rest of a message being dropped
 	}
-	for f.w-r >= 5 {
-		switch typ := f.buf[r]; typ {
+	for {
+		typ, length, ok := wire.HeaderOf(f.Buf[r:f.W])
+		if !ok {
+			return false
+		}
+		switch typ {
 		case 'd', 'c', 'f', 'H':
 		case 'X':
 			return false
 		default:
 			return true
 		}
-		r += 1 + int(binary.BigEndian.Uint32(f.buf[r+1:]))
+		r += 1 + length
 	}
-	return false
 }
 
 // forwardTracked is forwardClient for transaction mode: besides relaying, it keeps each
 // client's prepared statements on whichever server it has, pins clients that leave state
 // behind, and queues what each message expects back so that serverToClient can match replies.
-func (s *session) forwardTracked(f *frameReader) error {
-	f.need = 0
+func (s *session) forwardTracked(f *wire.Frames) error {
+	f.Need = 0
 	if err := s.answerLocally(f); err != nil {
 		return err
 	}
@@ -162,16 +116,16 @@ func (s *session) forwardTracked(f *frameReader) error {
 	// A batch that starts a transaction with nothing in flight can be re-run if a schema change
 	// fails it before any of its results reached the client (see retrySchemaChangeLocked).
 	startsIdle := s.resp.len() == 0 && s.pending == 0 && s.txStatus != 'T' && s.txStatus != 'E'
-	w := batchWriter{f: f, out: s.cout[:0], runStart: f.r}
+	w := wire.Batch{F: f, Out: s.cout[:0], RunStart: f.R}
 	requests, unsynced := 0, -1
 	var err error
 	terminate := false
 scan:
-	for f.r < f.w {
-		if f.advance(&w) {
+	for f.R < f.W {
+		if f.Advance(&w) {
 			continue
 		}
-		typ, length, ok, herr := f.next(s.maxMsg)
+		typ, length, ok, herr := f.Next(s.maxMsg)
 		if herr != nil {
 			err = protocolErrorf("%v", herr)
 			break
@@ -180,19 +134,19 @@ scan:
 			break
 		}
 		total := 1 + length
-		whole := f.w-f.r >= total
+		whole := f.W-f.R >= total
 		// With no server, only messages needsServer lets through get here. After an error the
 		// proxy raised itself, PostgreSQL would ignore messages until Sync. Both are dropped.
 		if srv == nil && typ != 'X' || s.skipping && typ != 'S' && typ != 'X' {
-			w.cut(f.r)
+			w.Cut(f.R)
 			if !whole {
-				f.dropping = true
-				f.remaining = length - 4
-				f.r += 5
+				f.Dropping = true
+				f.Remaining = length - 4
+				f.R += 5
 			} else {
-				f.r += total
+				f.R += total
 			}
-			w.runStart = f.r
+			w.RunStart = f.R
 			continue
 		}
 		if (typ == 'D' || typ == 'C') && total > maxNameMessage {
@@ -205,7 +159,7 @@ scan:
 		case 'Q', 'P', 'D', 'C':
 			if !whole {
 				if total <= maxInspect || typ == 'D' || typ == 'C' {
-					f.need = total
+					f.Need = total
 					break scan
 				}
 				if typ == 'Q' {
@@ -213,15 +167,15 @@ scan:
 					s.resp.push(respEntry{msg: 'Q', commits: true})
 					st.unnamedBy = nil
 					requests++
-					f.r += 5
-					f.remaining = length - 4
+					f.R += 5
+					f.Remaining = length - 4
 					continue
 				}
-				err = &startupError{code: "54000", msg: fmt.Sprintf("pgsidecar: %c message of %d bytes is too large to track in transaction mode (limit %d)", typ, total, maxInspect)}
+				err = &startupError{code: retry.CodeProgramLimitExceeded, msg: fmt.Sprintf("pgsidecar: %c message of %d bytes is too large to track in transaction mode (limit %d)", typ, total, maxInspect)}
 				break scan
 			}
 		}
-		body := f.buf[f.r+5 : min(f.r+total, f.w)]
+		body := f.Buf[f.R+5 : min(f.R+total, f.W)]
 		switch typ {
 		case 'Q':
 			if s.trackQuery(body, st, &w, total) {
@@ -241,7 +195,7 @@ scan:
 				break scan
 			}
 			if need > 0 {
-				f.need = need
+				f.Need = need
 				break scan
 			}
 		case 'D':
@@ -272,31 +226,31 @@ scan:
 			err = protocolErrorf("invalid frontend message type %d", typ)
 			break scan
 		}
-		if w.runStart > f.r {
+		if w.RunStart > f.R {
 			// The handler consumed the message, or its head, itself (dropped or rewrote it);
 			// whatever is left of it streams through.
-			consumed := w.runStart - f.r
-			f.r = w.runStart
-			f.remaining = total - consumed
+			consumed := w.RunStart - f.R
+			f.R = w.RunStart
+			f.Remaining = total - consumed
 			continue
 		}
-		f.r += 5
-		f.remaining = length - 4
+		f.R += 5
+		f.Remaining = length - 4
 	}
-	out := w.bytes()
-	if w.used {
-		s.cout = keepScratch(w.out)
+	out := w.Bytes()
+	if w.Used {
+		s.cout = keepScratch(w.Out)
 	}
 	synthAtHead := s.resp.len() > 0 && s.resp.head().msg == 0
 	if len(out) > 0 {
-		s.rememberBatchLocked(out, startsIdle && f.remaining == 0)
+		s.rememberBatchLocked(out, startsIdle && f.Remaining == 0)
 	}
 	if len(out) > 0 && srv != nil {
 		s.addPendingLocked(requests)
 		if unsynced >= 0 {
 			s.unsynced = unsynced == 1
 		}
-		s.partial = f.remaining > 0 && !f.dropping
+		s.partial = f.Remaining > 0 && !f.Dropping
 		s.writing = true
 	}
 	s.mu.Unlock()
@@ -334,14 +288,14 @@ scan:
 	if terminate {
 		return errTerminate
 	}
-	f.compact()
+	f.Compact()
 	return nil
 }
 
 // trackQuery inspects a simple Query: what it leaves on the session decides pinning. It
 // reports whether the Query goes to the server (DEALLOCATE of the client's own statements is
 // answered by the proxy: the server knows them under other names).
-func (s *session) trackQuery(body []byte, st *serverState, w *batchWriter, total int) (forward bool) {
+func (s *session) trackQuery(body []byte, st *serverState, w *wire.Batch, total int) (forward bool) {
 	sql := body
 	if len(sql) > 0 && sql[len(sql)-1] == 0 {
 		sql = sql[:len(sql)-1]
@@ -351,16 +305,16 @@ func (s *session) trackQuery(body []byte, st *serverState, w *batchWriter, total
 		if ps, ok := s.stmts[res.Deallocate[0]]; ok {
 			delete(s.stmts, res.Deallocate[0])
 			s.srv.stmts.put(ps)
-			w.cut(w.f.r + total)
-			s.resp.push(respEntry{synth: commandComplete("DEALLOCATE"), ready: true})
+			w.Cut(w.F.R + total)
+			s.resp.push(respEntry{synth: wire.AppendCommandComplete(nil, "DEALLOCATE"), ready: true})
 			return false
 		}
 	}
 	if res.Pin != classify.None && s.pinned == "" && s.refusesState() {
 		// session_state = refuse: the server itself raises the error, so that an explicit
 		// transaction is aborted exactly as PostgreSQL would abort it.
-		w.cut(w.f.r + total)
-		w.add(refusalQuery(res.Pin))
+		w.Cut(w.F.R + total)
+		w.Add(refusalQuery(res.Pin))
 		s.resp.push(respEntry{msg: 'Q'})
 		return true
 	}
@@ -388,31 +342,24 @@ func (s *session) trackQuery(body []byte, st *serverState, w *batchWriter, total
 	return true
 }
 
-func commandComplete(tag string) []byte {
-	n := 4 + len(tag) + 1
-	b := []byte{'C', byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}
-	b = append(b, tag...)
-	return append(b, 0)
-}
-
 // trackParse handles Parse: a named statement is mapped to its shared server-side statement,
 // prepared on this server unless it already is; the unnamed one is remembered for replay.
-func (s *session) trackParse(body []byte, st *serverState, w *batchWriter, total int) error {
-	name, rest, ok := cstring(body)
+func (s *session) trackParse(body []byte, st *serverState, w *wire.Batch, total int) error {
+	name, rest, ok := wire.CString(body)
 	if !ok {
 		return protocolErrorf("malformed Parse message")
 	}
-	query, paramTypes, ok := cstring(rest)
+	query, paramTypes, ok := wire.CString(rest)
 	if !ok {
 		return protocolErrorf("malformed Parse message")
 	}
 	res := classify.Classify(bytesString(query), isTracked)
 	if res.Pin != classify.None {
 		if s.pinned == "" && s.refusesState() {
-			e := &pgconn.PgError{Severity: "ERROR", Code: codeFeatureUnsupported, Message: refusalMessage(res.Pin)}
-			s.resp.push(respEntry{synth: appendErrorResponse(nil, e)})
+			e := &pgconn.PgError{Severity: "ERROR", Code: retry.CodeFeatureNotSupported, Message: refusalMessage(res.Pin)}
+			s.resp.push(respEntry{synth: wire.AppendErrorResponse(nil, e)})
 			s.skipping = true
-			w.cut(w.f.r + total)
+			w.Cut(w.F.R + total)
 			return nil
 		}
 		s.pinLocked(res.Pin)
@@ -420,7 +367,7 @@ func (s *session) trackParse(body []byte, st *serverState, w *batchWriter, total
 		s.paramsDirty = true
 	}
 	if len(name) == 0 {
-		s.unnamedParse = append(s.unnamedParse[:0], w.f.buf[w.f.r:w.f.r+total]...)
+		s.unnamedParse = append(s.unnamedParse[:0], w.F.Buf[w.F.R:w.F.R+total]...)
 		s.unnamedCommits = res.CommitsAlone
 		s.unnamedSeq++
 		st.unnamedBy, st.unnamedSeq = s, s.unnamedSeq
@@ -428,26 +375,26 @@ func (s *session) trackParse(body []byte, st *serverState, w *batchWriter, total
 		return nil
 	}
 	if _, dup := s.stmts[string(name)]; dup {
-		s.refuseLocked(w, total, codeDuplicateStatement, fmt.Sprintf("prepared statement %q already exists", name))
+		s.refuseLocked(w, total, retry.CodeDuplicatePreparedStmt, fmt.Sprintf("prepared statement %q already exists", name))
 		return nil
 	}
 	if len(name) > maxStmtName {
-		s.refuseLocked(w, total, codeNameTooLong, fmt.Sprintf("pgsidecar: prepared statement name of %d bytes is longer than %d", len(name), maxStmtName))
+		s.refuseLocked(w, total, retry.CodeNameTooLong, fmt.Sprintf("pgsidecar: prepared statement name of %d bytes is longer than %d", len(name), maxStmtName))
 		return nil
 	}
 	if limit := s.srv.cfg.MaxClientPreparedStatements; limit > 0 && len(s.stmts) >= limit {
-		s.refuseLocked(w, total, codeConfigLimit, fmt.Sprintf("pgsidecar: too many prepared statements: this client holds %d (max_client_prepared_statements); close or deallocate some first", len(s.stmts)))
+		s.refuseLocked(w, total, retry.CodeConfigurationLimitExceeded, fmt.Sprintf("pgsidecar: too many prepared statements: this client holds %d (max_client_prepared_statements); close or deallocate some first", len(s.stmts)))
 		return nil
 	}
 	ps := s.srv.stmts.get(query, paramTypes)
 	if ps == nil {
-		s.refuseLocked(w, total, codeConfigLimit, fmt.Sprintf("pgsidecar: the shared prepared statement registry is full (max_prepared_statement_bytes=%d)", s.srv.cfg.MaxPreparedStatementBytes))
+		s.refuseLocked(w, total, retry.CodeConfigurationLimitExceeded, fmt.Sprintf("pgsidecar: the shared prepared statement registry is full (max_prepared_statement_bytes=%d)", s.srv.cfg.MaxPreparedStatementBytes))
 		return nil
 	}
 	s.stmts[string(name)] = ps
-	w.cut(w.f.r + total)
+	w.Cut(w.F.R + total)
 	if st.has(ps) {
-		s.resp.push(respEntry{synth: parseComplete})
+		s.resp.push(respEntry{synth: wire.AppendParseComplete(nil)})
 		return nil
 	}
 	s.prepareLocked(ps, st, w, false)
@@ -457,45 +404,39 @@ func (s *session) trackParse(body []byte, st *serverState, w *batchWriter, total
 // refuseLocked answers the client message at the scan position (of total bytes) with an ERROR
 // of the proxy's own, and skips the client's messages up to its next Sync, as PostgreSQL does
 // after an error in the extended protocol.
-func (s *session) refuseLocked(w *batchWriter, total int, code, msg string) {
+func (s *session) refuseLocked(w *wire.Batch, total int, code, msg string) {
 	e := &pgconn.PgError{Severity: "ERROR", Code: code, Message: msg}
-	s.resp.push(respEntry{synth: appendErrorResponse(nil, e)})
+	s.resp.push(respEntry{synth: wire.AppendErrorResponse(nil, e)})
 	s.skipping = true
-	w.cut(w.f.r + total)
+	w.Cut(w.F.R + total)
 }
 
 // prepareLocked sends ps's Parse to the server, making room in its statement cache first.
-func (s *session) prepareLocked(ps *preparedStmt, st *serverState, w *batchWriter, swallow bool) {
+func (s *session) prepareLocked(ps *preparedStmt, st *serverState, w *wire.Batch, swallow bool) {
 	if st.stale(ps) {
-		w.add(closeMessage('S', ps.name))
+		w.Out = wire.AppendClose(w.Out, 'S', ps.name)
+		w.Used = true
 		s.resp.push(respEntry{msg: 'C', swallow: true})
 		st.remove(ps)
 	}
 	if old := st.evict(s.srv.cfg.MaxPreparedStatements); old != nil {
-		w.add(closeMessage('S', old.name))
+		w.Out = wire.AppendClose(w.Out, 'S', old.name)
+		w.Used = true
 		s.resp.push(respEntry{msg: 'C', swallow: true})
 	}
 	st.add(ps)
-	w.add(ps.parse)
+	w.Add(ps.parse)
 	s.resp.push(respEntry{msg: 'P', swallow: swallow, stmt: ps})
-}
-
-func closeMessage(kind byte, name string) []byte {
-	n := 4 + 1 + len(name) + 1
-	b := make([]byte, 0, 1+n)
-	b = append(b, 'C', byte(n>>24), byte(n>>16), byte(n>>8), byte(n), kind)
-	b = append(b, name...)
-	return append(b, 0)
 }
 
 // ensureUnnamedLocked replays the client's last unnamed Parse when the server holds another
 // client's unnamed statement.
-func (s *session) ensureUnnamedLocked(st *serverState, w *batchWriter) {
+func (s *session) ensureUnnamedLocked(st *serverState, w *wire.Batch) {
 	if len(s.unnamedParse) == 0 || (st.unnamedBy == s && st.unnamedSeq == s.unnamedSeq) {
 		return
 	}
-	w.cut(w.f.r)
-	w.add(s.unnamedParse)
+	w.Cut(w.F.R)
+	w.Add(s.unnamedParse)
 	st.unnamedBy, st.unnamedSeq = s, s.unnamedSeq
 	s.resp.push(respEntry{msg: 'P', swallow: true, unnamed: true})
 }
@@ -506,11 +447,11 @@ const maxBindNames = 4096
 // trackBind rewrites a Bind of a named statement to its server-side name, preparing it first
 // if this server does not have it. body may hold only the start of a large Bind: only the names
 // are needed, and the parameters stream through. need > 0 asks for that many bytes buffered.
-func (s *session) trackBind(body []byte, st *serverState, w *batchWriter, total int) (need int, err error) {
-	portal, rest, ok := cstring(body)
+func (s *session) trackBind(body []byte, st *serverState, w *wire.Batch, total int) (need int, err error) {
+	portal, rest, ok := wire.CString(body)
 	var name []byte
 	if ok {
-		name, _, ok = cstring(rest)
+		name, _, ok = wire.CString(rest)
 	}
 	if !ok {
 		if len(body) < total-5 && len(body) < maxBindNames {
@@ -534,26 +475,26 @@ func (s *session) trackBind(body []byte, st *serverState, w *batchWriter, total 
 		return 0, nil
 	}
 	head := 5 + len(portal) + 1 + len(name) + 1
-	w.cut(w.f.r + head)
+	w.Cut(w.F.R + head)
 	if !st.has(ps) {
 		s.prepareLocked(ps, st, w, true)
 	}
 	n := total - 1 - len(name) + len(ps.name)
-	w.add([]byte{'B', byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
-	w.add(portal)
-	w.addByte(0)
-	w.addString(ps.name)
-	w.addByte(0)
+	w.Add([]byte{'B', byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
+	w.Add(portal)
+	w.AddByte(0)
+	w.AddString(ps.name)
+	w.AddByte(0)
 	s.resp.push(respEntry{msg: 'B', stmt: ps, commits: ps.commits})
 	return 0, nil
 }
 
 // trackDescribe rewrites a Describe of a named statement like trackBind.
-func (s *session) trackDescribe(body []byte, st *serverState, w *batchWriter, total int) error {
+func (s *session) trackDescribe(body []byte, st *serverState, w *wire.Batch, total int) error {
 	if len(body) < 2 {
 		return protocolErrorf("malformed Describe message")
 	}
-	name, _, ok := cstring(body[1:])
+	name, _, ok := wire.CString(body[1:])
 	if !ok {
 		return protocolErrorf("malformed Describe message")
 	}
@@ -573,26 +514,26 @@ func (s *session) trackDescribe(body []byte, st *serverState, w *batchWriter, to
 		}
 		return nil
 	}
-	w.cut(w.f.r + total)
+	w.Cut(w.F.R + total)
 	if !st.has(ps) {
 		s.prepareLocked(ps, st, w, true)
 	}
 	n := 4 + 1 + len(ps.name) + 1
-	w.add([]byte{'D', byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n), 'S'})
-	w.addString(ps.name)
-	w.addByte(0)
+	w.Add([]byte{'D', byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n), 'S'})
+	w.AddString(ps.name)
+	w.AddByte(0)
 	s.resp.push(respEntry{msg: 'D'})
 	return nil
 }
 
 // trackClose answers Close of a named statement itself: the shared server-side statement may
 // serve other clients and stays until evicted.
-func (s *session) trackClose(body []byte, w *batchWriter, total int) {
+func (s *session) trackClose(body []byte, w *wire.Batch, total int) {
 	if len(body) < 2 || body[0] != 'S' {
 		s.resp.push(respEntry{msg: 'C'})
 		return
 	}
-	name, _, _ := cstring(body[1:])
+	name, _, _ := wire.CString(body[1:])
 	if len(name) == 0 {
 		s.unnamedParse = s.unnamedParse[:0]
 		s.resp.push(respEntry{msg: 'C'})
@@ -602,8 +543,8 @@ func (s *session) trackClose(body []byte, w *batchWriter, total int) {
 		delete(s.stmts, string(name))
 		s.srv.stmts.put(ps)
 	}
-	w.cut(w.f.r + total)
-	s.resp.push(respEntry{synth: closeComplete})
+	w.Cut(w.F.R + total)
+	s.resp.push(respEntry{synth: wire.AppendCloseComplete(nil)})
 }
 
 // dropAllStmtsLocked forgets every statement the client prepared.
@@ -635,7 +576,7 @@ func (s *session) emitSynths() error {
 	for h := s.resp.head(); h != nil && h.msg == 0; h = s.resp.head() {
 		out = append(out, h.synth...)
 		if h.ready {
-			out = append(out, 'Z', 0, 0, 0, 5, s.readyStatusLocked())
+			out = wire.AppendReadyForQuery(out, s.readyStatusLocked())
 		}
 		s.resp.pop()
 	}
@@ -653,26 +594,26 @@ func (s *session) emitSynths() error {
 // request it answers, drops replies to the proxy's own requests, inserts the replies the proxy
 // makes itself, and keeps the statement caches right when a request fails. Called with wmu
 // and mu held; it returns what to write to the client.
-func (s *session) relayTracked(f *frameReader, st *serverState) (out []byte, ready int, status byte, err error) {
-	w := batchWriter{f: f, out: s.sout[:0], runStart: f.r}
+func (s *session) relayTracked(f *wire.Frames, st *serverState) (out []byte, ready int, status byte, err error) {
+	w := wire.Batch{F: f, Out: s.sout[:0], RunStart: f.R}
 	defer func() {
-		if w.used {
-			s.sout = keepScratch(w.out)
+		if w.Used {
+			s.sout = keepScratch(w.Out)
 		}
 	}()
-	for f.r < f.w {
-		if f.advance(&w) {
+	for f.R < f.W {
+		if f.Advance(&w) {
 			continue
 		}
-		typ, length, ok, herr := f.next(s.maxMsg)
+		typ, length, ok, herr := f.Next(s.maxMsg)
 		if herr != nil {
-			return w.bytes(), ready, status, fmt.Errorf("server sent %w", herr)
+			return w.Bytes(), ready, status, fmt.Errorf("server sent %w", herr)
 		}
 		if !ok {
 			break
 		}
 		total := 1 + length
-		if (typ == 'Z' || typ == 'E') && total <= len(f.buf) && f.w-f.r < total {
+		if (typ == 'Z' || typ == 'E') && total <= len(f.Buf) && f.W-f.R < total {
 			break // inspected whole: wait for the rest
 		}
 		s.synthsBefore(&w)
@@ -696,22 +637,22 @@ func (s *session) relayTracked(f *frameReader, st *serverState) (out []byte, rea
 			h = s.resp.head()
 			var code string
 			fatal := false
-			if f.w-f.r >= total {
-				body := f.buf[f.r+5 : f.r+total]
-				code, fatal = errorCode(body), errorFatal(body)
+			if f.W-f.R >= total {
+				body := f.Buf[f.R+5 : f.R+total]
+				code, fatal = wire.ErrorCode(body), wire.ErrorFatal(body)
 			}
 			if h == nil {
 				if fatal && s.txStatus != 'T' && s.txStatus != 'E' && !s.writing && shutdownError(code) {
 					// An idle server announcing its end (terminated, or the upstream shutting
 					// down) concerns no request: the client gets another server instead.
-					w.cut(f.w)
-					f.r = f.w
+					w.Cut(f.W)
+					f.R = f.W
 					s.serverGone = true
-					return w.bytes(), ready, status, nil
+					return w.Bytes(), ready, status, nil
 				}
 				break
 			}
-			readOnly := s.wantsPrimary && code == codeReadOnlySQLTransaction
+			readOnly := s.wantsPrimary && code == retry.CodeReadOnlySQLTransaction
 			if readOnly {
 				// The route wants a primary and this server refuses writes: it was demoted.
 				// Every connection to it goes (this one when released), and new ones are
@@ -721,30 +662,24 @@ func (s *session) relayTracked(f *frameReader, st *serverState) (out []byte, rea
 			// A serialization failure or deadlock of a plain statement that ran alone in an
 			// implicit transaction rolled it back whole: running it again is what the client
 			// would do.
-			conflict := (code == codeSerializationFailure || code == codeDeadlockDetected) && h.msg == 'Q' && h.single && h.plain
+			conflict := (code == retry.CodeSerializationFailure || code == retry.CodeDeadlockDetected) && h.msg == 'Q' && h.single && h.plain
 			// A server that refuses a request with a FATAL connection or shutdown error ends the
 			// connection and rolls back what the request did, unless the request could commit
 			// on its own. An ERROR with the same code (a statement can raise any code) proves
 			// nothing, and neither does a FATAL followed by anything but the connection's end.
-			refused := fatal && retryableServerError(code) && f.r+total == f.w
+			refused := fatal && retryableServerError(code) && f.R+total == f.W
 			if code != "" && (readOnly || conflict || refused) && s.firstReplyLocked() && s.canRetryLocked() && !s.batchCommitsLocked() {
 				// Send the batch again instead of failing it. Nothing after this error
 				// matters to the client.
 				s.retryNeeded = true
-				switch {
-				case readOnly:
-					s.retryReason = "read_only"
-				case code == codeSerializationFailure:
-					s.retryReason = "serialization"
-				case code == codeDeadlockDetected:
-					s.retryReason = "deadlock"
-				default:
-					s.retryReason = "connection"
+				s.retryReason = retry.ClassifyCode(code).Reason
+				if readOnly {
+					s.retryReason = retry.ReasonReadOnly
 				}
-				s.retryOldReady = conflict && hasReadyForQuery(f.buf[f.r+total:f.w])
-				w.cut(f.w)
-				f.r = f.w
-				return w.bytes(), ready, status, nil
+				s.retryOldReady = conflict && wire.HasReadyForQuery(f.Buf[f.R+total:f.W])
+				w.Cut(f.W)
+				f.R = f.W
+				return w.Bytes(), ready, status, nil
 			}
 			if h.msg == 'Q' && h.single && h.done && !h.swallow && s.resp.len() == 1 && !s.writing && fatal &&
 				s.txStatus != 'T' && s.txStatus != 'E' && shutdownError(code) {
@@ -752,13 +687,14 @@ func (s *session) relayTracked(f *frameReader, st *serverState) (out []byte, rea
 				// implicit transaction, which it had committed before reporting completion:
 				// finish the exchange for the client instead of failing a statement that took
 				// effect. The connection is dropped quietly when it closes.
-				w.cut(f.w)
-				w.add([]byte{'Z', 0, 0, 0, 5, 'I'})
-				f.r = f.w
+				w.Cut(f.W)
+				w.Out = wire.AppendReadyForQuery(w.Out, 'I')
+				w.Used = true
+				f.R = f.W
 				s.resp.pop()
 				s.pending = max(s.pending-1, 0)
 				s.serverGone = true
-				return w.bytes(), ready, status, nil
+				return w.Bytes(), ready, status, nil
 			}
 			if !extended(h.msg) {
 				drop = h.swallow
@@ -766,7 +702,7 @@ func (s *session) relayTracked(f *frameReader, st *serverState) (out []byte, rea
 			}
 			// A schema change invalidated a shared statement's result type: every server must
 			// prepare it afresh (the client sees this error once, as it would directly).
-			if h.msg == 'B' && h.stmt != nil && code == "0A000" {
+			if h.msg == 'B' && h.stmt != nil && code == retry.CodeFeatureNotSupported {
 				h.stmt.gen.Add(1)
 				if s.retrySchemaChangeLocked(h.stmt, st) {
 					drop = true
@@ -785,8 +721,8 @@ func (s *session) relayTracked(f *frameReader, st *serverState) (out []byte, rea
 				s.resp.pop() // out of step: should not happen
 				h = s.resp.head()
 			}
-			if f.w-f.r >= 6 {
-				status = f.buf[f.r+5]
+			if f.W-f.R >= 6 {
+				status = f.Buf[f.R+5]
 			}
 			if h != nil {
 				drop = h.swallow
@@ -819,37 +755,38 @@ func (s *session) relayTracked(f *frameReader, st *serverState) (out []byte, rea
 			}
 		}
 		if drop {
-			if f.w-f.r >= total {
-				w.cut(f.r + total)
-				f.r += total
+			if f.W-f.R >= total {
+				w.Cut(f.R + total)
+				f.R += total
 			} else {
-				w.cut(f.w)
-				f.dropping = true
-				f.remaining = total - (f.w - f.r)
-				f.r = f.w
+				w.Cut(f.W)
+				f.Dropping = true
+				f.Remaining = total - (f.W - f.R)
+				f.R = f.W
 			}
 			continue
 		}
-		if f.w-f.r >= total {
-			f.r += total
+		if f.W-f.R >= total {
+			f.R += total
 		} else {
-			f.r += 5
-			f.remaining = length - 4
+			f.R += 5
+			f.Remaining = length - 4
 		}
 	}
-	if f.remaining == 0 {
+	if f.Remaining == 0 {
 		s.synthsBefore(&w)
 	}
-	return w.bytes(), ready, status, nil
+	return w.Bytes(), ready, status, nil
 }
 
 // synthsBefore inserts the proxy's own responses that are next in line at the current position.
-func (s *session) synthsBefore(w *batchWriter) {
+func (s *session) synthsBefore(w *wire.Batch) {
 	for h := s.resp.head(); h != nil && h.msg == 0; h = s.resp.head() {
-		w.cut(w.f.r)
-		w.add(h.synth)
+		w.Cut(w.F.R)
+		w.Add(h.synth)
 		if h.ready {
-			w.add([]byte{'Z', 0, 0, 0, 5, s.readyStatusLocked()})
+			w.Out = wire.AppendReadyForQuery(w.Out, s.readyStatusLocked())
+			w.Used = true
 		}
 		s.resp.pop()
 	}
@@ -890,19 +827,19 @@ func (s *session) failEntryLocked(e *respEntry, st *serverState) {
 // whose name is the proxy's (another client's shared statement) with the error PostgreSQL
 // gives for a missing statement; the server would run it. It reports whether it did. The rest
 // of the message (for a large Bind) is dropped with it.
-func (s *session) refuseUnknownLocked(name []byte, w *batchWriter, total int) bool {
+func (s *session) refuseUnknownLocked(name []byte, w *wire.Batch, total int) bool {
 	if !bytes.HasPrefix(name, []byte(serverStmtPrefix)) {
 		return false
 	}
 	e := &pgconn.PgError{Severity: "ERROR", Code: "26000", Message: fmt.Sprintf("prepared statement %q does not exist", name)}
-	s.resp.push(respEntry{synth: appendErrorResponse(nil, e)})
+	s.resp.push(respEntry{synth: wire.AppendErrorResponse(nil, e)})
 	s.skipping = true
-	w.cut(w.f.r)
-	if avail := w.f.w - w.f.r; avail < total {
-		w.f.dropping = true
-		w.runStart = w.f.w
+	w.Cut(w.F.R)
+	if avail := w.F.W - w.F.R; avail < total {
+		w.F.Dropping = true
+		w.RunStart = w.F.W
 	} else {
-		w.runStart = w.f.r + total
+		w.RunStart = w.F.R + total
 	}
 	return true
 }
@@ -912,22 +849,21 @@ func (s *session) refuseUnknownLocked(name []byte, w *batchWriter, total int) bo
 // statement, and the Sync after them. Drivers prepare statements this way before using them
 // (pgbench -M prepared does, one blocking round trip per statement), and needing a server for
 // it would make such a client wait for one, or deadlock with its siblings holding them.
-func (s *session) answerLocally(f *frameReader) error {
+func (s *session) answerLocally(f *wire.Frames) error {
 	s.mu.Lock()
-	if s.server != nil || s.skipping || f.remaining > 0 {
+	if s.server != nil || s.skipping || f.Remaining > 0 {
 		s.mu.Unlock()
 		return nil
 	}
 	// Find a run of such messages ending in Sync, all buffered whole.
 	end := -1
-	for r := f.r; f.w-r >= 5; {
-		typ := f.buf[r]
-		length := int(binary.BigEndian.Uint32(f.buf[r+1:]))
-		if length < 4 || length-4 > s.maxMsg || f.w-r < 1+length {
+	for r := f.R; ; {
+		typ, length, ok := wire.HeaderOf(f.Buf[r:f.W])
+		if !ok || length < 4 || length-4 > s.maxMsg || f.W-r < 1+length {
 			break
 		}
-		body := f.buf[r+5 : r+1+length]
-		ok := false
+		body := f.Buf[r+5 : r+1+length]
+		ok = false
 		switch typ {
 		case 'P':
 			ok = s.knownParseLocked(body)
@@ -947,18 +883,17 @@ func (s *session) answerLocally(f *frameReader) error {
 	}
 	var out []byte
 	failed := false // after an error, like PostgreSQL, skip to the Sync
-	for f.r < end {
-		typ := f.buf[f.r]
-		length := int(binary.BigEndian.Uint32(f.buf[f.r+1:]))
-		body := f.buf[f.r+5 : f.r+1+length]
+	for f.R < end {
+		typ, length, _ := f.Header()
+		body := f.Buf[f.R+5 : f.R+1+length]
 		if failed && typ != 'S' {
-			f.r += 1 + length
+			f.R += 1 + length
 			continue
 		}
 		switch typ {
 		case 'P':
-			name, rest, _ := cstring(body)
-			query, paramTypes, _ := cstring(rest)
+			name, rest, _ := wire.CString(body)
+			query, paramTypes, _ := wire.CString(rest)
 			var ps *preparedStmt
 			if limit := s.srv.cfg.MaxClientPreparedStatements; limit <= 0 || len(s.stmts) < limit {
 				// nil if the statement was forgotten since knownParseLocked and the registry
@@ -966,8 +901,8 @@ func (s *session) answerLocally(f *frameReader) error {
 				ps = s.srv.stmts.get(query, paramTypes)
 			}
 			if ps == nil {
-				e := &pgconn.PgError{Severity: "ERROR", Code: codeConfigLimit, Message: "pgsidecar: too many prepared statements (max_client_prepared_statements or max_prepared_statement_bytes)"}
-				out = appendErrorResponse(out, e)
+				e := &pgconn.PgError{Severity: "ERROR", Code: retry.CodeConfigurationLimitExceeded, Message: "pgsidecar: too many prepared statements (max_client_prepared_statements or max_prepared_statement_bytes)"}
+				out = wire.AppendErrorResponse(out, e)
 				failed = true
 				break
 			}
@@ -975,18 +910,18 @@ func (s *session) answerLocally(f *frameReader) error {
 				s.pinLocked(res.Pin)
 			}
 			s.stmts[string(name)] = ps
-			out = append(out, parseComplete...)
+			out = wire.AppendParseComplete(out)
 		case 'C':
-			name, _, _ := cstring(body[1:])
+			name, _, _ := wire.CString(body[1:])
 			if ps, ok := s.stmts[string(name)]; ok {
 				delete(s.stmts, string(name))
 				s.srv.stmts.put(ps)
 			}
-			out = append(out, closeComplete...)
+			out = wire.AppendCloseComplete(out)
 		case 'S':
-			out = append(out, 'Z', 0, 0, 0, 5, 'I')
+			out = wire.AppendReadyForQuery(out, 'I')
 		}
-		f.r += 1 + length
+		f.R += 1 + length
 	}
 	s.mu.Unlock()
 	s.wmu.Lock()
@@ -1001,7 +936,7 @@ func (s *session) answerLocally(f *frameReader) error {
 // knownParseLocked reports whether a Parse names a new statement whose text and parameter types
 // a server has already accepted.
 func (s *session) knownParseLocked(body []byte) bool {
-	name, rest, ok := cstring(body)
+	name, rest, ok := wire.CString(body)
 	if !ok || len(name) == 0 {
 		return false
 	}
@@ -1011,7 +946,7 @@ func (s *session) knownParseLocked(body []byte) bool {
 	if limit := s.srv.cfg.MaxClientPreparedStatements; len(name) > maxStmtName || limit > 0 && len(s.stmts) >= limit {
 		return false // the normal path refuses it
 	}
-	query, paramTypes, ok := cstring(rest)
+	query, paramTypes, ok := wire.CString(rest)
 	if !ok {
 		return false
 	}
@@ -1033,11 +968,7 @@ func refusalMessage(reason classify.Reason) string {
 // refusalQuery is a simple Query that fails on the server with the refusal's error.
 func refusalQuery(reason classify.Reason) []byte {
 	msg := strings.ReplaceAll(refusalMessage(reason), "'", "''")
-	sql := "DO $pgsidecar$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '" + msg + "'; END $pgsidecar$"
-	n := 4 + len(sql) + 1
-	b := []byte{'Q', byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}
-	b = append(b, sql...)
-	return append(b, 0)
+	return wire.AppendQuery(nil, "DO $pgsidecar$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '"+msg+"'; END $pgsidecar$")
 }
 
 // readyStatusLocked is the transaction status for a ReadyForQuery the proxy makes up: the
@@ -1047,35 +978,6 @@ func (s *session) readyStatusLocked() byte {
 		return 'I'
 	}
 	return s.txStatus
-}
-
-// errorCode returns the SQLSTATE field of an ErrorResponse body.
-func errorCode(body []byte) string { return string(errorField(body, 'C')) }
-
-// errorFatal reports whether an ErrorResponse body has severity FATAL or PANIC: the server ends
-// the connection after it. The non-localized severity (V, PostgreSQL 9.6+) is preferred.
-func errorFatal(body []byte) bool {
-	sev := errorField(body, 'V')
-	if sev == nil {
-		sev = errorField(body, 'S')
-	}
-	return string(sev) == "FATAL" || string(sev) == "PANIC"
-}
-
-// errorField returns field typ of an ErrorResponse or NoticeResponse body, nil when absent.
-func errorField(body []byte, typ byte) []byte {
-	for len(body) > 0 && body[0] != 0 {
-		field := body[0]
-		v, rest, ok := cstring(body[1:])
-		if !ok {
-			return nil
-		}
-		if field == typ {
-			return v
-		}
-		body = rest
-	}
-	return nil
 }
 
 // maxRetryBatch bounds the batches kept for a re-run after a schema change.
@@ -1144,7 +1046,7 @@ func (s *session) retrySchemaChangeLocked(ps *preparedStmt, st *serverState) boo
 	s.resp.head().swallow = true
 	st.remove(ps)
 	var buf []byte
-	buf = append(buf, closeMessage('S', ps.name)...)
+	buf = wire.AppendClose(buf, 'S', ps.name)
 	buf = append(buf, ps.parse...)
 	buf = append(buf, s.retryBatch...)
 	s.resp.push(respEntry{msg: 'C', swallow: true})
@@ -1159,7 +1061,7 @@ func (s *session) retrySchemaChangeLocked(ps *preparedStmt, st *serverState) boo
 		// The loop's next read fails too and ends the session with a clear error.
 		s.log.Info("re-run after schema change: write to server failed", "err", err)
 	}
-	s.srv.metrics.retried("schema_change")
+	s.srv.metrics.retried(retry.ReasonSchemaChange)
 	s.log.Debug("statement re-prepared and re-run after a schema change", "statement", ps.name)
 	return true
 }

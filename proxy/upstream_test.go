@@ -26,6 +26,7 @@ import (
 
 	"github.com/pgsidecar/pgsidecar/config"
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/internal/retry"
 )
 
 // This file tests how the proxy reaches its upstream (TLS with certificate verification,
@@ -225,7 +226,7 @@ func TestUpstreamTLSVerifyFull(t *testing.T) {
 		if !errors.As(err, &pgErr) {
 			t.Fatalf("got %v (%T), want the proxy's ErrorResponse (*pgconn.PgError)", err, err)
 		}
-		if pgErr.Code != codeConnectionFailure && !strings.Contains(pgErr.Message, "certificate") {
+		if pgErr.Code != retry.CodeConnectionFailure && !strings.Contains(pgErr.Message, "certificate") {
 			t.Fatalf("got SQLSTATE %s %q, want 08006 or a message about the certificate", pgErr.Code, pgErr.Message)
 		}
 		if !strings.Contains(pgErr.Message, "certificate") {
@@ -389,7 +390,7 @@ func TestRouteUnknownUserPassword(t *testing.T) {
 		if !errors.As(err, &pgErr) {
 			t.Fatalf("got %v (%T), want an ErrorResponse (*pgconn.PgError) with SQLSTATE class 28", err, err)
 		}
-		if pgErr.Code != codeInvalidAuthSpec || !strings.Contains(pgErr.Message, "users entry") || !strings.Contains(pgErr.Message, role) {
+		if pgErr.Code != retry.CodeInvalidAuthorization || !strings.Contains(pgErr.Message, "users entry") || !strings.Contains(pgErr.Message, role) {
 			t.Fatalf("got SQLSTATE %s (%s), want 28000 naming the user and the settings that would give its password", pgErr.Code, pgErr.Message)
 		}
 		// An authentication failure is not transient: no waiting out query_wait_timeout.

@@ -4,6 +4,7 @@ import (
 	"sync"
 
 	"github.com/pgsidecar/pgsidecar/pool"
+	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
 
 // relayWorkers runs serverToClient loops on goroutines that are kept between loops. A
@@ -28,7 +29,7 @@ const maxIdleRelayWorkers = 128
 type relayWorker struct {
 	tasks chan relayTask // buffered: handing over a loop never blocks
 	// f is the read state of the worker's loops, reused so that a loop allocates none.
-	f frameReader
+	f wire.Frames
 }
 
 // relayTask is one serverToClient loop: session s relaying server c until done is closed.

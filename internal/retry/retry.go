@@ -46,6 +46,11 @@ const (
 	ReasonTimeout            = "timeout"              // a timeout that is not a dial's (read, write, caller deadline)
 	ReasonCanceled           = "canceled"             // context.Canceled
 	ReasonOther              = "other"                // anything else
+
+	// Reasons the proxy gives a request it sends again, besides the classes above.
+	ReasonReadOnly         = "read_only"         // 25006 from a demoted primary
+	ReasonSchemaChange     = "schema_change"     // 0A000: a prepared statement's result type changed
+	ReasonStatementMissing = "statement_missing" // 26000: a server lost a shared prepared statement
 )
 
 // Class says whether an error may be retried and why (the reason is a bounded metric label).
@@ -80,7 +85,7 @@ func Classify(err error) Class {
 		return Class{}
 	}
 	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
-		return classifySQLState(pgErr.Code)
+		return ClassifyCode(pgErr.Code)
 	}
 	if errors.Is(err, context.Canceled) {
 		return Class{Reason: ReasonCanceled}
@@ -97,19 +102,20 @@ func Classify(err error) Class {
 	return Class{Reason: ReasonOther}
 }
 
-func classifySQLState(code string) Class {
+// ClassifyCode classifies a server error by its SQLSTATE, as Classify does a *pgconn.PgError.
+func ClassifyCode(code string) Class {
 	switch code {
-	case "53300":
+	case CodeTooManyConnections:
 		return Class{Retryable: true, Reason: ReasonTooManyConnections}
-	case "57P01", "57P02":
+	case CodeAdminShutdown, CodeCrashShutdown:
 		return Class{Retryable: true, Reason: ReasonShutdown}
-	case "57P03":
+	case CodeCannotConnectNow:
 		return Class{Retryable: true, Reason: ReasonStarting}
-	case "40001":
+	case CodeSerializationFailure:
 		return Class{Reason: ReasonSerialization}
-	case "40P01":
+	case CodeDeadlockDetected:
 		return Class{Reason: ReasonDeadlock}
-	case "3D000":
+	case CodeInvalidCatalogName:
 		return Class{Reason: ReasonNoDatabase}
 	}
 	switch {

@@ -4,7 +4,6 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +11,8 @@ import (
 	"sync"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/pgsidecar/pgsidecar/internal/retry"
+	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
 
 // Method is a client authentication method, named as in pg_hba.conf.
@@ -33,14 +34,6 @@ func ParseMethod(s string) (Method, error) {
 	}
 	return "", fmt.Errorf("auth: unknown method %q (want %q, %q or %q)", s, Trust, MD5, SCRAMSHA256)
 }
-
-// SQLSTATE codes returned in *pgconn.PgError.
-const (
-	codeInvalidPassword     = "28P01" // invalid_password
-	codeInvalidAuthSpec     = "28000" // invalid_authorization_specification
-	codeProtocolViolation   = "08P01" // protocol_violation
-	codeFeatureNotSupported = "0A000" // feature_not_supported
-)
 
 // maxBodyLen caps the body of a message read during authentication (the
 // length field minus its own 4 bytes). PostgreSQL allows 65535 bytes for an
@@ -70,7 +63,7 @@ func Authenticate(rw io.ReadWriter, method Method, user, secret string, found bo
 		return authSCRAM(rw, user, secret, found)
 	}
 	return fmt.Errorf("auth: unknown method %q: %w", method,
-		newPgError(codeInvalidAuthSpec, fmt.Sprintf("authentication method not supported for user %q", user)))
+		newPgError(retry.CodeInvalidAuthorization, fmt.Sprintf("authentication method not supported for user %q", user)))
 }
 
 func newPgError(code, msg string) *pgconn.PgError {
@@ -81,7 +74,7 @@ func newPgError(code, msg string) *pgconn.PgError {
 // PgError whatever the reason, wrapped with reason (for the proxy's log) when
 // reason is not empty. reason must never contain a secret.
 func failed(user, reason string) error {
-	pgErr := newPgError(codeInvalidPassword, fmt.Sprintf("password authentication failed for user %q", user))
+	pgErr := newPgError(retry.CodeInvalidPassword, fmt.Sprintf("password authentication failed for user %q", user))
 	if reason == "" {
 		return pgErr
 	}
@@ -90,7 +83,7 @@ func failed(user, reason string) error {
 
 // protocolViolation returns a 08P01 PgError with msg.
 func protocolViolation(msg string) *pgconn.PgError {
-	return newPgError(codeProtocolViolation, msg)
+	return newPgError(retry.CodeProtocolViolation, msg)
 }
 
 // readMessage reads one message of type want from r: the 5-byte header, then
@@ -104,7 +97,7 @@ func readMessage(r io.Reader, want byte, what string) ([]byte, error) {
 	if hdr[0] != want {
 		return nil, protocolViolation(fmt.Sprintf("expected %s response, got message type %d", what, hdr[0]))
 	}
-	n := int32(binary.BigEndian.Uint32(hdr[1:]))
+	_, n, _ := wire.HeaderOf(hdr[:])
 	if n < 4 || n-4 > maxBodyLen {
 		return nil, protocolViolation(fmt.Sprintf("invalid message length %d", n))
 	}

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgsidecar/pgsidecar/internal/retry"
 	"github.com/xdg-go/scram"
 )
 
@@ -197,7 +198,7 @@ func authSCRAM(rw io.ReadWriter, user, secret string, found bool) error {
 		return fmt.Errorf("auth: scram client-first-message: %w: %w", protocolViolation("malformed SCRAM message"), err)
 	}
 	if conv.AuthzID() != "" {
-		return newPgError(codeFeatureNotSupported, "client uses authorization identity, but it is not supported")
+		return newPgError(retry.CodeFeatureNotSupported, "client uses authorization identity, but it is not supported")
 	}
 	if err := writeMessage(rw, &pgproto3.AuthenticationSASLContinue{Data: []byte(out)}); err != nil {
 		return err
