@@ -180,3 +180,41 @@ func TestConfigSubcommands(t *testing.T) {
 		}
 	}
 }
+
+// A misspelt subcommand or a stray argument must stop with a usage error, not start a proxy
+// with the default configuration (README: exit codes).
+func TestStrayArguments(t *testing.T) {
+	for _, args := range [][]string{
+		{"frob"},
+		{"--pool-size", "5", "frob"},
+		{"--", "frob"},
+		{"config", "check", "frob"},
+		{"config", "print", "--pool-size", "5", "frob"},
+		{"config", "frob"},
+		{"config"},
+		{"--no-such-flag"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			env := []string{"DATABASE_URL=postgres://app@db.example:5432/app"}
+			// Were an argument ignored, run would start serving; the canceled context makes it
+			// stop at once, and started reports it.
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			started := make(chan running, 1)
+			code := run(ctx, args, env, &out, &errOut, started)
+			if code != exitBadUsage {
+				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, exitBadUsage, out.String(), errOut.String())
+			}
+			if len(started) > 0 {
+				t.Fatal("pgsidecar started serving")
+			}
+			if !strings.Contains(errOut.String(), "usage: pgsidecar") {
+				t.Errorf("stderr lacks the usage:\n%s", errOut.String())
+			}
+			if args[0] == "frob" && !strings.Contains(errOut.String(), `unexpected argument "frob"`) {
+				t.Errorf("stderr does not name the argument:\n%s", errOut.String())
+			}
+		})
+	}
+}
