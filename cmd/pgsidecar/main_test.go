@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/goleak"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
@@ -216,5 +217,40 @@ func TestStrayArguments(t *testing.T) {
 				t.Errorf("stderr does not name the argument:\n%s", errOut.String())
 			}
 		})
+	}
+}
+
+// What `make run` does without a DATABASE_URL: the local profile starts a disposable cluster
+// (as the postgres user when run as root) and proxies to it.
+func TestLocalClusterWithoutDatabaseURL(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	if err := pgtest.Available(); err != nil {
+		if pgtest.Required() {
+			t.Fatalf("%v (CI=true or %s=1: not skipping)", err, pgtest.RequireEnv)
+		}
+		t.Skip(err)
+	}
+	inst, stop := startInstance(t, []string{
+		"--profile", "local", "--listen", "127.0.0.1:0", "--http-listen", "", "--log-level", "warn",
+	}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	url := fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", inst.ProxyAddrs[0])
+	conn, err := pgconn.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := conn.Exec(ctx, "SELECT current_user").ReadAll()
+	conn.Close(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(res[0].Rows[0][0]); got != "postgres" {
+		t.Fatalf("current_user = %q, want postgres", got)
+	}
+	if code := stop(); code != exitOK {
+		t.Fatalf("exit code %d", code)
 	}
 }

@@ -18,7 +18,7 @@ import (
 
 	"github.com/pgsidecar/pgsidecar/config"
 	"github.com/pgsidecar/pgsidecar/health"
-	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/internal/pgcluster"
 	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/pgsidecar/pgsidecar/proxy"
 )
@@ -258,13 +258,13 @@ func serveStatus(pools *pool.Set, prober *health.Prober) status {
 	return st
 }
 
-func startLocalCluster(ctx context.Context, logger *slog.Logger) (*pgtest.Cluster, error) {
-	if err := pgtest.Available(); err != nil {
+func startLocalCluster(ctx context.Context, logger *slog.Logger) (*pgcluster.Cluster, error) {
+	if err := pgcluster.Available(); err != nil {
 		return nil, fmt.Errorf("no DATABASE_URL and no local PostgreSQL to start: %w", err)
 	}
 	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	c, err := pgtest.Start(sctx, pgtest.Options{Logger: logger})
+	c, err := pgcluster.Start(sctx, pgcluster.Options{Logger: logger})
 	if err != nil {
 		return nil, fmt.Errorf("start local postgresql: %w", err)
 	}
