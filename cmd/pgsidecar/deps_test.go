@@ -20,6 +20,7 @@ func TestBinaryLinksNoTestCode(t *testing.T) {
 		"testing",
 		"github.com/pgsidecar/pgsidecar/internal/pgtest",
 		"go.uber.org/goleak",
+		"github.com/lib/pq",
 		"sigs.k8s.io/kustomize/",
 		"k8s.io/",
 		"github.com/prometheus-operator/",
