@@ -1,4 +1,5 @@
-# The Makefile mirrors CI: .ci/run installs what is missing and calls `make test`.
+# The Makefile mirrors CI: .ci/run calls `make test`. run and test install what they need
+# first (deps), so on a fresh Debian machine with Go each works on its own.
 GO       ?= go
 BIN      := bin/pgsidecar
 PKGS     := ./...
@@ -6,15 +7,21 @@ FUZZTIME ?= 10s
 # The pgbench comparison harness shipped beside the repository; override to use another copy.
 PGBENCH_COMPARE ?= ../shared/bench/pgbench-compare.sh
 
-.PHONY: all build run test test-short lint fuzz bench bench-go bench-pgbench clean
+.PHONY: all build deps run test test-short lint fuzz bench bench-go bench-pgbench clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/pgsidecar
 
-# With DATABASE_URL set, proxies to it; without, starts a disposable local PostgreSQL.
-run: build
+# PostgreSQL's server binaries, psql and pgbench: Debian's packages are installed when missing
+# (as root), or the command to install them is printed and make stops.
+deps:
+	@.ci/setup
+
+# With DATABASE_URL set, proxies to it; without, starts a disposable local PostgreSQL, which
+# needs deps.
+run: build $(if $(DATABASE_URL)$(PGSIDECAR_DATABASE_URL),,deps)
 	./$(BIN) $(ARGS)
 
 lint:
@@ -23,9 +30,10 @@ lint:
 	$(GO) vet $(PKGS)
 
 # The whole suite: lint, unit and integration tests against real PostgreSQL with the race
-# detector, then a short run of every fuzz target.
-test: lint
-	$(GO) test -race -count=1 -timeout 30m $(PKGS)
+# detector, then a short run of every fuzz target. PGSIDECAR_REQUIRE_PG makes a test that cannot
+# find PostgreSQL fail instead of skip (test-short is the one that skips).
+test: deps lint
+	PGSIDECAR_REQUIRE_PG=1 $(GO) test -race -count=1 -timeout 30m $(PKGS)
 	$(MAKE) fuzz
 
 test-short: lint

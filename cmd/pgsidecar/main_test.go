@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/goleak"
 
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
@@ -178,5 +179,78 @@ func TestConfigSubcommands(t *testing.T) {
 		if !strings.Contains(errOut.String(), want) {
 			t.Errorf("error output lacks %q:\n%s", want, errOut.String())
 		}
+	}
+}
+
+// A misspelt subcommand or a stray argument must stop with a usage error, not start a proxy
+// with the default configuration (README: exit codes).
+func TestStrayArguments(t *testing.T) {
+	for _, args := range [][]string{
+		{"frob"},
+		{"--pool-size", "5", "frob"},
+		{"--", "frob"},
+		{"config", "check", "frob"},
+		{"config", "print", "--pool-size", "5", "frob"},
+		{"config", "frob"},
+		{"config"},
+		{"--no-such-flag"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			env := []string{"DATABASE_URL=postgres://app@db.example:5432/app"}
+			// Were an argument ignored, run would start serving; the canceled context makes it
+			// stop at once, and started reports it.
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			started := make(chan running, 1)
+			code := run(ctx, args, env, &out, &errOut, started)
+			if code != exitBadUsage {
+				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, exitBadUsage, out.String(), errOut.String())
+			}
+			if len(started) > 0 {
+				t.Fatal("pgsidecar started serving")
+			}
+			if !strings.Contains(errOut.String(), "usage: pgsidecar") {
+				t.Errorf("stderr lacks the usage:\n%s", errOut.String())
+			}
+			if args[0] == "frob" && !strings.Contains(errOut.String(), `unexpected argument "frob"`) {
+				t.Errorf("stderr does not name the argument:\n%s", errOut.String())
+			}
+		})
+	}
+}
+
+// What `make run` does without a DATABASE_URL: the local profile starts a disposable cluster
+// (as the postgres user when run as root) and proxies to it.
+func TestLocalClusterWithoutDatabaseURL(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	if err := pgtest.Available(); err != nil {
+		if pgtest.Required() {
+			t.Fatalf("%v (CI=true or %s=1: not skipping)", err, pgtest.RequireEnv)
+		}
+		t.Skip(err)
+	}
+	inst, stop := startInstance(t, []string{
+		"--profile", "local", "--listen", "127.0.0.1:0", "--http-listen", "", "--log-level", "warn",
+	}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	url := fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", inst.ProxyAddrs[0])
+	conn, err := pgconn.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := conn.Exec(ctx, "SELECT current_user").ReadAll()
+	conn.Close(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(res[0].Rows[0][0]); got != "postgres" {
+		t.Fatalf("current_user = %q, want postgres", got)
+	}
+	if code := stop(); code != exitOK {
+		t.Fatalf("exit code %d", code)
 	}
 }

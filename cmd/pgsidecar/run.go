@@ -18,7 +18,7 @@ import (
 
 	"github.com/pgsidecar/pgsidecar/config"
 	"github.com/pgsidecar/pgsidecar/health"
-	"github.com/pgsidecar/pgsidecar/internal/pgtest"
+	"github.com/pgsidecar/pgsidecar/internal/pgcluster"
 	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/pgsidecar/pgsidecar/proxy"
 )
@@ -29,6 +29,9 @@ const (
 	exitFailure  = 1
 	exitBadUsage = 2
 )
+
+// usage lists the command lines pgsidecar accepts.
+const usage = "pgsidecar [flags] | pgsidecar config check|print [flags]"
 
 // drainTimeout bounds how long a shutdown waits for clients to finish their transactions.
 const drainTimeout = 30 * time.Second
@@ -45,14 +48,9 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer, 
 	if len(args) > 0 && args[0] == "config" {
 		return configCommand(args[1:], environ, stdout, stderr)
 	}
-	fs := config.NewFlagSet("pgsidecar")
-	cfg, err := config.Load(fs, args, environ)
-	if err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return exitOK
-		}
-		fmt.Fprintf(stderr, "pgsidecar: invalid configuration:\n%v\n", err)
-		return exitBadUsage
+	cfg, code := loadConfig("pgsidecar", args, environ, stderr)
+	if cfg == nil {
+		return code
 	}
 	logger := newLogger(cfg, stderr)
 	// Go's default GOMAXPROCS is the CPU count, or a container's CPU limit below it: more
@@ -70,16 +68,12 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer, 
 
 func configCommand(args, environ []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || (args[0] != "check" && args[0] != "print") {
-		fmt.Fprintln(stderr, "usage: pgsidecar config check|print [flags]")
+		fmt.Fprintln(stderr, "usage: "+usage)
 		return exitBadUsage
 	}
-	cfg, err := config.Load(config.NewFlagSet("pgsidecar config "+args[0]), args[1:], environ)
-	if err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return exitOK
-		}
-		fmt.Fprintf(stderr, "pgsidecar: invalid configuration:\n%v\n", err)
-		return exitBadUsage
+	cfg, code := loadConfig("pgsidecar config "+args[0], args[1:], environ, stderr)
+	if cfg == nil {
+		return code
 	}
 	if args[0] == "print" {
 		if err := cfg.Print(stdout); err != nil {
@@ -90,6 +84,32 @@ func configCommand(args, environ []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stdout, "configuration is valid")
 	return exitOK
+}
+
+// loadConfig parses the flags in args and loads the configuration. A nil Config comes with the
+// exit code: --help is a success, anything else is bad usage and has been reported on stderr.
+func loadConfig(name string, args, environ []string, stderr io.Writer) (*config.Config, int) {
+	fs := config.NewFlagSet(name)
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil, exitOK
+		}
+		fmt.Fprintf(stderr, "%s: %v; usage: %s\n", name, err, usage)
+		return nil, exitBadUsage
+	}
+	// pflag keeps positional arguments for the caller; none is meaningful here, and a
+	// misspelt subcommand must not start a proxy with the default configuration.
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "%s: unexpected argument %q; usage: %s\n", name, fs.Arg(0), usage)
+		return nil, exitBadUsage
+	}
+	cfg, err := config.Load(fs, nil, environ)
+	if err != nil {
+		fmt.Fprintf(stderr, "pgsidecar: invalid configuration:\n%v\n", err)
+		return nil, exitBadUsage
+	}
+	return cfg, exitOK
 }
 
 func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
@@ -238,13 +258,13 @@ func serveStatus(pools *pool.Set, prober *health.Prober) status {
 	return st
 }
 
-func startLocalCluster(ctx context.Context, logger *slog.Logger) (*pgtest.Cluster, error) {
-	if err := pgtest.Available(); err != nil {
+func startLocalCluster(ctx context.Context, logger *slog.Logger) (*pgcluster.Cluster, error) {
+	if err := pgcluster.Available(); err != nil {
 		return nil, fmt.Errorf("no DATABASE_URL and no local PostgreSQL to start: %w", err)
 	}
 	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	c, err := pgtest.Start(sctx, pgtest.Options{Logger: logger})
+	c, err := pgcluster.Start(sctx, pgcluster.Options{Logger: logger})
 	if err != nil {
 		return nil, fmt.Errorf("start local postgresql: %w", err)
 	}

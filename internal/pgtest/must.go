@@ -6,8 +6,9 @@ import (
 	"time"
 )
 
-// TB is the part of testing.TB that [Must] needs. It is an interface so
-// that this package does not import "testing" (cmd/pgsidecar links it).
+// TB is the part of testing.TB that [Must] needs. It is an interface so that
+// importing this package does not drag "testing" into a non-test build by
+// accident.
 type TB interface {
 	Helper()
 	Skip(args ...any)
@@ -17,16 +18,28 @@ type TB interface {
 	Logf(format string, args ...any)
 }
 
+// RequireEnv names the environment variable that, set to 1, makes missing
+// PostgreSQL binaries fail tests instead of skipping them. `make test` sets
+// it, so that the whole suite cannot pass without having run against
+// PostgreSQL.
+const RequireEnv = "PGSIDECAR_REQUIRE_PG"
+
+// Required reports whether tests that need PostgreSQL must fail, rather than
+// skip, when it cannot be found: under CI=true or PGSIDECAR_REQUIRE_PG=1.
+func Required() bool {
+	return os.Getenv("CI") == "true" || os.Getenv(RequireEnv) == "1"
+}
+
 // Must starts a cluster for a test and closes it in t.Cleanup, which also
 // runs after a panic. When the PostgreSQL binaries are missing it skips the
-// test, except under CI=true, where it fails: a silent skip would hide a
-// broken install. Startup is bounded to 60 seconds. Callers check
-// testing.Short() themselves.
+// test, unless [Required], where it fails: a silent skip would hide a broken
+// install. Startup is bounded to 60 seconds. Callers check testing.Short()
+// themselves.
 func Must(t TB, opts Options) *Cluster {
 	t.Helper()
 	if err := Available(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%v (CI=true: not skipping)", err)
+		if Required() {
+			t.Fatalf("%v (CI=true or %s=1: not skipping)", err, RequireEnv)
 		}
 		t.Skip(err)
 	}

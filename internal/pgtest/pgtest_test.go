@@ -190,7 +190,7 @@ func TestCloseRemovesDir(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t)
 	if err := pgtest.Available(); err != nil {
-		if os.Getenv("CI") == "true" {
+		if pgtest.Required() {
 			t.Fatal(err)
 		}
 		t.Skip(err)

@@ -1,4 +1,4 @@
-package pgtest
+package pgcluster
 
 import (
 	"errors"
@@ -41,11 +41,11 @@ func lookupOwner() (*owner, error) {
 	}
 	uid, err := strconv.Atoi(u.Uid)
 	if err != nil {
-		return nil, fmt.Errorf("pgtest: user %s: uid %q: %w", ownerName, u.Uid, err)
+		return nil, fmt.Errorf("pgcluster: user %s: uid %q: %w", ownerName, u.Uid, err)
 	}
 	gid, err := strconv.Atoi(u.Gid)
 	if err != nil {
-		return nil, fmt.Errorf("pgtest: user %s: gid %q: %w", ownerName, u.Gid, err)
+		return nil, fmt.Errorf("pgcluster: user %s: gid %q: %w", ownerName, u.Gid, err)
 	}
 	gids := []int{gid}
 	groups := []uint32{uint32(gid)}
@@ -91,7 +91,7 @@ func ensureSystemUser() (*user.User, error) {
 	if u, err := user.Lookup(ownerName); err == nil {
 		return u, nil
 	}
-	return nil, fmt.Errorf("pgtest: running as root and cannot create system user %q: %w", ownerName, lastErr)
+	return nil, fmt.Errorf("pgcluster: running as root and cannot create system user %q: %w", ownerName, lastErr)
 }
 
 func currentGroups() []int {
@@ -138,22 +138,22 @@ func (o *owner) makeClusterDir() (string, error) {
 			errs = append(errs, err)
 			continue
 		}
-		dir, err := os.MkdirTemp(base, "pgtest-")
+		dir, err := os.MkdirTemp(base, "pgcluster-")
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		if err := os.Chmod(dir, 0o755); err != nil {
 			os.RemoveAll(dir)
-			return "", fmt.Errorf("pgtest: %w", err)
+			return "", fmt.Errorf("pgcluster: %w", err)
 		}
 		if err := o.chown(dir); err != nil {
 			os.RemoveAll(dir)
-			return "", fmt.Errorf("pgtest: %w", err)
+			return "", fmt.Errorf("pgcluster: %w", err)
 		}
 		return dir, nil
 	}
-	return "", fmt.Errorf("pgtest: no usable temporary directory: %w", errors.Join(errs...))
+	return "", fmt.Errorf("pgcluster: no usable temporary directory: %w", errors.Join(errs...))
 }
 
 // maxSocketDir keeps "<dir>/.s.PGSQL.<port>" within sun_path (108 bytes).
@@ -176,7 +176,7 @@ func (o *owner) checkTraversable(dir string) error {
 	if err != nil {
 		return err
 	}
-	if len(abs)+len("/pgtest-0123456789") > maxSocketDir {
+	if len(abs)+len("/pgcluster-0123456789") > maxSocketDir {
 		return fmt.Errorf("%s: path too long for a Unix socket", abs)
 	}
 	for p := abs; ; p = filepath.Dir(p) {

@@ -1,4 +1,4 @@
-package pgtest
+package pgcluster
 
 import (
 	"bytes"
@@ -36,10 +36,10 @@ type Options struct {
 	// Auth is not trust; empty means no password.
 	Password string
 	// Settings are extra postgresql.conf settings, e.g.
-	// {"max_connections": "200"}; they override pgtest's defaults (fsync,
+	// {"max_connections": "200"}; they override pgcluster's defaults (fsync,
 	// synchronous_commit and full_page_writes off, max_connections 200).
 	// port, listen_addresses and unix_socket_directories are managed by
-	// pgtest and rejected here. Nil means none.
+	// pgcluster and rejected here. Nil means none.
 	Settings map[string]string
 	// Logger receives debug logs of the commands run and an info log when
 	// the cluster is up. Nil discards them.
@@ -73,7 +73,7 @@ const (
 	startTries   = 3
 )
 
-// reservedSettings are managed by pgtest and may not appear in Options.Settings.
+// reservedSettings are managed by pgcluster and may not appear in Options.Settings.
 var reservedSettings = []string{"port", "listen_addresses", "unix_socket_directories"}
 
 // Start creates and starts a new cluster: initdb in a fresh temporary
@@ -88,14 +88,14 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	case "trust":
 	case "scram-sha-256", "md5", "password":
 		if opts.Password == "" {
-			return nil, fmt.Errorf("pgtest: auth %q needs a password", auth)
+			return nil, fmt.Errorf("pgcluster: auth %q needs a password", auth)
 		}
 	default:
-		return nil, fmt.Errorf("pgtest: unsupported auth method %q", auth)
+		return nil, fmt.Errorf("pgcluster: unsupported auth method %q", auth)
 	}
 	for _, k := range reservedSettings {
 		if _, ok := opts.Settings[k]; ok {
-			return nil, fmt.Errorf("pgtest: setting %q is managed by pgtest", k)
+			return nil, fmt.Errorf("pgcluster: setting %q is managed by pgcluster", k)
 		}
 	}
 	binDir, err := findBinDir()
@@ -121,7 +121,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		logFile:  filepath.Join(dir, "server.log"),
 		password: opts.Password,
 		owner:    own,
-		logger:   logger.With("pgtest_dir", dir),
+		logger:   logger.With("pgcluster_dir", dir),
 	}
 	defer func() {
 		if err != nil {
@@ -155,7 +155,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		if attempt >= startTries || !portClash(c.logSince(offset)) {
 			return nil, err
 		}
-		c.logger.Debug("pgtest: port taken, retrying", "port", c.port, "attempt", attempt)
+		c.logger.Debug("pgcluster: port taken, retrying", "port", c.port, "attempt", attempt)
 	}
 	if err := c.waitReady(ctx); err != nil {
 		return nil, err
@@ -166,7 +166,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			return nil, err
 		}
 	}
-	c.logger.Info("pgtest: cluster started", "port", c.port, "bin", binDir)
+	c.logger.Info("pgcluster: cluster started", "port", c.port, "bin", binDir)
 	return c, nil
 }
 
@@ -217,11 +217,11 @@ func (c *Cluster) adminDSN() string {
 func (c *Cluster) Exec(ctx context.Context, sql string) error {
 	conn, err := pgconn.Connect(ctx, c.adminDSN())
 	if err != nil {
-		return fmt.Errorf("pgtest: exec: connect: %w", err)
+		return fmt.Errorf("pgcluster: exec: connect: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	if _, err := conn.Exec(ctx, sql).ReadAll(); err != nil {
-		return fmt.Errorf("pgtest: exec: %w", err)
+		return fmt.Errorf("pgcluster: exec: %w", err)
 	}
 	return nil
 }
@@ -244,12 +244,12 @@ func (c *Cluster) Restart(ctx context.Context, mode string) error {
 	switch mode {
 	case "fast", "immediate", "smart":
 	default:
-		return fmt.Errorf("pgtest: restart: unknown mode %q", mode)
+		return fmt.Errorf("pgcluster: restart: unknown mode %q", mode)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		return errors.New("pgtest: restart: cluster closed")
+		return errors.New("pgcluster: restart: cluster closed")
 	}
 	if err := c.pgctl(ctx, "restart", "-w", "-m", mode, "-t", strconv.Itoa(pgctlTimeout), "-l", c.logFile); err != nil {
 		return err
@@ -274,7 +274,7 @@ func (c *Cluster) StartAgain(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		return errors.New("pgtest: start: cluster closed")
+		return errors.New("pgcluster: start: cluster closed")
 	}
 	if c.running() {
 		return nil
@@ -301,7 +301,7 @@ func (c *Cluster) Close() error {
 	var errs []error
 	if c.running() {
 		if err := c.pgctl(ctx, "stop", "-w", "-m", "fast", "-t", "20"); err != nil && c.running() {
-			c.logger.Debug("pgtest: fast stop failed, trying immediate", "err", err)
+			c.logger.Debug("pgcluster: fast stop failed, trying immediate", "err", err)
 			_ = c.pgctl(ctx, "stop", "-w", "-m", "immediate", "-t", "10")
 		}
 		if pid := c.postmasterPID(); pid > 0 && processAlive(pid) {
@@ -314,12 +314,12 @@ func (c *Cluster) Close() error {
 				time.Sleep(20 * time.Millisecond)
 			}
 			if processAlive(pid) {
-				errs = append(errs, fmt.Errorf("pgtest: close: postmaster %d still running", pid))
+				errs = append(errs, fmt.Errorf("pgcluster: close: postmaster %d still running", pid))
 			}
 		}
 	}
 	if err := os.RemoveAll(c.dir); err != nil {
-		errs = append(errs, fmt.Errorf("pgtest: close: %w", err))
+		errs = append(errs, fmt.Errorf("pgcluster: close: %w", err))
 	}
 	return errors.Join(errs...)
 }
@@ -344,9 +344,9 @@ func (c *Cluster) run(ctx context.Context, path string, args ...string) ([]byte,
 	cmd.Stdout = &out
 	cmd.Stderr = &out
 	cmd.WaitDelay = 5 * time.Second
-	c.logger.Debug("pgtest: run", "cmd", filepath.Base(path), "args", args)
+	c.logger.Debug("pgcluster: run", "cmd", filepath.Base(path), "args", args)
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("pgtest: %s: %w", filepath.Base(path), err)
+		return nil, fmt.Errorf("pgcluster: %s: %w", filepath.Base(path), err)
 	}
 	stop := context.AfterFunc(ctx, func() { _ = cmd.Process.Kill() })
 	err := cmd.Wait()
@@ -355,7 +355,7 @@ func (c *Cluster) run(ctx context.Context, path string, args ...string) ([]byte,
 		if ctx.Err() != nil {
 			err = fmt.Errorf("%w (%w)", ctx.Err(), err)
 		}
-		return out.Bytes(), fmt.Errorf("pgtest: %s %s: %w: %s", filepath.Base(path), strings.Join(args, " "), err,
+		return out.Bytes(), fmt.Errorf("pgcluster: %s %s: %w: %s", filepath.Base(path), strings.Join(args, " "), err,
 			strings.TrimSpace(out.String()))
 	}
 	return out.Bytes(), nil
@@ -388,7 +388,7 @@ func (c *Cluster) initdb(ctx context.Context, auth string) error {
 // writeHBA replaces initdb's pg_hba.conf with exactly what the options ask for.
 func (c *Cluster) writeHBA(auth string, replication bool) error {
 	var b strings.Builder
-	b.WriteString("# Written by pgtest.\n")
+	b.WriteString("# Written by pgcluster.\n")
 	b.WriteString("local all all trust\n")
 	fmt.Fprintf(&b, "host all all 127.0.0.1/32 %s\n", auth)
 	fmt.Fprintf(&b, "host all all ::1/128 %s\n", auth)
@@ -400,7 +400,7 @@ func (c *Cluster) writeHBA(auth string, replication bool) error {
 	return c.writeOwned(filepath.Join(c.dataDir, "pg_hba.conf"), b.String(), 0o600)
 }
 
-// settings merges pgtest's defaults with opts.Settings (port is set later).
+// settings merges pgcluster's defaults with opts.Settings (port is set later).
 func (c *Cluster) settings(auth string, opts Options) map[string]string {
 	s := map[string]string{
 		"listen_addresses":        c.Host(),
@@ -423,36 +423,36 @@ func (c *Cluster) settings(auth string, opts Options) map[string]string {
 	return s
 }
 
-// writeConf writes the settings to pgtest.conf and includes it from
+// writeConf writes the settings to pgcluster.conf and includes it from
 // postgresql.conf (once).
 func (c *Cluster) writeConf(settings map[string]string) error {
 	var b strings.Builder
-	b.WriteString("# Written by pgtest; rewritten on every start attempt.\n")
+	b.WriteString("# Written by pgcluster; rewritten on every start attempt.\n")
 	for _, k := range slices.Sorted(maps.Keys(settings)) {
 		fmt.Fprintf(&b, "%s = %s\n", k, quoteLiteral(settings[k]))
 	}
-	if err := c.writeOwned(filepath.Join(c.dataDir, "pgtest.conf"), b.String(), 0o600); err != nil {
+	if err := c.writeOwned(filepath.Join(c.dataDir, "pgcluster.conf"), b.String(), 0o600); err != nil {
 		return err
 	}
 	main := filepath.Join(c.dataDir, "postgresql.conf")
 	data, err := os.ReadFile(main)
 	if err != nil {
-		return fmt.Errorf("pgtest: %w", err)
+		return fmt.Errorf("pgcluster: %w", err)
 	}
-	const include = "include 'pgtest.conf'\n"
+	const include = "include 'pgcluster.conf'\n"
 	if bytes.Contains(data, []byte(include)) {
 		return nil
 	}
 	f, err := os.OpenFile(main, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
-		return fmt.Errorf("pgtest: %w", err)
+		return fmt.Errorf("pgcluster: %w", err)
 	}
 	_, err = f.WriteString("\n" + include)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("pgtest: %w", err)
+		return fmt.Errorf("pgcluster: %w", err)
 	}
 	return nil
 }
@@ -460,10 +460,10 @@ func (c *Cluster) writeConf(settings map[string]string) error {
 // writeOwned writes a file and gives it to the cluster owner.
 func (c *Cluster) writeOwned(path, content string, perm os.FileMode) error {
 	if err := os.WriteFile(path, []byte(content), perm); err != nil {
-		return fmt.Errorf("pgtest: %w", err)
+		return fmt.Errorf("pgcluster: %w", err)
 	}
 	if err := c.owner.chown(path); err != nil {
-		return fmt.Errorf("pgtest: %w", err)
+		return fmt.Errorf("pgcluster: %w", err)
 	}
 	return nil
 }
@@ -485,7 +485,7 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("pgtest: server not ready: %w (last error: %w)\n--- server log tail ---\n%s",
+			return fmt.Errorf("pgcluster: server not ready: %w (last error: %w)\n--- server log tail ---\n%s",
 				ctx.Err(), err, c.logTail())
 		case <-time.After(50 * time.Millisecond):
 		}
@@ -581,7 +581,7 @@ func portClash(log string) bool {
 func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return 0, fmt.Errorf("pgtest: free port: %w", err)
+		return 0, fmt.Errorf("pgcluster: free port: %w", err)
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil

@@ -1,4 +1,4 @@
-package pgtest
+package pgcluster
 
 import (
 	"errors"
@@ -31,13 +31,13 @@ func Available() error {
 func findBinDir() (string, error) {
 	if dir := os.Getenv(binEnv); dir != "" {
 		if err := checkBinDir(dir); err != nil {
-			return "", fmt.Errorf("pgtest: %s=%s: %w", binEnv, dir, err)
+			return "", fmt.Errorf("pgcluster: %s=%s: %w", binEnv, dir, err)
 		}
 		return dir, nil
 	}
 	if dir := highestDebianBinDir(); dir != "" {
 		if err := checkBinDir(dir); err != nil {
-			return "", fmt.Errorf("pgtest: %s: %w", dir, err)
+			return "", fmt.Errorf("pgcluster: %s: %w", dir, err)
 		}
 		return dir, nil
 	}
@@ -47,8 +47,8 @@ func findBinDir() (string, error) {
 			return dir, nil
 		}
 	}
-	return "", fmt.Errorf("pgtest: PostgreSQL server binaries (%s) not found in %s, %s or $PATH; "+
-		"install the postgresql package or set %s",
+	return "", fmt.Errorf("pgcluster: PostgreSQL server binaries (%s) not found in %s, %s or $PATH; "+
+		"install Debian's postgresql package (in this repository, as root: make deps) or set %s",
 		strings.Join(serverBinaries, ", "), binEnv, filepath.Dir(debianGlob), binEnv)
 }
 
