@@ -211,6 +211,8 @@ type respEntry struct {
 	// single marks a simple Query of one statement; done is set once its CommandComplete was
 	// relayed: PostgreSQL commits an implicit transaction before sending that.
 	single, done bool
+	// portal marks a Describe of a portal: the client learns the result's shape from it.
+	portal bool
 	// plain marks a Query of plain statements only (classify.Result.Plain); commits marks a
 	// Query or Bind whose statement may commit on its own (classify.Result.CommitsAlone).
 	plain, commits bool

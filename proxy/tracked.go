@@ -499,7 +499,7 @@ func (s *session) trackDescribe(body []byte, st *serverState, w *wire.Batch, tot
 		return protocolErrorf("malformed Describe message")
 	}
 	if body[0] != 'S' {
-		s.resp.push(respEntry{msg: 'D'})
+		s.resp.push(respEntry{msg: 'D', portal: true})
 		return nil
 	}
 	if len(name) == 0 {
@@ -1034,10 +1034,22 @@ func (s *session) retrySchemaChangeLocked(ps *preparedStmt, st *serverState) boo
 	if n == 0 || s.writing || s.resp.len() != n || s.server == nil {
 		return false
 	}
+	described, executes := 0, 0
 	for _, e := range s.retryEntries {
-		if e.msg == 'P' || e.msg == 'Q' {
+		switch {
+		case e.msg == 'P' || e.msg == 'Q':
 			return false
+		case e.msg == 'D' && e.portal:
+			described++
+		case e.msg == 'E':
+			executes++
 		}
+	}
+	if described < executes {
+		// A client that does not describe its portals decodes the new rows with the old
+		// types (pgx's cached statements ask for binary results by the old column types):
+		// it must get the error, as from PostgreSQL, and prepare again itself.
+		return false
 	}
 	// The failed Bind heads the queue and the batch's Sync ends it: the server skips to it.
 	for h := s.resp.head(); h.msg != 'S'; h = s.resp.head() {
