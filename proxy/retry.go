@@ -156,6 +156,9 @@ func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *serverStat
 			st.unnamedBy, st.unnamedSeq = s, s.unnamedSeq
 		}
 		if e.msg == 'B' && e.stmt != nil && !st.has(e.stmt) && !preparedIn(entries, e.stmt) {
+			// Closed first, as prepareLocked does: the server may hold an older one.
+			buf = wire.AppendClose(buf, 'S', e.stmt.name)
+			s.resp.push(respEntry{msg: 'C', swallow: true})
 			buf = append(buf, e.stmt.parse...)
 			s.resp.push(respEntry{msg: 'P', swallow: true, stmt: e.stmt})
 		}

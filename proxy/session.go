@@ -99,8 +99,10 @@ type session struct {
 	// server that does not hold it; unnamedSeq numbers those Parses.
 	unnamedParse []byte
 	unnamedSeq   uint64
-	// unnamedCommits is set when the unnamed statement may commit on its own.
+	// unnamedCommits is set when the unnamed statement may commit on its own; unnamedEffect is
+	// what executing it does to prepared statements.
 	unnamedCommits bool
+	unnamedEffect  stmtEffect
 	// skipping drops client messages until Sync after an error the proxy raised itself.
 	skipping bool
 	// pinned is why the client keeps its server for the rest of its session ("" = it does not).

@@ -27,12 +27,23 @@ type preparedStmt struct {
 	// commits is set when the statement may commit on its own (CALL, DO, ...): a batch
 	// executing it is never sent again.
 	commits bool
+	// effect is what executing the statement does to prepared statements.
+	effect stmtEffect
 	// valid is set once a server accepted the Parse: later Parses of the same text can be
 	// answered by the proxy without a server.
 	valid atomic.Bool
 	// gen is bumped when a server reports that the statement's plan changed its result type
 	// (0A000 after a schema change): every server then prepares it afresh on next use.
 	gen atomic.Uint32
+}
+
+// stmtEffect is what executing a statement does to the session's prepared statements.
+type stmtEffect struct {
+	// discardAll: DISCARD ALL or DEALLOCATE ALL.
+	discardAll bool
+	// dealloc is the shared statement a DEALLOCATE of one of the client's statements drops,
+	// its text rewritten to the shared name.
+	dealloc *preparedStmt
 }
 
 // cachedStmt is a statement prepared on a server, at the generation it was prepared.
@@ -52,8 +63,8 @@ type stmtRegistry struct {
 
 // get returns the shared statement for query and the Parse message's parameter-type section,
 // counting one more reference, or nil when a new statement would take the registry past its
-// limit.
-func (r *stmtRegistry) get(query, paramTypes []byte) *preparedStmt {
+// limit. effect is the statement's effect, a function of its text, kept when it is new.
+func (r *stmtRegistry) get(query, paramTypes []byte, effect stmtEffect) *preparedStmt {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if st, ok := r.byKey[registryKey(query, paramTypes)]; ok {
@@ -79,7 +90,7 @@ func (r *stmtRegistry) get(query, paramTypes []byte) *preparedStmt {
 	parse = append(parse, paramTypes...)
 	// The key is a view of the Parse message, which is never modified: the text is held once.
 	key := bytesString(parse[keyStart:])
-	st := &preparedStmt{name: name, parse: parse, key: key, refs: 1, commits: classify.Classify(bytesString(query), nil).CommitsAlone}
+	st := &preparedStmt{name: name, parse: parse, key: key, refs: 1, commits: classify.Classify(bytesString(query), nil).CommitsAlone, effect: effect}
 	r.byKey[key] = st
 	r.bytes += len(parse)
 	return st
@@ -187,9 +198,14 @@ func (st *serverState) evict(max int) *preparedStmt {
 }
 
 func (st *serverState) clear() {
+	st.clearPrepared()
+	st.unnamedBy = nil
+}
+
+// clearPrepared forgets the named statements, as after DEALLOCATE ALL on the server.
+func (st *serverState) clearPrepared() {
 	clear(st.prepared)
 	st.lru.Init()
-	st.unnamedBy = nil
 }
 
 // respEntry is one expected response (or group of responses) from the server, in the order the

@@ -310,6 +310,15 @@ func (s *session) trackQuery(body []byte, st *serverState, w *wire.Batch, total 
 			return false
 		}
 	}
+	if name, foreign := s.foreignDeallocate(res.Deallocate); foreign {
+		// Another client's shared statement: the server must not lose it. The server raises
+		// PostgreSQL's error itself, so that a transaction block is aborted as it would be.
+		w.Cut(w.F.R + total)
+		w.Out = wire.AppendQuery(w.Out, raiseSQL(retry.CodeInvalidStatementName, fmt.Sprintf("prepared statement %q does not exist", name)))
+		w.Used = true
+		s.resp.push(respEntry{msg: 'Q'})
+		return true
+	}
 	if res.Pin != classify.None && s.pinned == "" && s.refusesState() {
 		// session_state = refuse: the server itself raises the error, so that an explicit
 		// transaction is aborted exactly as PostgreSQL would abort it.
@@ -324,7 +333,7 @@ func (s *session) trackQuery(body []byte, st *serverState, w *wire.Batch, total 
 	if res.DiscardAll {
 		// DISCARD ALL / DEALLOCATE ALL drop the shared statements on this server as well.
 		s.dropAllStmtsLocked()
-		st.clear()
+		st.clearPrepared()
 	}
 	for _, name := range res.Deallocate {
 		if ps, ok := s.stmts[name]; ok {
@@ -354,6 +363,20 @@ func (s *session) trackParse(body []byte, st *serverState, w *wire.Batch, total 
 		return protocolErrorf("malformed Parse message")
 	}
 	res := classify.Classify(bytesString(query), isTracked)
+	// What executing the statement does to prepared statements, applied at its Bind. A
+	// DEALLOCATE names the client's statement, which the server knows by its shared name, or
+	// another client's shared statement, which it must keep: the text is rewritten for both.
+	var effect stmtEffect
+	effect.discardAll = res.DiscardAll
+	rewritten := false
+	if n := res.Deallocate; len(n) == 1 && res.Statements == 1 {
+		if target, own := s.stmts[n[0]]; own {
+			query, rewritten = []byte("DEALLOCATE "+target.name), true
+			effect.dealloc = target
+		} else if _, foreign := s.foreignDeallocate(n); foreign {
+			query, rewritten = []byte(raiseSQL(retry.CodeInvalidStatementName, fmt.Sprintf("prepared statement %q does not exist", n[0]))), true
+		}
+	}
 	if res.Pin != classify.None {
 		if s.pinned == "" && s.refusesState() {
 			e := &pgconn.PgError{Severity: "ERROR", Code: retry.CodeFeatureNotSupported, Message: refusalMessage(res.Pin)}
@@ -367,8 +390,15 @@ func (s *session) trackParse(body []byte, st *serverState, w *wire.Batch, total 
 		s.paramsDirty = true
 	}
 	if len(name) == 0 {
-		s.unnamedParse = append(s.unnamedParse[:0], w.F.Buf[w.F.R:w.F.R+total]...)
+		if rewritten {
+			w.Cut(w.F.R + total)
+			s.unnamedParse = appendParse(s.unnamedParse[:0], "", query, paramTypes)
+			w.Add(s.unnamedParse)
+		} else {
+			s.unnamedParse = append(s.unnamedParse[:0], w.F.Buf[w.F.R:w.F.R+total]...)
+		}
 		s.unnamedCommits = res.CommitsAlone
+		s.unnamedEffect = effect
 		s.unnamedSeq++
 		st.unnamedBy, st.unnamedSeq = s, s.unnamedSeq
 		s.resp.push(respEntry{msg: 'P', unnamed: true})
@@ -386,7 +416,7 @@ func (s *session) trackParse(body []byte, st *serverState, w *wire.Batch, total 
 		s.refuseLocked(w, total, retry.CodeConfigurationLimitExceeded, fmt.Sprintf("pgsidecar: too many prepared statements: this client holds %d (max_client_prepared_statements); close or deallocate some first", len(s.stmts)))
 		return nil
 	}
-	ps := s.srv.stmts.get(query, paramTypes)
+	ps := s.srv.stmts.get(query, paramTypes, effect)
 	if ps == nil {
 		s.refuseLocked(w, total, retry.CodeConfigurationLimitExceeded, fmt.Sprintf("pgsidecar: the shared prepared statement registry is full (max_prepared_statement_bytes=%d)", s.srv.cfg.MaxPreparedStatementBytes))
 		return nil
@@ -401,6 +431,49 @@ func (s *session) trackParse(body []byte, st *serverState, w *wire.Batch, total 
 	return nil
 }
 
+// foreignDeallocate returns the first of names that is a shared statement name (the proxy's
+// prefix) the client does not hold itself: DEALLOCATE of it would take another client's
+// statement from the server.
+func (s *session) foreignDeallocate(names []string) (string, bool) {
+	for _, n := range names {
+		if _, own := s.stmts[n]; !own && strings.HasPrefix(n, serverStmtPrefix) {
+			return n, true
+		}
+	}
+	return "", false
+}
+
+// applyEffectLocked does what executing a statement with effect e does to the client's and the
+// server's prepared statements, when the client binds it: the server runs it right after.
+// Should the Bind fail instead, the server keeps statements the proxy forgot, which costs
+// nothing: prepareLocked closes a name before it prepares it.
+func (s *session) applyEffectLocked(e stmtEffect, st *serverState) {
+	if e.discardAll {
+		s.dropNamedStmtsLocked()
+		st.clearPrepared()
+	}
+	if e.dealloc != nil {
+		st.remove(e.dealloc)
+		for name, ps := range s.stmts {
+			if ps == e.dealloc {
+				delete(s.stmts, name)
+				s.srv.stmts.put(ps)
+			}
+		}
+	}
+}
+
+// appendParse appends a Parse message.
+func appendParse(b []byte, name string, query, paramTypes []byte) []byte {
+	n := 4 + len(name) + 1 + len(query) + 1 + len(paramTypes)
+	b = append(b, 'P', byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	b = append(b, name...)
+	b = append(b, 0)
+	b = append(b, query...)
+	b = append(b, 0)
+	return append(b, paramTypes...)
+}
+
 // refuseLocked answers the client message at the scan position (of total bytes) with an ERROR
 // of the proxy's own, and skips the client's messages up to its next Sync, as PostgreSQL does
 // after an error in the extended protocol.
@@ -412,13 +485,15 @@ func (s *session) refuseLocked(w *wire.Batch, total int, code, msg string) {
 }
 
 // prepareLocked sends ps's Parse to the server, making room in its statement cache first.
+//
+// The name is closed first (closing a statement a server does not have is no error): the server
+// may hold it at an older generation, or still hold it after a DISCARD ALL the proxy counted on
+// failed. Statements are prepared once per server, so this costs little.
 func (s *session) prepareLocked(ps *preparedStmt, st *serverState, w *wire.Batch, swallow bool) {
-	if st.stale(ps) {
-		w.Out = wire.AppendClose(w.Out, 'S', ps.name)
-		w.Used = true
-		s.resp.push(respEntry{msg: 'C', swallow: true})
-		st.remove(ps)
-	}
+	w.Out = wire.AppendClose(w.Out, 'S', ps.name)
+	w.Used = true
+	s.resp.push(respEntry{msg: 'C', swallow: true})
+	st.remove(ps)
 	if old := st.evict(s.srv.cfg.MaxPreparedStatements); old != nil {
 		w.Out = wire.AppendClose(w.Out, 'S', old.name)
 		w.Used = true
@@ -462,6 +537,7 @@ func (s *session) trackBind(body []byte, st *serverState, w *wire.Batch, total i
 	if len(name) == 0 {
 		s.ensureUnnamedLocked(st, w)
 		s.resp.push(respEntry{msg: 'B', commits: s.unnamedCommits})
+		s.applyEffectLocked(s.unnamedEffect, st)
 		return 0, nil
 	}
 	ps, ok := s.stmts[string(name)]
@@ -486,6 +562,7 @@ func (s *session) trackBind(body []byte, st *serverState, w *wire.Batch, total i
 	w.AddString(ps.name)
 	w.AddByte(0)
 	s.resp.push(respEntry{msg: 'B', stmt: ps, commits: ps.commits})
+	s.applyEffectLocked(ps.effect, st)
 	return 0, nil
 }
 
@@ -522,7 +599,7 @@ func (s *session) trackDescribe(body []byte, st *serverState, w *wire.Batch, tot
 	w.Add([]byte{'D', byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n), 'S'})
 	w.AddString(ps.name)
 	w.AddByte(0)
-	s.resp.push(respEntry{msg: 'D'})
+	s.resp.push(respEntry{msg: 'D', stmt: ps})
 	return nil
 }
 
@@ -545,6 +622,14 @@ func (s *session) trackClose(body []byte, w *wire.Batch, total int) {
 	}
 	w.Cut(w.F.R + total)
 	s.resp.push(respEntry{synth: wire.AppendCloseComplete(nil)})
+}
+
+// dropNamedStmtsLocked forgets the client's named statements, as DEALLOCATE ALL does.
+func (s *session) dropNamedStmtsLocked() {
+	for name, ps := range s.stmts {
+		delete(s.stmts, name)
+		s.srv.stmts.put(ps)
+	}
 }
 
 // dropAllStmtsLocked forgets every statement the client prepared.
@@ -704,7 +789,18 @@ func (s *session) relayTracked(f *wire.Frames, st *serverState) (out []byte, rea
 			// prepare it afresh (the client sees this error once, as it would directly).
 			if h.msg == 'B' && h.stmt != nil && code == retry.CodeFeatureNotSupported {
 				h.stmt.gen.Add(1)
-				if s.retrySchemaChangeLocked(h.stmt, st) {
+				if s.rerunBatchLocked(h.stmt, st, retry.ReasonSchemaChange) {
+					drop = true
+					break
+				}
+			}
+			// A server that lost a shared statement the proxy counted on (DEALLOCATE or
+			// DISCARD ALL run where the classifier cannot see it, in a function or DO
+			// block): it is forgotten there and prepared again, the batch re-run if it can
+			// be.
+			if (h.msg == 'B' || h.msg == 'D') && h.stmt != nil && code == retry.CodeInvalidStatementName {
+				st.remove(h.stmt)
+				if s.rerunBatchLocked(h.stmt, st, retry.ReasonStatementMissing) {
 					drop = true
 					break
 				}
@@ -898,7 +994,7 @@ func (s *session) answerLocally(f *wire.Frames) error {
 			if limit := s.srv.cfg.MaxClientPreparedStatements; limit <= 0 || len(s.stmts) < limit {
 				// nil if the statement was forgotten since knownParseLocked and the registry
 				// is full.
-				ps = s.srv.stmts.get(query, paramTypes)
+				ps = s.srv.stmts.get(query, paramTypes, stmtEffect{}) // knownParseLocked: no effect
 			}
 			if ps == nil {
 				e := &pgconn.PgError{Severity: "ERROR", Code: retry.CodeConfigurationLimitExceeded, Message: "pgsidecar: too many prepared statements (max_client_prepared_statements or max_prepared_statement_bytes)"}
@@ -950,8 +1046,12 @@ func (s *session) knownParseLocked(body []byte) bool {
 	if !ok {
 		return false
 	}
-	if res := classify.Classify(bytesString(query), isTracked); res.Pin != classify.None && s.refusesState() {
+	res := classify.Classify(bytesString(query), isTracked)
+	if res.Pin != classify.None && s.refusesState() {
 		return false // the normal path refuses it
+	}
+	if res.DiscardAll || len(res.Deallocate) > 0 {
+		return false // the normal path works out what it does to prepared statements
 	}
 	return s.srv.stmts.valid(query, paramTypes)
 }
@@ -967,8 +1067,19 @@ func refusalMessage(reason classify.Reason) string {
 
 // refusalQuery is a simple Query that fails on the server with the refusal's error.
 func refusalQuery(reason classify.Reason) []byte {
-	msg := strings.ReplaceAll(refusalMessage(reason), "'", "''")
-	return wire.AppendQuery(nil, "DO $pgsidecar$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '"+msg+"'; END $pgsidecar$")
+	return wire.AppendQuery(nil, raiseSQL(retry.CodeFeatureNotSupported, refusalMessage(reason)))
+}
+
+// raiseSQL is a statement that fails on the server with an ERROR of code and msg: the proxy
+// sends it instead of a statement it refuses inside what may be a transaction block, which the
+// server then aborts as PostgreSQL would. The message is dollar-quoted, so no setting of
+// standard_conforming_strings changes it.
+func raiseSQL(code, msg string) string {
+	tag := "$pgsidecar$"
+	for strings.Contains(msg, tag) {
+		tag = "$pgsidecar" + tag[1:]
+	}
+	return "DO $pgsidecar_do$ BEGIN RAISE EXCEPTION USING ERRCODE = '" + code + "', MESSAGE = " + tag + msg + tag + "; END $pgsidecar_do$"
 }
 
 // readyStatusLocked is the transaction status for a ReadyForQuery the proxy makes up: the
@@ -1024,12 +1135,14 @@ func (s *session) rememberBatchLocked(out []byte, startsIdle bool) {
 	s.retryEntries = append(s.retryEntries, entries...)
 }
 
-// retrySchemaChangeLocked handles 0A000 "cached plan must not change result type" on the first
-// message of a remembered batch: nothing of the batch reached the client, so the proxy drops the
-// error and the ReadyForQuery that follows it, prepares the statement afresh and sends the batch
-// again. The client sees the new result (its Describe of the portal tells it the new shape),
-// where PostgreSQL alone would have failed the statement once. It reports whether it did so.
-func (s *session) retrySchemaChangeLocked(ps *preparedStmt, st *serverState) bool {
+// rerunBatchLocked handles a failure of a shared statement on the first message of a
+// remembered batch: 0A000 "cached plan must not change result type" after a schema change, or
+// 26000 from a server that lost the statement. Nothing of the batch reached the client, so the
+// proxy drops the error and the ReadyForQuery that follows it, prepares the statement afresh and
+// sends the batch again. The client sees the result (its Describe of the portal tells it the
+// shape), where PostgreSQL alone would have failed the statement once. It reports whether it did
+// so; reason labels the retry.
+func (s *session) rerunBatchLocked(ps *preparedStmt, st *serverState, reason string) bool {
 	n := len(s.retryEntries)
 	if n == 0 || s.writing || s.resp.len() != n || s.server == nil {
 		return false
@@ -1073,8 +1186,8 @@ func (s *session) retrySchemaChangeLocked(ps *preparedStmt, st *serverState) boo
 		// The loop's next read fails too and ends the session with a clear error.
 		s.log.Info("re-run after schema change: write to server failed", "err", err)
 	}
-	s.srv.metrics.retried(retry.ReasonSchemaChange)
-	s.log.Debug("statement re-prepared and re-run after a schema change", "statement", ps.name)
+	s.srv.metrics.retried(reason)
+	s.log.Debug("statement re-prepared and batch re-run", "statement", ps.name, "reason", reason)
 	return true
 }
 
