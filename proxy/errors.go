@@ -26,6 +26,10 @@ func clientError(err error) *pgconn.PgError {
 	if errors.As(err, &se) {
 		return fatal(se.code, se.msg)
 	}
+	var pnc *panicError
+	if errors.As(err, &pnc) {
+		return fatal(retry.CodeInternalError, "pgsidecar: internal error; this connection is closed (other sessions are not affected)")
+	}
 	var upe *unsupportedProtocolError
 	if errors.As(err, &upe) {
 		return fatal(retry.CodeFeatureNotSupported, upe.Error())

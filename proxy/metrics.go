@@ -11,6 +11,7 @@ type Metrics struct {
 	transactions     *prometheus.CounterVec
 	pins             *prometheus.CounterVec
 	retries          *prometheus.CounterVec
+	panics           prometheus.Counter
 }
 
 // NewMetrics creates the proxy's metrics and registers them on reg.
@@ -37,7 +38,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Namespace: "pgsidecar", Name: "retries_total",
 		Help: "Requests the proxy ran again on the client's behalf, by reason.",
 	}, []string{"reason"})
-	reg.MustRegister(m.clientsConnected, m.clientsTotal, m.transactions, m.pins, m.retries)
+	m.panics = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "pgsidecar", Name: "panics_total",
+		Help: "Panics recovered in client sessions; each closed its session alone. Any is a bug worth reporting.",
+	})
+	reg.MustRegister(m.clientsConnected, m.clientsTotal, m.transactions, m.pins, m.retries, m.panics)
 	return m
 }
 
@@ -77,4 +82,11 @@ func (m *Metrics) retried(reason string) {
 		return
 	}
 	m.retries.WithLabelValues(reason).Inc()
+}
+
+func (m *Metrics) panicked() {
+	if m == nil {
+		return
+	}
+	m.panics.Inc()
 }

@@ -214,6 +214,9 @@ func scanClient(f *wire.Frames, maxMsg int) (clientBatch, error) {
 // streamed one, and keeps an incomplete header for the next read. Transaction mode goes through
 // forwardTracked; session mode relays bytes as they are.
 func (s *session) forwardClient(f *wire.Frames) error {
+	if h := s.srv.hooks.clientBatch; h != nil {
+		h(s)
+	}
 	if s.txPooling {
 		return s.forwardTracked(f)
 	}
@@ -342,6 +345,14 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}, f *wire.Fra
 			st.relaying.Store(false)
 		}
 	}()
+	// Registered last, so it runs first: the read state still tells whether the client's
+	// stream is between messages, and done is closed only once loopErr says the server's
+	// state is unknown.
+	defer func() {
+		if v := recover(); v != nil {
+			s.loopFailed(s.recovered("relay loop", v), f.Remaining == 0, false)
+		}
+	}()
 	// The request was written just before this loop started, and the server needs a moment to
 	// answer it. Reading now would almost always find nothing, park on the poller and cost
 	// another wake-up; yielding first lets the other sessions' work run meanwhile, after which
@@ -352,24 +363,14 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}, f *wire.Fra
 		n, err := srv.Read(f.Buf[f.W:])
 		f.W += n
 		if n > 0 {
+			if h := s.srv.hooks.serverBatch; h != nil {
+				h(s)
+			}
 			var ready int
 			var status byte
 			var perr, werr error
 			if st != nil {
-				// Matching replies to requests and writing them is one step under wmu, so that
-				// the proxy's own answers (emitSynths) cannot overtake relayed ones.
-				s.wmu.Lock()
-				s.mu.Lock()
-				var out []byte
-				out, ready, status, perr = s.relayTracked(f, st)
-				if s.awaitingRoom {
-					s.wrote.Broadcast()
-				}
-				s.mu.Unlock()
-				if len(out) > 0 {
-					_, werr = s.cio.Write(out)
-				}
-				s.wmu.Unlock()
+				ready, status, perr, werr = s.relayTrackedAndWrite(f, st)
 			} else {
 				start := f.R
 				ready, status, perr = s.scanServer(f)
@@ -451,6 +452,31 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}, f *wire.Fra
 			return
 		}
 	}
+}
+
+// relayTrackedAndWrite matches the server's buffered replies to requests and writes what the
+// client gets, as one step under wmu, so that the proxy's own answers (emitSynths) cannot
+// overtake relayed ones. The locks are released by defer: a panic leaves them free for the
+// session's cleanup.
+func (s *session) relayTrackedAndWrite(f *wire.Frames, st *serverState) (ready int, status byte, perr, werr error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	out, ready, status, perr := s.relayTrackedLocked(f, st)
+	if len(out) > 0 {
+		_, werr = s.cio.Write(out)
+	}
+	return ready, status, perr, werr
+}
+
+// relayTrackedLocked runs relayTracked under mu.
+func (s *session) relayTrackedLocked(f *wire.Frames, st *serverState) (out []byte, ready int, status byte, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out, ready, status, err = s.relayTracked(f, st)
+	if s.awaitingRoom {
+		s.wrote.Broadcast()
+	}
+	return out, ready, status, err
 }
 
 // detachLocked takes the server from the session after a transaction. When the client changed
@@ -576,8 +602,8 @@ func (s *session) readyForQuery(n int, status byte, clean bool) (release bool, r
 
 func (s *session) writeClient(b []byte) error {
 	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	_, err := s.cio.Write(b)
-	s.wmu.Unlock()
 	return err
 }
 
@@ -599,7 +625,10 @@ func (s *session) loopFailed(err error, tellClient, atBoundary bool) {
 	if closing {
 		return
 	}
-	if tellClient {
+	switch {
+	case tellClient && errPanic(err):
+		s.sendError(clientError(err))
+	case tellClient:
 		s.sendError(&pgconn.PgError{Severity: "FATAL", Code: retry.CodeConnectionFailure, Message: "pgsidecar: lost connection to the server: " + err.Error()})
 	}
 	_ = s.conn.Close()
@@ -635,7 +664,7 @@ func (s *session) finish(cause error) {
 	// query_wait_timeout), once nothing else writes to it.
 	var se *startupError
 	var ue *upstreamError
-	if errors.As(cause, &pe) || errors.As(cause, &se) || errors.As(cause, &ue) {
+	if errors.As(cause, &pe) || errors.As(cause, &se) || errors.As(cause, &ue) || errPanic(cause) {
 		_ = s.conn.SetWriteDeadline(time.Time{})
 		s.sendError(clientError(cause))
 	}
@@ -645,7 +674,7 @@ func (s *session) finish(cause error) {
 	s.mu.Lock()
 	srv = s.server
 	s.server = nil
-	clean := s.loopErr == nil && s.pending == 0 && s.resp.len() == 0 && !s.unsynced && !s.partial
+	clean := s.loopErr == nil && s.pending == 0 && s.resp.len() == 0 && !s.unsynced && !s.partial && !s.panicked.Load()
 	s.resp.reset()
 	status := s.txStatus
 	s.mu.Unlock()

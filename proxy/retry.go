@@ -322,6 +322,7 @@ func (s *session) awaitReadyForQuery(c *pool.Conn) error {
 // client then (no server is attached, or the one retrying the client's request is blocked
 // getting another), and wmu keeps it from racing the end of the wait.
 func (s *session) sendWaitNotice() {
+	defer s.recoverInTimer("query_wait_notice timer")
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	if !s.waitNotice {
@@ -431,32 +432,14 @@ func (s *session) stopQueryTimerLocked() {
 // server that still has not answered a grace period later is unreachable (a silent network, a hung
 // host): its connection is closed, so the client gets 08006 instead of waiting forever.
 func (s *session) queryTimedOut() {
-	s.mu.Lock()
-	if s.closing || s.queryTimerAt.IsZero() {
-		s.mu.Unlock()
-		return // stopped meanwhile
+	defer s.recoverInTimer("query_timeout timer")
+	if h := s.srv.hooks.queryTimer; h != nil {
+		h(s)
 	}
-	s.queryTimerAt = time.Time{}
-	srv, busy := s.server, s.pending > 0 || s.unsynced
-	if srv == nil || !busy {
-		// Armed for a request that has ended; the next one arms it again.
-		s.mu.Unlock()
+	srv, cancelled := s.queryTimerFired()
+	if srv == nil {
 		return
 	}
-	// The hard stage is for the server that was sent the cancel, and only that one.
-	cancelled := s.queryCancelled == srv
-	d := s.srv.cfg.QueryTimeout
-	if ran := time.Since(s.queryStart); !cancelled && ran < d {
-		// Armed for an earlier request; this one has time left.
-		s.armQueryTimerLocked(d - ran)
-		s.mu.Unlock()
-		return
-	}
-	if !cancelled {
-		s.queryCancelled = srv
-		s.armQueryTimerLocked(min(max(d, time.Second), maxCancelGrace))
-	}
-	s.mu.Unlock()
 	if cancelled {
 		s.log.Warn("server did not answer a cancelled query; closing its connection")
 		s.mu.Lock()
@@ -469,6 +452,36 @@ func (s *session) queryTimedOut() {
 	ctx, cancel := context.WithTimeout(s.ctx, cancelTimeout)
 	defer cancel()
 	s.cancelRunningQuery(ctx)
+}
+
+// queryTimerFired decides what the query timer does now: nothing (srv nil: the request ended,
+// or has time left and the timer is re-armed), cancel srv's query, or close srv (cancelled: its
+// query was cancelled a grace period ago and it has not answered).
+func (s *session) queryTimerFired() (srv *pool.Conn, cancelled bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing || s.queryTimerAt.IsZero() {
+		return nil, false // stopped meanwhile
+	}
+	s.queryTimerAt = time.Time{}
+	srv = s.server
+	if srv == nil || s.pending == 0 && !s.unsynced {
+		// Armed for a request that has ended; the next one arms it again.
+		return nil, false
+	}
+	// The hard stage is for the server that was sent the cancel, and only that one.
+	cancelled = s.queryCancelled == srv
+	d := s.srv.cfg.QueryTimeout
+	if ran := time.Since(s.queryStart); !cancelled && ran < d {
+		// Armed for an earlier request; this one has time left.
+		s.armQueryTimerLocked(d - ran)
+		return nil, false
+	}
+	if !cancelled {
+		s.queryCancelled = srv
+		s.armQueryTimerLocked(min(max(d, time.Second), maxCancelGrace))
+	}
+	return srv, cancelled
 }
 
 // maxCancelGrace bounds how long a server may take to end a query after its cancel request

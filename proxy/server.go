@@ -67,6 +67,8 @@ type Server struct {
 
 	// stmts names the prepared statements shared by transaction-mode clients.
 	stmts stmtRegistry
+	// hooks are set by tests only.
+	hooks testHooks
 	// relays runs the sessions' serverToClient loops.
 	relays relayWorkers
 	// routes remembers resolved routes: a connection per transaction resolves one per login.

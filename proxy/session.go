@@ -170,6 +170,9 @@ type session struct {
 	waitNotice bool
 	// sentError is set once an ErrorResponse was sent; closeConn then lingers.
 	sentError atomic.Bool
+	// panicked is set once a panic was recovered in one of the session's goroutines: its
+	// server connection is then destroyed, not reused.
+	panicked atomic.Bool
 }
 
 // closeConn closes the client connection. After an error was sent it first half-closes and
@@ -186,25 +189,54 @@ func (s *session) closeConn() {
 
 func (s *session) run() {
 	s.srv.metrics.clientConnected()
-	ok, err := s.startup()
-	if err != nil {
-		s.logEnd("login failed", err)
-	}
-	if !ok {
-		s.end()
+	err := s.protect("login", func() error {
+		ok, err := s.startup()
+		if err != nil {
+			s.logEnd("login failed", err)
+		}
+		if ok {
+			// The relay runs on a new goroutine: login (TLS, SCRAM, logging) grew this
+			// one's stack, and an idle client should hold as little memory as possible.
+			go s.relay()
+			return nil
+		}
+		return errNotLoggedIn
+	})
+	if err == nil {
 		return
 	}
-	// The relay runs on a new goroutine: login (TLS, SCRAM, logging) grew this one's stack,
-	// and an idle client should hold as little memory as possible.
-	go s.relay()
+	if errPanic(err) {
+		s.sendError(clientError(err))
+	}
+	s.end()
 }
+
+// errNotLoggedIn ends a session whose login did not succeed (already logged and answered).
+var errNotLoggedIn = errors.New("not logged in")
 
 // relay serves a logged-in client until it leaves, then cleans up.
 func (s *session) relay() {
 	defer s.end()
 	defer s.srv.clients.Add(-1)
 	defer s.srv.unregisterCancelKey(s)
-	s.finish(s.clientToServer())
+	cause := s.protect("client loop", s.clientToServer)
+	if err := s.protect("session cleanup", func() error { s.finish(cause); return nil }); err != nil {
+		s.destroyServerAfterPanic()
+	}
+}
+
+// destroyServerAfterPanic closes the attached server connection after a panic in the session's
+// cleanup, if the session lock can be had (a panic may have left it taken).
+func (s *session) destroyServerAfterPanic() {
+	if !s.mu.TryLock() {
+		return
+	}
+	srv := s.server
+	s.server = nil
+	s.mu.Unlock()
+	if srv != nil {
+		s.pool.Destroy(srv)
+	}
 }
 
 // end releases what the session holds on the server side of the proxy.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/pgsidecar/pgsidecar/config"
 	"github.com/pgsidecar/pgsidecar/internal/retry"
+	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/pgsidecar/pgsidecar/proxy/classify"
 	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
@@ -91,22 +92,63 @@ func (s *session) forwardTracked(f *wire.Frames) error {
 	if err := s.answerLocally(f); err != nil {
 		return err
 	}
-	// Attach a server if the messages need one. The check is repeated under the lock: the
-	// server may be released between a check and the scan.
+	var b trackedBatch
 	for {
-		s.mu.Lock()
-		for s.retrying || s.serverGone {
-			// serverToClient is moving the last batch to another server, or dropping one
-			// that is shutting down.
-			s.wrote.Wait()
-		}
-		if s.server != nil || !needsServer(f) {
+		var attach bool
+		if b, attach = s.scanTracked(f); !attach {
 			break
 		}
-		s.mu.Unlock()
 		if err := s.attach(); err != nil {
 			return err
 		}
+	}
+	out, srv, err, terminate, synthAtHead := b.out, b.srv, b.err, b.terminate, b.synthAtHead
+	if len(out) > 0 && srv != nil {
+		_, werr := srv.Write(out)
+		if werr = s.wroteTracked(werr); werr != nil {
+			return fmt.Errorf("write to server: %w", werr)
+		}
+	}
+	if synthAtHead {
+		if werr := s.emitSynths(); werr != nil {
+			return werr
+		}
+		// A batch the proxy answered entirely leaves nothing to release the server on.
+		s.kickIfReleasable()
+	}
+	if err != nil {
+		return err
+	}
+	if terminate {
+		return errTerminate
+	}
+	f.Compact()
+	return nil
+}
+
+// trackedBatch is what scanTracked found in the client's buffered messages.
+type trackedBatch struct {
+	out         []byte     // to write to srv
+	srv         *pool.Conn // the attached server (nil: nothing to write)
+	err         error      // a protocol error after the messages before it
+	terminate   bool       // the client sent Terminate
+	synthAtHead bool       // replies the proxy makes itself are next in line
+}
+
+// scanTracked scans the client's buffered messages for forwardTracked under the session lock
+// (released by defer, so that a panic in the scan leaves it free for the session's cleanup).
+// attach asks for a server first: the messages need one and none is attached. The check is made
+// under the same lock as the scan, as the server may be released in between.
+func (s *session) scanTracked(f *wire.Frames) (b trackedBatch, attach bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for s.retrying || s.serverGone {
+		// serverToClient is moving the last batch to another server, or dropping one that
+		// is shutting down.
+		s.wrote.Wait()
+	}
+	if s.server == nil && needsServer(f) {
+		return b, true
 	}
 	srv := s.server
 	var st *serverState
@@ -114,7 +156,7 @@ func (s *session) forwardTracked(f *wire.Frames) error {
 		st = stateOf(srv)
 	}
 	// A batch that starts a transaction with nothing in flight can be re-run if a schema change
-	// fails it before any of its results reached the client (see retrySchemaChangeLocked).
+	// fails it before any of its results reached the client (see rerunBatchLocked).
 	startsIdle := s.resp.len() == 0 && s.pending == 0 && s.txStatus != 'T' && s.txStatus != 'E'
 	w := wire.Batch{F: f, Out: s.cout[:0], RunStart: f.R}
 	requests, unsynced := 0, -1
@@ -241,7 +283,7 @@ scan:
 	if w.Used {
 		s.cout = keepScratch(w.Out)
 	}
-	synthAtHead := s.resp.len() > 0 && s.resp.head().msg == 0
+	b.synthAtHead = s.resp.len() > 0 && s.resp.head().msg == 0
 	if len(out) > 0 {
 		s.rememberBatchLocked(out, startsIdle && f.Remaining == 0)
 	}
@@ -253,43 +295,38 @@ scan:
 		s.partial = f.Remaining > 0 && !f.Dropping
 		s.writing = true
 	}
-	s.mu.Unlock()
+	if srv != nil {
+		b.out, b.srv = out, srv
+	}
+	b.err, b.terminate = err, terminate
+	return b, false
+}
 
-	if len(out) > 0 && srv != nil {
-		_, werr := srv.Write(out)
-		s.mu.Lock()
-		s.writing = false
-		s.wrote.Broadcast()
-		if werr == nil {
-			s.kickIfReleasableLocked()
-		} else if connectionLost(werr) && len(s.retryEntries) > 0 && s.resp.len() == len(s.retryEntries) {
-			// The server was gone before the batch reached it; serverToClient sees the
-			// connection fail too and sends the batch to another server.
-			s.writeFailed = true
-			werr = nil
-		}
-		s.mu.Unlock()
-		if werr != nil {
-			return fmt.Errorf("write to server: %w", werr)
-		}
-	}
-	if synthAtHead {
-		if werr := s.emitSynths(); werr != nil {
-			return werr
-		}
-		// A batch the proxy answered entirely leaves nothing to release the server on.
-		s.mu.Lock()
+// wroteTracked records the end of forwardTracked's write to the server, which failed with err
+// (nil: it did not), and returns the error the client loop should end with.
+func (s *session) wroteTracked(err error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.writing = false
+	s.wrote.Broadcast()
+	if err == nil {
 		s.kickIfReleasableLocked()
-		s.mu.Unlock()
+		return nil
 	}
-	if err != nil {
-		return err
+	if connectionLost(err) && len(s.retryEntries) > 0 && s.resp.len() == len(s.retryEntries) {
+		// The server was gone before the batch reached it; serverToClient sees the
+		// connection fail too and sends the batch to another server.
+		s.writeFailed = true
+		return nil
 	}
-	if terminate {
-		return errTerminate
-	}
-	f.Compact()
-	return nil
+	return err
+}
+
+// kickIfReleasable is kickIfReleasableLocked for a caller without the lock.
+func (s *session) kickIfReleasable() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.kickIfReleasableLocked()
 }
 
 // trackQuery inspects a simple Query: what it leaves on the session decides pinning. It
@@ -656,7 +693,20 @@ func (s *session) pinLocked(reason classify.Reason) {
 func (s *session) emitSynths() error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	out := s.takeSynths()
+	if len(out) == 0 {
+		return nil
+	}
+	if _, err := s.cio.Write(out); err != nil {
+		return fmt.Errorf("write to client: %w", err)
+	}
+	return nil
+}
+
+// takeSynths takes the replies the proxy makes itself that are next in line.
+func (s *session) takeSynths() []byte {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	var out []byte
 	for h := s.resp.head(); h != nil && h.msg == 0; h = s.resp.head() {
 		out = append(out, h.synth...)
@@ -665,14 +715,7 @@ func (s *session) emitSynths() error {
 		}
 		s.resp.pop()
 	}
-	s.mu.Unlock()
-	if len(out) == 0 {
-		return nil
-	}
-	if _, err := s.cio.Write(out); err != nil {
-		return fmt.Errorf("write to client: %w", err)
-	}
-	return nil
+	return out
 }
 
 // relayTracked is scanServer for transaction mode: it matches each server message to the
@@ -946,9 +989,24 @@ func (s *session) refuseUnknownLocked(name []byte, w *wire.Batch, total int) boo
 // (pgbench -M prepared does, one blocking round trip per statement), and needing a server for
 // it would make such a client wait for one, or deadlock with its siblings holding them.
 func (s *session) answerLocally(f *wire.Frames) error {
+	out := s.localAnswers(f)
+	if len(out) == 0 {
+		return nil
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if _, err := s.cio.Write(out); err != nil {
+		return fmt.Errorf("write to client: %w", err)
+	}
+	return nil
+}
+
+// localAnswers consumes the run of messages answerLocally can answer, if there is one, and
+// returns the answers.
+func (s *session) localAnswers(f *wire.Frames) []byte {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.server != nil || s.skipping || f.Remaining > 0 {
-		s.mu.Unlock()
 		return nil
 	}
 	// Find a run of such messages ending in Sync, all buffered whole.
@@ -974,7 +1032,6 @@ func (s *session) answerLocally(f *wire.Frames) error {
 		r += 1 + length
 	}
 	if end < 0 {
-		s.mu.Unlock()
 		return nil
 	}
 	var out []byte
@@ -1019,14 +1076,7 @@ func (s *session) answerLocally(f *wire.Frames) error {
 		}
 		f.R += 1 + length
 	}
-	s.mu.Unlock()
-	s.wmu.Lock()
-	_, err := s.cio.Write(out)
-	s.wmu.Unlock()
-	if err != nil {
-		return fmt.Errorf("write to client: %w", err)
-	}
-	return nil
+	return out
 }
 
 // knownParseLocked reports whether a Parse names a new statement whose text and parameter types
