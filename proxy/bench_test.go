@@ -39,7 +39,7 @@ func benchSession(tb testing.TB) (*session, *wire.Frames) {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { conn.Close(); ln.Close() })
-	s := &session{srv: srv, txPooling: true, maxMsg: 1 << 30, stmts: map[string]*preparedStmt{}, txStatus: 'I'}
+	s := &session{srv: srv, txPooling: true, maxMsg: 1 << 30, stmts: map[string]*clientStmt{}, txStatus: 'I'}
 	s.wrote.L = &s.mu
 	s.log = srv.log
 	s.server = &pool.Conn{Conn: conn}
@@ -84,7 +84,7 @@ func BenchmarkBindNamed(b *testing.B) {
 	if err := s.forwardTracked(f); err != nil {
 		b.Fatal(err)
 	}
-	stateOf(s.server).add(s.stmts["s1"])
+	stateOf(s.server).add(s.stmts["s1"].ps)
 	batch := encodeAll(b, &pgproto3.Bind{PreparedStatement: "s1", Parameters: [][]byte{[]byte("42")}}, &pgproto3.Execute{}, &pgproto3.Sync{})
 	benchBatch(b, s, f, batch)
 }

@@ -192,7 +192,7 @@ func (s *Server) newSession(conn net.Conn, loopback bool) *session {
 		log:      s.log.With("conn_id", id, "client", conn.RemoteAddr().String()),
 	}
 	sess.wrote.L = &sess.mu
-	sess.stmts = make(map[string]*preparedStmt)
+	sess.stmts = make(map[string]*clientStmt)
 	sess.ctx, sess.cancel = context.WithCancel(s.ctx)
 	s.sessions[sess] = struct{}{}
 	s.sessWG.Add(1)

@@ -94,7 +94,7 @@ type session struct {
 	// resp lists the responses expected from the attached server, in order.
 	resp respQueue
 	// stmts maps the client's statement names to shared server-side statements.
-	stmts map[string]*preparedStmt
+	stmts map[string]*clientStmt
 	// unnamedParse is a copy of the client's last Parse of the unnamed statement, replayed on a
 	// server that does not hold it; unnamedSeq numbers those Parses.
 	unnamedParse []byte
@@ -103,6 +103,15 @@ type session struct {
 	// what executing it does to prepared statements.
 	unnamedCommits bool
 	unnamedEffect  stmtEffect
+	// verifying is the statement whose shape is being read back from the attached server
+	// before the client's Bind of it is sent (see verifyShape); verifyDone is set when the
+	// reply is in, with verifyShape holding it, or verifyFailed set when the server failed the
+	// prepare. shapeBuf collects a Describe reply being read.
+	verifying    *preparedStmt
+	verifyDone   bool
+	verifyFailed bool
+	verifyShape  []byte
+	shapeBuf     []byte
 	// skipping drops client messages until Sync after an error the proxy raised itself.
 	skipping bool
 	// pinned is why the client keeps its server for the rest of its session ("" = it does not).

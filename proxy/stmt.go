@@ -37,6 +37,15 @@ type preparedStmt struct {
 	gen atomic.Uint32
 }
 
+// clientStmt is one of a client's named statements: the shared statement it maps to, and the
+// shape the client was told when it described the statement (its ParameterDescription and
+// RowDescription or NoData, as sent; nil if it never asked). A client that decodes by that shape
+// must not get rows of another (see verifyShape).
+type clientStmt struct {
+	ps    *preparedStmt
+	shape []byte
+}
+
 // stmtEffect is what executing a statement does to the session's prepared statements.
 type stmtEffect struct {
 	// discardAll: DISCARD ALL or DEALLOCATE ALL.
@@ -229,6 +238,11 @@ type respEntry struct {
 	single, done bool
 	// portal marks a Describe of a portal: the client learns the result's shape from it.
 	portal bool
+	// described is the client's statement whose Describe this answers: the reply is kept as
+	// the shape the client knows. verify marks the proxy's own Describe of a statement it just
+	// prepared, whose reply is compared with that shape (see verifyShape).
+	described *clientStmt
+	verify    bool
 	// plain marks a Query of plain statements only (classify.Result.Plain); commits marks a
 	// Query or Bind whose statement may commit on its own (classify.Result.CommitsAlone).
 	plain, commits bool

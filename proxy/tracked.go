@@ -92,38 +92,57 @@ func (s *session) forwardTracked(f *wire.Frames) error {
 	if err := s.answerLocally(f); err != nil {
 		return err
 	}
-	var b trackedBatch
 	for {
-		var attach bool
-		if b, attach = s.scanTracked(f); !attach {
+		b, attach := s.scanTracked(f)
+		if attach {
+			if err := s.attach(); err != nil {
+				return err
+			}
+			continue
+		}
+		if len(b.out) > 0 && b.srv != nil {
+			_, werr := b.srv.Write(b.out)
+			if werr = s.wroteTracked(werr); werr != nil {
+				return fmt.Errorf("write to server: %w", werr)
+			}
+		}
+		if b.synthAtHead {
+			if werr := s.emitSynths(); werr != nil {
+				return werr
+			}
+			// A batch the proxy answered entirely leaves nothing to release the server on.
+			s.kickIfReleasable()
+		}
+		if b.err != nil {
+			return b.err
+		}
+		if b.terminate {
+			return errTerminate
+		}
+		if !b.hold {
 			break
 		}
-		if err := s.attach(); err != nil {
-			return err
-		}
-	}
-	out, srv, err, terminate, synthAtHead := b.out, b.srv, b.err, b.terminate, b.synthAtHead
-	if len(out) > 0 && srv != nil {
-		_, werr := srv.Write(out)
-		if werr = s.wroteTracked(werr); werr != nil {
-			return fmt.Errorf("write to server: %w", werr)
-		}
-	}
-	if synthAtHead {
-		if werr := s.emitSynths(); werr != nil {
-			return werr
-		}
-		// A batch the proxy answered entirely leaves nothing to release the server on.
-		s.kickIfReleasable()
-	}
-	if err != nil {
-		return err
-	}
-	if terminate {
-		return errTerminate
+		s.awaitShape()
 	}
 	f.Compact()
 	return nil
+}
+
+// awaitShape waits until the shape of the statement being verified has been read back from
+// the server, or the server loop has ended (the next scan then finds out).
+//
+// verifyShape: a client that described a named statement chose the formats of its Binds, and
+// decodes their rows, by the shape it was told. A server that prepares the statement afresh
+// (it never had it, or the statement changed generation) may find another shape, after a
+// schema change; PostgreSQL itself would fail the client's Bind with 0A000. So before such a
+// Bind, the proxy prepares and describes the statement, holds the Bind until the reply is in,
+// and sends it only if the shape is the client's (scanTracked, trackBind).
+func (s *session) awaitShape() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for !s.verifyDone && s.server != nil && s.loopErr == nil && !s.closing {
+		s.wrote.Wait()
+	}
 }
 
 // trackedBatch is what scanTracked found in the client's buffered messages.
@@ -133,6 +152,7 @@ type trackedBatch struct {
 	err         error      // a protocol error after the messages before it
 	terminate   bool       // the client sent Terminate
 	synthAtHead bool       // replies the proxy makes itself are next in line
+	hold        bool       // the scan stopped at a Bind that waits for verifyShape
 }
 
 // scanTracked scans the client's buffered messages for forwardTracked under the session lock
@@ -231,13 +251,18 @@ scan:
 			}
 		case 'B':
 			unsynced = 1
-			need, berr := s.trackBind(body, st, &w, total)
+			need, hold, berr := s.trackBind(body, st, &w, total)
 			if berr != nil {
 				err = berr
 				break scan
 			}
 			if need > 0 {
 				f.Need = need
+				break scan
+			}
+			if hold {
+				// The Bind waits, unconsumed, for the statement's shape on this server.
+				b.hold = true
 				break scan
 			}
 		case 'D':
@@ -339,9 +364,7 @@ func (s *session) trackQuery(body []byte, st *serverState, w *wire.Batch, total 
 	}
 	res := classify.Classify(bytesString(sql), isTracked)
 	if res.Statements == 1 && len(res.Deallocate) == 1 && s.txStatus != 'E' {
-		if ps, ok := s.stmts[res.Deallocate[0]]; ok {
-			delete(s.stmts, res.Deallocate[0])
-			s.srv.stmts.put(ps)
+		if s.dropStmtLocked(res.Deallocate[0]) {
 			w.Cut(w.F.R + total)
 			s.resp.push(respEntry{synth: wire.AppendCommandComplete(nil, "DEALLOCATE"), ready: true})
 			return false
@@ -373,10 +396,7 @@ func (s *session) trackQuery(body []byte, st *serverState, w *wire.Batch, total 
 		st.clearPrepared()
 	}
 	for _, name := range res.Deallocate {
-		if ps, ok := s.stmts[name]; ok {
-			delete(s.stmts, name)
-			s.srv.stmts.put(ps)
-		}
+		s.dropStmtLocked(name)
 	}
 	if res.SetsTracked {
 		s.paramsDirty = true
@@ -408,8 +428,8 @@ func (s *session) trackParse(body []byte, st *serverState, w *wire.Batch, total 
 	rewritten := false
 	if n := res.Deallocate; len(n) == 1 && res.Statements == 1 {
 		if target, own := s.stmts[n[0]]; own {
-			query, rewritten = []byte("DEALLOCATE "+target.name), true
-			effect.dealloc = target
+			query, rewritten = []byte("DEALLOCATE "+target.ps.name), true
+			effect.dealloc = target.ps
 		} else if _, foreign := s.foreignDeallocate(n); foreign {
 			query, rewritten = []byte(raiseSQL(retry.CodeInvalidStatementName, fmt.Sprintf("prepared statement %q does not exist", n[0]))), true
 		}
@@ -458,7 +478,7 @@ func (s *session) trackParse(body []byte, st *serverState, w *wire.Batch, total 
 		s.refuseLocked(w, total, retry.CodeConfigurationLimitExceeded, fmt.Sprintf("pgsidecar: the shared prepared statement registry is full (max_prepared_statement_bytes=%d)", s.srv.cfg.MaxPreparedStatementBytes))
 		return nil
 	}
-	s.stmts[string(name)] = ps
+	s.stmts[string(name)] = &clientStmt{ps: ps}
 	w.Cut(w.F.R + total)
 	if st.has(ps) {
 		s.resp.push(respEntry{synth: wire.AppendParseComplete(nil)})
@@ -491,13 +511,20 @@ func (s *session) applyEffectLocked(e stmtEffect, st *serverState) {
 	}
 	if e.dealloc != nil {
 		st.remove(e.dealloc)
-		for name, ps := range s.stmts {
-			if ps == e.dealloc {
-				delete(s.stmts, name)
-				s.srv.stmts.put(ps)
+		for name, cs := range s.stmts {
+			if cs.ps == e.dealloc {
+				s.dropStmtLocked(name)
 			}
 		}
 	}
+}
+
+// appendDescribe appends a Describe of a statement ('S') or portal ('P').
+func appendDescribe(b []byte, kind byte, name string) []byte {
+	n := 4 + 1 + len(name) + 1
+	b = append(b, 'D', byte(n>>24), byte(n>>16), byte(n>>8), byte(n), kind)
+	b = append(b, name...)
+	return append(b, 0)
 }
 
 // appendParse appends a Parse message.
@@ -559,7 +586,7 @@ const maxBindNames = 4096
 // trackBind rewrites a Bind of a named statement to its server-side name, preparing it first
 // if this server does not have it. body may hold only the start of a large Bind: only the names
 // are needed, and the parameters stream through. need > 0 asks for that many bytes buffered.
-func (s *session) trackBind(body []byte, st *serverState, w *wire.Batch, total int) (need int, err error) {
+func (s *session) trackBind(body []byte, st *serverState, w *wire.Batch, total int) (need int, hold bool, err error) {
 	portal, rest, ok := wire.CString(body)
 	var name []byte
 	if ok {
@@ -567,25 +594,47 @@ func (s *session) trackBind(body []byte, st *serverState, w *wire.Batch, total i
 	}
 	if !ok {
 		if len(body) < total-5 && len(body) < maxBindNames {
-			return min(total, 5+maxBindNames), nil
+			return min(total, 5+maxBindNames), false, nil
 		}
-		return 0, protocolErrorf("malformed Bind message")
+		return 0, false, protocolErrorf("malformed Bind message")
 	}
 	if len(name) == 0 {
 		s.ensureUnnamedLocked(st, w)
 		s.resp.push(respEntry{msg: 'B', commits: s.unnamedCommits})
 		s.applyEffectLocked(s.unnamedEffect, st)
-		return 0, nil
+		return 0, false, nil
 	}
-	ps, ok := s.stmts[string(name)]
+	cs, ok := s.stmts[string(name)]
 	if !ok {
 		if s.refuseUnknownLocked(name, w, total) {
-			return 0, nil
+			return 0, false, nil
 		}
 		// The server has no statement by the client's name either, so it answers with the
 		// error PostgreSQL would give.
 		s.resp.push(respEntry{msg: 'B'})
-		return 0, nil
+		return 0, false, nil
+	}
+	ps := cs.ps
+	if s.verifying == ps {
+		// The statement was prepared for this Bind, its shape read back.
+		s.verifying = nil
+		if !s.verifyFailed && !bytes.Equal(s.verifyShape, cs.shape) {
+			// The client chose its formats, and decodes the rows, by the shape it was told;
+			// the statement has another one now (its columns' types changed). PostgreSQL
+			// fails such a Bind, and drivers prepare again when it does.
+			s.refuseMessageLocked(w, total, retry.CodeFeatureNotSupported, "cached plan must not change result type")
+			return 0, false, nil
+		}
+	} else if !st.has(ps) && cs.shape != nil {
+		// The client knows the statement's shape, and this server is about to prepare it
+		// afresh: read its shape back first, and hold the Bind until then.
+		w.Cut(w.F.R)
+		s.prepareLocked(ps, st, w, true)
+		w.Out = appendDescribe(w.Out, 'S', ps.name)
+		w.Out = wire.AppendFlush(w.Out)
+		s.resp.push(respEntry{msg: 'D', swallow: true, verify: true, stmt: ps})
+		s.verifying, s.verifyDone, s.verifyFailed, s.verifyShape = ps, false, false, s.verifyShape[:0]
+		return 0, true, nil
 	}
 	head := 5 + len(portal) + 1 + len(name) + 1
 	w.Cut(w.F.R + head)
@@ -600,7 +649,7 @@ func (s *session) trackBind(body []byte, st *serverState, w *wire.Batch, total i
 	w.AddByte(0)
 	s.resp.push(respEntry{msg: 'B', stmt: ps, commits: ps.commits})
 	s.applyEffectLocked(ps.effect, st)
-	return 0, nil
+	return 0, false, nil
 }
 
 // trackDescribe rewrites a Describe of a named statement like trackBind.
@@ -621,22 +670,21 @@ func (s *session) trackDescribe(body []byte, st *serverState, w *wire.Batch, tot
 		s.resp.push(respEntry{msg: 'D'})
 		return nil
 	}
-	ps, ok := s.stmts[string(name)]
+	cs, ok := s.stmts[string(name)]
 	if !ok {
 		if !s.refuseUnknownLocked(name, w, total) {
 			s.resp.push(respEntry{msg: 'D'})
 		}
 		return nil
 	}
+	ps := cs.ps
 	w.Cut(w.F.R + total)
 	if !st.has(ps) {
 		s.prepareLocked(ps, st, w, true)
 	}
-	n := 4 + 1 + len(ps.name) + 1
-	w.Add([]byte{'D', byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n), 'S'})
-	w.AddString(ps.name)
-	w.AddByte(0)
-	s.resp.push(respEntry{msg: 'D', stmt: ps})
+	w.Out = appendDescribe(w.Out, 'S', ps.name)
+	w.Used = true
+	s.resp.push(respEntry{msg: 'D', stmt: ps, described: cs})
 	return nil
 }
 
@@ -653,28 +701,31 @@ func (s *session) trackClose(body []byte, w *wire.Batch, total int) {
 		s.resp.push(respEntry{msg: 'C'})
 		return
 	}
-	if ps, ok := s.stmts[string(name)]; ok {
-		delete(s.stmts, string(name))
-		s.srv.stmts.put(ps)
-	}
+	s.dropStmtLocked(string(name))
 	w.Cut(w.F.R + total)
 	s.resp.push(respEntry{synth: wire.AppendCloseComplete(nil)})
 }
 
 // dropNamedStmtsLocked forgets the client's named statements, as DEALLOCATE ALL does.
 func (s *session) dropNamedStmtsLocked() {
-	for name, ps := range s.stmts {
-		delete(s.stmts, name)
-		s.srv.stmts.put(ps)
+	for name := range s.stmts {
+		s.dropStmtLocked(name)
 	}
+}
+
+// dropStmtLocked forgets the client's statement name, reporting whether it had one.
+func (s *session) dropStmtLocked(name string) bool {
+	cs, ok := s.stmts[name]
+	if ok {
+		delete(s.stmts, name)
+		s.srv.stmts.put(cs.ps)
+	}
+	return ok
 }
 
 // dropAllStmtsLocked forgets every statement the client prepared.
 func (s *session) dropAllStmtsLocked() {
-	for name, ps := range s.stmts {
-		delete(s.stmts, name)
-		s.srv.stmts.put(ps)
-	}
+	s.dropNamedStmtsLocked()
 	s.unnamedParse = s.unnamedParse[:0]
 }
 
@@ -741,11 +792,15 @@ func (s *session) relayTracked(f *wire.Frames, st *serverState) (out []byte, rea
 			break
 		}
 		total := 1 + length
-		if (typ == 'Z' || typ == 'E') && total <= len(f.Buf) && f.W-f.R < total {
-			break // inspected whole: wait for the rest
-		}
 		s.synthsBefore(&w)
 		h := s.resp.head()
+		shape := h != nil && (h.described != nil || h.verify) && (typ == 't' || typ == 'T' || typ == 'n')
+		if (typ == 'Z' || typ == 'E' || shape) && total <= len(f.Buf) && f.W-f.R < total {
+			break // inspected whole: wait for the rest
+		}
+		if shape {
+			s.captureShapeLocked(h, typ, f.Buf[f.R:min(f.R+total, f.W)], f.W-f.R >= total)
+		}
 		drop := false
 		if typ != 'E' && typ != 'N' && typ != 'S' && typ != 'A' && h != nil && !h.swallow {
 			// Part of a result: from now on the batch may have run.
@@ -918,6 +973,37 @@ func (s *session) relayTracked(f *wire.Frames, st *serverState) (out []byte, rea
 	return w.Bytes(), ready, status, nil
 }
 
+// captureShapeLocked adds a message of a Describe reply (ParameterDescription, then
+// RowDescription or NoData) to the shape being read for entry h; msg is the message, whole
+// unless too large for the buffer, when the shape cannot be known. The last message completes
+// the shape: the client's statement remembers it, or the verification is done.
+func (s *session) captureShapeLocked(h *respEntry, typ byte, msg []byte, whole bool) {
+	if !whole {
+		s.shapeBuf = nil
+		return
+	}
+	if typ == 't' {
+		s.shapeBuf = append(s.shapeBuf[:0], msg...)
+	} else {
+		s.shapeBuf = append(s.shapeBuf, msg...)
+	}
+	if typ == 't' {
+		return
+	}
+	// An unknowable shape (nil buffer) matches none, and makes the client prepare again.
+	shape := bytes.Clone(s.shapeBuf)
+	if shape == nil {
+		shape = []byte{}
+	}
+	s.shapeBuf = keepScratch(s.shapeBuf)
+	if h.described != nil {
+		h.described.shape = shape
+		return
+	}
+	s.verifyShape, s.verifyDone = shape, true
+	s.wrote.Broadcast()
+}
+
 // synthsBefore inserts the proxy's own responses that are next in line at the current position.
 func (s *session) synthsBefore(w *wire.Batch) {
 	for h := s.resp.head(); h != nil && h.msg == 0; h = s.resp.head() {
@@ -934,6 +1020,12 @@ func (s *session) synthsBefore(w *wire.Batch) {
 // failEntryLocked undoes what the proxy assumed of a request that failed or was skipped: a
 // statement it meant to prepare is not prepared, and a client's new statement is forgotten.
 func (s *session) failEntryLocked(e *respEntry, st *serverState) {
+	if e.verify {
+		// The statement's prepare failed: the server skips the held Bind, and the client
+		// gets the prepare's error.
+		s.verifyFailed, s.verifyDone = true, true
+		s.wrote.Broadcast()
+	}
 	if e.msg != 'P' {
 		return
 	}
@@ -954,10 +1046,9 @@ func (s *session) failEntryLocked(e *respEntry, st *serverState) {
 	if e.swallow {
 		return
 	}
-	for name, ps := range s.stmts {
-		if ps == e.stmt {
-			delete(s.stmts, name)
-			s.srv.stmts.put(ps)
+	for name, cs := range s.stmts {
+		if cs.ps == e.stmt {
+			s.dropStmtLocked(name)
 		}
 	}
 }
@@ -970,7 +1061,15 @@ func (s *session) refuseUnknownLocked(name []byte, w *wire.Batch, total int) boo
 	if !bytes.HasPrefix(name, []byte(serverStmtPrefix)) {
 		return false
 	}
-	e := &pgconn.PgError{Severity: "ERROR", Code: "26000", Message: fmt.Sprintf("prepared statement %q does not exist", name)}
+	s.refuseMessageLocked(w, total, retry.CodeInvalidStatementName, fmt.Sprintf("prepared statement %q does not exist", name))
+	return true
+}
+
+// refuseMessageLocked answers the client message at the scan position, of total bytes and
+// perhaps not all buffered, with an ERROR of the proxy's own, dropping the message, and skips
+// to the client's next Sync as PostgreSQL does after an error.
+func (s *session) refuseMessageLocked(w *wire.Batch, total int, code, msg string) {
+	e := &pgconn.PgError{Severity: "ERROR", Code: code, Message: msg}
 	s.resp.push(respEntry{synth: wire.AppendErrorResponse(nil, e)})
 	s.skipping = true
 	w.Cut(w.F.R)
@@ -980,7 +1079,6 @@ func (s *session) refuseUnknownLocked(name []byte, w *wire.Batch, total int) boo
 	} else {
 		w.RunStart = w.F.R + total
 	}
-	return true
 }
 
 // answerLocally answers, without a server, what an idle client sends that the proxy can answer
@@ -1062,14 +1160,11 @@ func (s *session) localAnswers(f *wire.Frames) []byte {
 			if res := classify.Classify(bytesString(query), isTracked); res.Pin != classify.None {
 				s.pinLocked(res.Pin)
 			}
-			s.stmts[string(name)] = ps
+			s.stmts[string(name)] = &clientStmt{ps: ps}
 			out = wire.AppendParseComplete(out)
 		case 'C':
 			name, _, _ := wire.CString(body[1:])
-			if ps, ok := s.stmts[string(name)]; ok {
-				delete(s.stmts, string(name))
-				s.srv.stmts.put(ps)
-			}
+			s.dropStmtLocked(string(name))
 			out = wire.AppendCloseComplete(out)
 		case 'S':
 			out = wire.AppendReadyForQuery(out, 'I')
