@@ -39,7 +39,9 @@ func benchSession(tb testing.TB) (*session, *wire.Frames) {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { conn.Close(); ln.Close() })
-	s := &session{srv: srv, txPooling: true, maxMsg: 1 << 30, stmts: map[string]*clientStmt{}, txStatus: 'I'}
+	s := &session{srv: srv, txPooling: true, maxMsg: 1 << 30}
+	s.stmts, s.txStatus = map[string]*clientStmt{}, 'I'
+	s.tracker.reg, s.tracker.lim = &srv.stmts, trackerLimitsOf(srv.cfg, config.Upstream{})
 	s.wrote.L = &s.mu
 	s.log = srv.log
 	s.server = &pool.Conn{Conn: conn}

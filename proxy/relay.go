@@ -461,22 +461,73 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}, f *wire.Fra
 func (s *session) relayTrackedAndWrite(f *wire.Frames, st *serverState) (ready int, status byte, perr, werr error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	out, ready, status, perr := s.relayTrackedLocked(f, st)
-	if len(out) > 0 {
-		_, werr = s.cio.Write(out)
+	for {
+		out, n, last, needWrite, err := s.relayTrackedLocked(f, st)
+		if n > 0 {
+			ready, status = ready+n, last
+		}
+		if len(out) > 0 {
+			if _, werr = s.cio.Write(out); werr != nil {
+				return ready, status, err, werr
+			}
+		}
+		if err != nil || !needWrite {
+			return ready, status, err, nil
+		}
+		// Decisions on a failed request need clientToServer's write of it finished (the
+		// reply can overtake its return).
+		s.awaitWritten()
 	}
-	return ready, status, perr, werr
 }
 
-// relayTrackedLocked runs relayTracked under mu.
-func (s *session) relayTrackedLocked(f *wire.Frames, st *serverState) (out []byte, ready int, status byte, err error) {
+// awaitWritten waits until clientToServer is not writing to the server.
+func (s *session) awaitWritten() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out, ready, status, err = s.relayTracked(f, st)
+	for s.writing {
+		s.wrote.Wait()
+	}
+}
+
+// relayTrackedLocked runs the tracker's relayTracked under mu, and carries out what it decided.
+func (s *session) relayTrackedLocked(f *wire.Frames, st *serverState) (out []byte, ready int, status byte, needWrite bool, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out, ready, status, needWrite, err = s.tracker.relayTracked(f, st, s.writing, s.closing)
+	s.afterTrackLocked()
 	if s.awaitingRoom {
 		s.wrote.Broadcast()
 	}
-	return out, ready, status, err
+	return out, ready, status, needWrite, err
+}
+
+// afterTrackLocked carries out what the tracker decided in its last call.
+func (s *session) afterTrackLocked() {
+	t := &s.tracker
+	if t.newPin != "" {
+		s.srv.metrics.pinned(string(t.newPin))
+		s.log.Info("client pinned to its server connection", "reason", string(t.newPin))
+		t.newPin = ""
+	}
+	if t.retire {
+		t.retire = false
+		s.retireServerLocked()
+	}
+	if len(t.resend) > 0 {
+		// A batch the server refused whole, run again: written under the lock, as nothing
+		// else writes to the server while its reply is being relayed.
+		if _, err := s.server.Write(t.resend); err != nil {
+			// The loop's next read fails too and ends the session with a clear error.
+			s.log.Info("re-run of a refused batch: write to server failed", "err", err)
+		}
+		s.srv.metrics.retried(t.rerunReason)
+		t.resend, t.rerunReason = t.resend[:0], ""
+		t.resend = keepScratch(t.resend)
+	}
+	if t.wake {
+		t.wake = false
+		s.wrote.Broadcast()
+	}
 }
 
 // detachLocked takes the server from the session after a transaction. When the client changed

@@ -153,7 +153,7 @@ func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *serverStat
 	}
 	for _, e := range entries {
 		if e.msg == 'P' && e.unnamed {
-			st.unnamedBy, st.unnamedSeq = s, s.unnamedSeq
+			st.unnamedBy, st.unnamedSeq = &s.tracker, s.unnamedSeq
 		}
 		if e.msg == 'B' && e.stmt != nil && !st.has(e.stmt) && !preparedIn(entries, e.stmt) {
 			// Closed first, as prepareLocked does: the server may hold an older one.

@@ -53,19 +53,15 @@ type session struct {
 	cancelPID uint32
 	cancelKey [4]byte
 
+	// tracker is the session's protocol bookkeeping (transaction mode's in full), guarded by mu.
+	tracker
+
 	// mu guards the attachment state below. clientToServer and serverToClient both hold it only
 	// for short, non-blocking sections (except cancelRunningQuery, which is rare).
 	mu sync.Mutex
 	// server is the attached server connection; nil between transactions in transaction mode.
 	// Whoever sets it to nil owns the connection and must release or destroy it.
 	server *pool.Conn
-	// pending counts requests (Query, Sync, FunctionCall) sent to server whose ReadyForQuery has
-	// not come back yet.
-	pending int
-	// unsynced is set while extended-protocol messages have been sent without a Sync after them.
-	unsynced bool
-	// partial is set while the server has been sent part of a client message.
-	partial bool
 	// writing is set while clientToServer writes to server outside the lock, so that the server
 	// is not released in the middle of that write.
 	writing bool
@@ -77,8 +73,6 @@ type session struct {
 	// awaitingRoom is set while clientToServer waits for queued replies to drain (awaitRoom);
 	// serverToClient then signals wrote as it relays.
 	awaitingRoom bool
-	// txStatus is the status of the last ReadyForQuery from server.
-	txStatus byte
 	// closing is set once the client is gone; serverToClient then stops quietly.
 	closing bool
 	// loopDone is closed when the current serverToClient goroutine has returned.
@@ -89,72 +83,14 @@ type session struct {
 	// a clean release). A non-nil loopErr means the attached server is in an unknown state.
 	loopErr error
 
-	// Transaction-mode state, guarded by mu (see tracked.go).
-	//
-	// resp lists the responses expected from the attached server, in order.
-	resp respQueue
-	// stmts maps the client's statement names to shared server-side statements.
-	stmts map[string]*clientStmt
-	// unnamedParse is a copy of the client's last Parse of the unnamed statement, replayed on a
-	// server that does not hold it; unnamedSeq numbers those Parses.
-	unnamedParse []byte
-	unnamedSeq   uint64
-	// unnamedCommits is set when the unnamed statement may commit on its own; unnamedEffect is
-	// what executing it does to prepared statements.
-	unnamedCommits bool
-	unnamedEffect  stmtEffect
-	// verifying is the statement whose shape is being read back from the attached server
-	// before the client's Bind of it is sent (see verifyShape); verifyDone is set when the
-	// reply is in, with verifyShape holding it, or verifyFailed set when the server failed the
-	// prepare. shapeBuf collects a Describe reply being read.
-	verifying    *preparedStmt
-	verifyDone   bool
-	verifyFailed bool
-	verifyShape  []byte
-	shapeBuf     []byte
-	// skipping drops client messages until Sync after an error the proxy raised itself.
-	skipping bool
-	// pinned is why the client keeps its server for the rest of its session ("" = it does not).
-	pinned classify.Reason
-	// params are the client's explicit session parameters (see params.go).
-	params map[string]string
-	// paramsKey is paramsKeyOf(params), set with it.
-	paramsKey string
-	// wantsPrimary is the route's Upstream.WantsPrimary: a server answering 25006 has been
-	// demoted, and every connection to it is retired.
-	wantsPrimary bool
 	// upstream is the client's resolved route (it holds the upstream password: never log it).
 	upstream config.Upstream
-	// paramsDirty is set when the client changed a tracked parameter with SQL; rereading is
-	// closed once they have been read back from the server after the transaction.
-	paramsDirty bool
-	rereading   chan struct{}
-	// retryBatch and retryEntries keep the last batch that could be re-run after a schema
-	// change (see retrySchemaChangeLocked).
-	retryBatch   []byte
-	retryEntries []respEntry
-	// retryAttempts counts how often the remembered batch was sent again; retrying holds off
-	// clientToServer while the batch moves to a new server; retryNeeded is set by relayTracked
-	// when the server refused the batch in a way that makes sending it again safe.
-	retryAttempts int
-	// replied is set once the server sent any part of the remembered batch's results.
-	replied     bool
-	retrying    bool
-	retryNeeded bool
-	// retryReason is set with retryNeeded: why the server refused the batch, as the
-	// pgsidecar_retries_total reason (a retry.Reason).
-	// retryOldReady says the refusing server's ReadyForQuery was already read (conflicts only:
-	// that server stays usable).
-	retryReason   string
-	retryOldReady bool
-	// writeFailed is set when clientToServer could not write to the server: the batch did not
-	// reach it, and serverToClient decides whether to send it to another server.
-	writeFailed bool
+	// rereading is closed once the parameters the client changed have been read back.
+	rereading chan struct{}
+	// retrying holds off clientToServer while the last batch moves to a new server.
+	retrying bool
 	// retryErr is why a retry could not get another server; the client is told.
 	retryErr error
-	// serverGone is set when the attached server announced its shutdown after the client's
-	// last request completed: its end is expected and is no error for the client.
-	serverGone bool
 	// queryTimer cancels the server's query when a request runs past query_timeout. It is
 	// created once and not touched per request: queryStart records when the current request
 	// went out, and a timer that fires early (armed for an earlier request) re-arms itself for
@@ -168,10 +104,6 @@ type session struct {
 	// abandoned is set when the proxy closed a server that answered neither its query nor the
 	// cancel of it; the client is told that instead of the socket error.
 	abandoned bool
-	// cout and sout are scratch buffers for rewritten batches (client to server, server to
-	// client), reused to avoid allocating per batch.
-	cout, sout []byte
-
 	// wmu serialises writes to the client.
 	wmu sync.Mutex
 	// waitNotice is set, under wmu, while the client waits for a server with a
@@ -426,7 +358,8 @@ func (s *session) bindPool() error {
 		return &startupError{code: retry.CodeInvalidCatalogName, msg: fmt.Sprintf("pgsidecar: no upstream for database %q and user %q: %v", s.database, s.user, err)}
 	}
 	s.txPooling = up.PoolMode != "session"
-	s.wantsPrimary = up.WantsPrimary
+	s.tracker.reg = &s.srv.stmts
+	s.tracker.lim = trackerLimitsOf(s.srv.cfg, up)
 	s.upstream = up
 	s.txCounter = s.srv.metrics.transactionsFor(up.Database, up.User)
 	s.maxMsg = s.srv.cfg.MaxMessageSize

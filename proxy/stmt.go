@@ -141,7 +141,7 @@ type serverState struct {
 	relaying atomic.Bool
 
 	// unnamedBy and unnamedSeq identify which client's unnamed statement the server holds.
-	unnamedBy  *session
+	unnamedBy  *tracker
 	unnamedSeq uint64
 
 	// params holds the parameters set on the server beyond the values it started with.

@@ -8,7 +8,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/pgsidecar/pgsidecar/config"
 	"github.com/pgsidecar/pgsidecar/internal/retry"
 	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/pgsidecar/pgsidecar/proxy/classify"
@@ -170,15 +169,46 @@ func (s *session) scanTracked(f *wire.Frames) (b trackedBatch, attach bool) {
 	if s.server == nil && needsServer(f) {
 		return b, true
 	}
-	srv := s.server
 	var st *serverState
-	if srv != nil {
-		st = stateOf(srv)
+	if s.server != nil {
+		st = stateOf(s.server)
 	}
+	c := s.tracker.scanClient(f, st)
+	s.afterTrackLocked()
+	b = trackedBatch{err: c.err, terminate: c.terminate, synthAtHead: c.synthAtHead, hold: c.hold}
+	if len(c.out) > 0 {
+		b.out, b.srv = c.out, s.server
+		s.addPendingLocked(c.requests)
+		if c.unsynced >= 0 {
+			s.unsynced = c.unsynced == 1
+		}
+		s.partial = c.partial
+		s.writing = true
+	}
+	return b, false
+}
+
+// clientScan is what the tracker found in one scan of the client's buffered messages.
+type clientScan struct {
+	out         []byte // to send to the server (nil without one)
+	requests    int    // Query, Sync and FunctionCall messages in out: each ends in ReadyForQuery
+	unsynced    int    // -1 unchanged, 0 a Sync ends out's extended-protocol messages, 1 they follow it
+	partial     bool   // out ends inside a message, whose rest must go to the same server
+	err         error  // a protocol error after the messages before it
+	terminate   bool   // the client sent Terminate
+	synthAtHead bool   // replies the tracker makes itself are next in line
+	hold        bool   // the scan stopped at a Bind that waits for the statement's shape
+}
+
+// scanClient scans the client's buffered messages: it keeps each client's prepared statements
+// on whichever server it has (st; nil when none is attached and the messages need none, which
+// are dropped), pins clients that leave state behind, queues what each message expects back,
+// and returns what to send on.
+func (t *tracker) scanClient(f *wire.Frames, st *serverState) (c clientScan) {
 	// A batch that starts a transaction with nothing in flight can be re-run if a schema change
 	// fails it before any of its results reached the client (see rerunBatchLocked).
-	startsIdle := s.resp.len() == 0 && s.pending == 0 && s.txStatus != 'T' && s.txStatus != 'E'
-	w := wire.Batch{F: f, Out: s.cout[:0], RunStart: f.R}
+	startsIdle := t.resp.len() == 0 && t.pending == 0 && t.txStatus != 'T' && t.txStatus != 'E'
+	w := wire.Batch{F: f, Out: t.cout[:0], RunStart: f.R}
 	requests, unsynced := 0, -1
 	var err error
 	terminate := false
@@ -187,7 +217,7 @@ scan:
 		if f.Advance(&w) {
 			continue
 		}
-		typ, length, ok, herr := f.Next(s.maxMsg)
+		typ, length, ok, herr := f.Next(t.lim.maxMsg)
 		if herr != nil {
 			err = protocolErrorf("%v", herr)
 			break
@@ -199,7 +229,7 @@ scan:
 		whole := f.W-f.R >= total
 		// With no server, only messages needsServer lets through get here. After an error the
 		// proxy raised itself, PostgreSQL would ignore messages until Sync. Both are dropped.
-		if srv == nil && typ != 'X' || s.skipping && typ != 'S' && typ != 'X' {
+		if st == nil && typ != 'X' || t.skipping && typ != 'S' && typ != 'X' {
 			w.Cut(f.R)
 			if !whole {
 				f.Dropping = true
@@ -225,8 +255,8 @@ scan:
 					break scan
 				}
 				if typ == 'Q' {
-					s.pinLocked(reasonUnclassified)
-					s.resp.push(respEntry{msg: 'Q', commits: true})
+					t.pinLocked(reasonUnclassified)
+					t.resp.push(respEntry{msg: 'Q', commits: true})
 					st.unnamedBy = nil
 					requests++
 					f.R += 5
@@ -240,18 +270,18 @@ scan:
 		body := f.Buf[f.R+5 : min(f.R+total, f.W)]
 		switch typ {
 		case 'Q':
-			if s.trackQuery(body, st, &w, total) {
+			if t.trackQuery(body, st, &w, total) {
 				requests++
 			}
 		case 'P':
 			unsynced = 1
-			if perr := s.trackParse(body, st, &w, total); perr != nil {
+			if perr := t.trackParse(body, st, &w, total); perr != nil {
 				err = perr
 				break scan
 			}
 		case 'B':
 			unsynced = 1
-			need, hold, berr := s.trackBind(body, st, &w, total)
+			need, hold, berr := t.trackBind(body, st, &w, total)
 			if berr != nil {
 				err = berr
 				break scan
@@ -262,28 +292,28 @@ scan:
 			}
 			if hold {
 				// The Bind waits, unconsumed, for the statement's shape on this server.
-				b.hold = true
+				c.hold = true
 				break scan
 			}
 		case 'D':
 			unsynced = 1
-			if derr := s.trackDescribe(body, st, &w, total); derr != nil {
+			if derr := t.trackDescribe(body, st, &w, total); derr != nil {
 				err = derr
 				break scan
 			}
 		case 'C':
 			unsynced = 1
-			s.trackClose(body, &w, total)
+			t.trackClose(body, &w, total)
 		case 'E':
 			unsynced = 1
-			s.resp.push(respEntry{msg: 'E'})
+			t.resp.push(respEntry{msg: 'E'})
 		case 'S':
-			s.resp.push(respEntry{msg: 'S'})
+			t.resp.push(respEntry{msg: 'S'})
 			requests++
 			unsynced = 0
-			s.skipping = false
+			t.skipping = false
 		case 'F':
-			s.resp.push(respEntry{msg: 'F'})
+			t.resp.push(respEntry{msg: 'F'})
 			requests++
 		case 'H', 'd', 'c', 'f':
 		case 'X':
@@ -306,25 +336,19 @@ scan:
 	}
 	out := w.Bytes()
 	if w.Used {
-		s.cout = keepScratch(w.Out)
+		t.cout = keepScratch(w.Out)
 	}
-	b.synthAtHead = s.resp.len() > 0 && s.resp.head().msg == 0
+	c.synthAtHead = t.resp.len() > 0 && t.resp.head().msg == 0
 	if len(out) > 0 {
-		s.rememberBatchLocked(out, startsIdle && f.Remaining == 0)
+		t.rememberBatchLocked(out, startsIdle && f.Remaining == 0)
 	}
-	if len(out) > 0 && srv != nil {
-		s.addPendingLocked(requests)
-		if unsynced >= 0 {
-			s.unsynced = unsynced == 1
-		}
-		s.partial = f.Remaining > 0 && !f.Dropping
-		s.writing = true
+	if st != nil {
+		c.out = out
 	}
-	if srv != nil {
-		b.out, b.srv = out, srv
-	}
-	b.err, b.terminate = err, terminate
-	return b, false
+	c.requests, c.unsynced = requests, unsynced
+	c.partial = f.Remaining > 0 && !f.Dropping
+	c.err, c.terminate = err, terminate
+	return c
 }
 
 // wroteTracked records the end of forwardTracked's write to the server, which failed with err
@@ -357,60 +381,60 @@ func (s *session) kickIfReleasable() {
 // trackQuery inspects a simple Query: what it leaves on the session decides pinning. It
 // reports whether the Query goes to the server (DEALLOCATE of the client's own statements is
 // answered by the proxy: the server knows them under other names).
-func (s *session) trackQuery(body []byte, st *serverState, w *wire.Batch, total int) (forward bool) {
+func (t *tracker) trackQuery(body []byte, st *serverState, w *wire.Batch, total int) (forward bool) {
 	sql := body
 	if len(sql) > 0 && sql[len(sql)-1] == 0 {
 		sql = sql[:len(sql)-1]
 	}
 	res := classify.Classify(bytesString(sql), isTracked)
-	if res.Statements == 1 && len(res.Deallocate) == 1 && s.txStatus != 'E' {
-		if s.dropStmtLocked(res.Deallocate[0]) {
+	if res.Statements == 1 && len(res.Deallocate) == 1 && t.txStatus != 'E' {
+		if t.dropStmtLocked(res.Deallocate[0]) {
 			w.Cut(w.F.R + total)
-			s.resp.push(respEntry{synth: wire.AppendCommandComplete(nil, "DEALLOCATE"), ready: true})
+			t.resp.push(respEntry{synth: wire.AppendCommandComplete(nil, "DEALLOCATE"), ready: true})
 			return false
 		}
 	}
-	if name, foreign := s.foreignDeallocate(res.Deallocate); foreign {
+	if name, foreign := t.foreignDeallocate(res.Deallocate); foreign {
 		// Another client's shared statement: the server must not lose it. The server raises
 		// PostgreSQL's error itself, so that a transaction block is aborted as it would be.
 		w.Cut(w.F.R + total)
 		w.Out = wire.AppendQuery(w.Out, raiseSQL(retry.CodeInvalidStatementName, fmt.Sprintf("prepared statement %q does not exist", name)))
 		w.Used = true
-		s.resp.push(respEntry{msg: 'Q'})
+		t.resp.push(respEntry{msg: 'Q'})
 		return true
 	}
-	if res.Pin != classify.None && s.pinned == "" && s.refusesState() {
+	if res.Pin != classify.None && t.pinned == "" && t.refusesState() {
 		// session_state = refuse: the server itself raises the error, so that an explicit
 		// transaction is aborted exactly as PostgreSQL would abort it.
 		w.Cut(w.F.R + total)
 		w.Add(refusalQuery(res.Pin))
-		s.resp.push(respEntry{msg: 'Q'})
+		t.resp.push(respEntry{msg: 'Q'})
 		return true
 	}
 	if res.Pin != classify.None {
-		s.pinLocked(res.Pin)
+		t.pinLocked(res.Pin)
 	}
 	if res.DiscardAll {
 		// DISCARD ALL / DEALLOCATE ALL drop the shared statements on this server as well.
-		s.dropAllStmtsLocked()
+		t.dropAllStmtsLocked()
 		st.clearPrepared()
 	}
 	for _, name := range res.Deallocate {
-		s.dropStmtLocked(name)
+		t.dropStmtLocked(name)
 	}
 	if res.SetsTracked {
-		s.paramsDirty = true
+		t.paramsDirty = true
 	}
 	// A simple Query destroys the unnamed statement, on the server and so for the client.
 	st.unnamedBy = nil
-	s.unnamedParse = s.unnamedParse[:0]
-	s.resp.push(respEntry{msg: 'Q', single: res.Statements == 1, plain: res.Plain, commits: res.CommitsAlone})
+	t.unnamedParse = t.unnamedParse[:0]
+	t.resp.push(respEntry{msg: 'Q', single: res.Statements == 1, plain: res.Plain, commits: res.CommitsAlone})
 	return true
 }
 
 // trackParse handles Parse: a named statement is mapped to its shared server-side statement,
 // prepared on this server unless it already is; the unnamed one is remembered for replay.
-func (s *session) trackParse(body []byte, st *serverState, w *wire.Batch, total int) error {
+func (t *tracker) trackParse(body []byte, st *serverState, w *wire.Batch, total int) error {
 	name, rest, ok := wire.CString(body)
 	if !ok {
 		return protocolErrorf("malformed Parse message")
@@ -427,73 +451,73 @@ func (s *session) trackParse(body []byte, st *serverState, w *wire.Batch, total 
 	effect.discardAll = res.DiscardAll
 	rewritten := false
 	if n := res.Deallocate; len(n) == 1 && res.Statements == 1 {
-		if target, own := s.stmts[n[0]]; own {
+		if target, own := t.stmts[n[0]]; own {
 			query, rewritten = []byte("DEALLOCATE "+target.ps.name), true
 			effect.dealloc = target.ps
-		} else if _, foreign := s.foreignDeallocate(n); foreign {
+		} else if _, foreign := t.foreignDeallocate(n); foreign {
 			query, rewritten = []byte(raiseSQL(retry.CodeInvalidStatementName, fmt.Sprintf("prepared statement %q does not exist", n[0]))), true
 		}
 	}
 	if res.Pin != classify.None {
-		if s.pinned == "" && s.refusesState() {
+		if t.pinned == "" && t.refusesState() {
 			e := &pgconn.PgError{Severity: "ERROR", Code: retry.CodeFeatureNotSupported, Message: refusalMessage(res.Pin)}
-			s.resp.push(respEntry{synth: wire.AppendErrorResponse(nil, e)})
-			s.skipping = true
+			t.resp.push(respEntry{synth: wire.AppendErrorResponse(nil, e)})
+			t.skipping = true
 			w.Cut(w.F.R + total)
 			return nil
 		}
-		s.pinLocked(res.Pin)
+		t.pinLocked(res.Pin)
 	} else if res.SetsTracked {
-		s.paramsDirty = true
+		t.paramsDirty = true
 	}
 	if len(name) == 0 {
 		if rewritten {
 			w.Cut(w.F.R + total)
-			s.unnamedParse = appendParse(s.unnamedParse[:0], "", query, paramTypes)
-			w.Add(s.unnamedParse)
+			t.unnamedParse = appendParse(t.unnamedParse[:0], "", query, paramTypes)
+			w.Add(t.unnamedParse)
 		} else {
-			s.unnamedParse = append(s.unnamedParse[:0], w.F.Buf[w.F.R:w.F.R+total]...)
+			t.unnamedParse = append(t.unnamedParse[:0], w.F.Buf[w.F.R:w.F.R+total]...)
 		}
-		s.unnamedCommits = res.CommitsAlone
-		s.unnamedEffect = effect
-		s.unnamedSeq++
-		st.unnamedBy, st.unnamedSeq = s, s.unnamedSeq
-		s.resp.push(respEntry{msg: 'P', unnamed: true})
+		t.unnamedCommits = res.CommitsAlone
+		t.unnamedEffect = effect
+		t.unnamedSeq++
+		st.unnamedBy, st.unnamedSeq = t, t.unnamedSeq
+		t.resp.push(respEntry{msg: 'P', unnamed: true})
 		return nil
 	}
-	if _, dup := s.stmts[string(name)]; dup {
-		s.refuseLocked(w, total, retry.CodeDuplicatePreparedStmt, fmt.Sprintf("prepared statement %q already exists", name))
+	if _, dup := t.stmts[string(name)]; dup {
+		t.refuseLocked(w, total, retry.CodeDuplicatePreparedStmt, fmt.Sprintf("prepared statement %q already exists", name))
 		return nil
 	}
 	if len(name) > maxStmtName {
-		s.refuseLocked(w, total, retry.CodeNameTooLong, fmt.Sprintf("pgsidecar: prepared statement name of %d bytes is longer than %d", len(name), maxStmtName))
+		t.refuseLocked(w, total, retry.CodeNameTooLong, fmt.Sprintf("pgsidecar: prepared statement name of %d bytes is longer than %d", len(name), maxStmtName))
 		return nil
 	}
-	if limit := s.srv.cfg.MaxClientPreparedStatements; limit > 0 && len(s.stmts) >= limit {
-		s.refuseLocked(w, total, retry.CodeConfigurationLimitExceeded, fmt.Sprintf("pgsidecar: too many prepared statements: this client holds %d (max_client_prepared_statements); close or deallocate some first", len(s.stmts)))
+	if limit := t.lim.clientStatements; limit > 0 && len(t.stmts) >= limit {
+		t.refuseLocked(w, total, retry.CodeConfigurationLimitExceeded, fmt.Sprintf("pgsidecar: too many prepared statements: this client holds %d (max_client_prepared_statements); close or deallocate some first", len(t.stmts)))
 		return nil
 	}
-	ps := s.srv.stmts.get(query, paramTypes, effect)
+	ps := t.reg.get(query, paramTypes, effect)
 	if ps == nil {
-		s.refuseLocked(w, total, retry.CodeConfigurationLimitExceeded, fmt.Sprintf("pgsidecar: the shared prepared statement registry is full (max_prepared_statement_bytes=%d)", s.srv.cfg.MaxPreparedStatementBytes))
+		t.refuseLocked(w, total, retry.CodeConfigurationLimitExceeded, fmt.Sprintf("pgsidecar: the shared prepared statement registry is full (max_prepared_statement_bytes=%d)", t.lim.registryBytes))
 		return nil
 	}
-	s.stmts[string(name)] = &clientStmt{ps: ps}
+	t.stmts[string(name)] = &clientStmt{ps: ps}
 	w.Cut(w.F.R + total)
 	if st.has(ps) {
-		s.resp.push(respEntry{synth: wire.AppendParseComplete(nil)})
+		t.resp.push(respEntry{synth: wire.AppendParseComplete(nil)})
 		return nil
 	}
-	s.prepareLocked(ps, st, w, false)
+	t.prepareLocked(ps, st, w, false)
 	return nil
 }
 
 // foreignDeallocate returns the first of names that is a shared statement name (the proxy's
 // prefix) the client does not hold itself: DEALLOCATE of it would take another client's
 // statement from the server.
-func (s *session) foreignDeallocate(names []string) (string, bool) {
+func (t *tracker) foreignDeallocate(names []string) (string, bool) {
 	for _, n := range names {
-		if _, own := s.stmts[n]; !own && strings.HasPrefix(n, serverStmtPrefix) {
+		if _, own := t.stmts[n]; !own && strings.HasPrefix(n, serverStmtPrefix) {
 			return n, true
 		}
 	}
@@ -504,16 +528,16 @@ func (s *session) foreignDeallocate(names []string) (string, bool) {
 // server's prepared statements, when the client binds it: the server runs it right after.
 // Should the Bind fail instead, the server keeps statements the proxy forgot, which costs
 // nothing: prepareLocked closes a name before it prepares it.
-func (s *session) applyEffectLocked(e stmtEffect, st *serverState) {
+func (t *tracker) applyEffectLocked(e stmtEffect, st *serverState) {
 	if e.discardAll {
-		s.dropNamedStmtsLocked()
+		t.dropNamedStmtsLocked()
 		st.clearPrepared()
 	}
 	if e.dealloc != nil {
 		st.remove(e.dealloc)
-		for name, cs := range s.stmts {
+		for name, cs := range t.stmts {
 			if cs.ps == e.dealloc {
-				s.dropStmtLocked(name)
+				t.dropStmtLocked(name)
 			}
 		}
 	}
@@ -541,10 +565,10 @@ func appendParse(b []byte, name string, query, paramTypes []byte) []byte {
 // refuseLocked answers the client message at the scan position (of total bytes) with an ERROR
 // of the proxy's own, and skips the client's messages up to its next Sync, as PostgreSQL does
 // after an error in the extended protocol.
-func (s *session) refuseLocked(w *wire.Batch, total int, code, msg string) {
+func (t *tracker) refuseLocked(w *wire.Batch, total int, code, msg string) {
 	e := &pgconn.PgError{Severity: "ERROR", Code: code, Message: msg}
-	s.resp.push(respEntry{synth: wire.AppendErrorResponse(nil, e)})
-	s.skipping = true
+	t.resp.push(respEntry{synth: wire.AppendErrorResponse(nil, e)})
+	t.skipping = true
 	w.Cut(w.F.R + total)
 }
 
@@ -553,31 +577,31 @@ func (s *session) refuseLocked(w *wire.Batch, total int, code, msg string) {
 // The name is closed first (closing a statement a server does not have is no error): the server
 // may hold it at an older generation, or still hold it after a DISCARD ALL the proxy counted on
 // failed. Statements are prepared once per server, so this costs little.
-func (s *session) prepareLocked(ps *preparedStmt, st *serverState, w *wire.Batch, swallow bool) {
+func (t *tracker) prepareLocked(ps *preparedStmt, st *serverState, w *wire.Batch, swallow bool) {
 	w.Out = wire.AppendClose(w.Out, 'S', ps.name)
 	w.Used = true
-	s.resp.push(respEntry{msg: 'C', swallow: true})
+	t.resp.push(respEntry{msg: 'C', swallow: true})
 	st.remove(ps)
-	if old := st.evict(s.srv.cfg.MaxPreparedStatements); old != nil {
+	if old := st.evict(t.lim.serverStatements); old != nil {
 		w.Out = wire.AppendClose(w.Out, 'S', old.name)
 		w.Used = true
-		s.resp.push(respEntry{msg: 'C', swallow: true})
+		t.resp.push(respEntry{msg: 'C', swallow: true})
 	}
 	st.add(ps)
 	w.Add(ps.parse)
-	s.resp.push(respEntry{msg: 'P', swallow: swallow, stmt: ps})
+	t.resp.push(respEntry{msg: 'P', swallow: swallow, stmt: ps})
 }
 
 // ensureUnnamedLocked replays the client's last unnamed Parse when the server holds another
 // client's unnamed statement.
-func (s *session) ensureUnnamedLocked(st *serverState, w *wire.Batch) {
-	if len(s.unnamedParse) == 0 || (st.unnamedBy == s && st.unnamedSeq == s.unnamedSeq) {
+func (t *tracker) ensureUnnamedLocked(st *serverState, w *wire.Batch) {
+	if len(t.unnamedParse) == 0 || (st.unnamedBy == t && st.unnamedSeq == t.unnamedSeq) {
 		return
 	}
 	w.Cut(w.F.R)
-	w.Add(s.unnamedParse)
-	st.unnamedBy, st.unnamedSeq = s, s.unnamedSeq
-	s.resp.push(respEntry{msg: 'P', swallow: true, unnamed: true})
+	w.Add(t.unnamedParse)
+	st.unnamedBy, st.unnamedSeq = t, t.unnamedSeq
+	t.resp.push(respEntry{msg: 'P', swallow: true, unnamed: true})
 }
 
 // maxBindNames bounds the head of a Bind (portal and statement names) the proxy waits for.
@@ -586,7 +610,7 @@ const maxBindNames = 4096
 // trackBind rewrites a Bind of a named statement to its server-side name, preparing it first
 // if this server does not have it. body may hold only the start of a large Bind: only the names
 // are needed, and the parameters stream through. need > 0 asks for that many bytes buffered.
-func (s *session) trackBind(body []byte, st *serverState, w *wire.Batch, total int) (need int, hold bool, err error) {
+func (t *tracker) trackBind(body []byte, st *serverState, w *wire.Batch, total int) (need int, hold bool, err error) {
 	portal, rest, ok := wire.CString(body)
 	var name []byte
 	if ok {
@@ -599,47 +623,47 @@ func (s *session) trackBind(body []byte, st *serverState, w *wire.Batch, total i
 		return 0, false, protocolErrorf("malformed Bind message")
 	}
 	if len(name) == 0 {
-		s.ensureUnnamedLocked(st, w)
-		s.resp.push(respEntry{msg: 'B', commits: s.unnamedCommits})
-		s.applyEffectLocked(s.unnamedEffect, st)
+		t.ensureUnnamedLocked(st, w)
+		t.resp.push(respEntry{msg: 'B', commits: t.unnamedCommits})
+		t.applyEffectLocked(t.unnamedEffect, st)
 		return 0, false, nil
 	}
-	cs, ok := s.stmts[string(name)]
+	cs, ok := t.stmts[string(name)]
 	if !ok {
-		if s.refuseUnknownLocked(name, w, total) {
+		if t.refuseUnknownLocked(name, w, total) {
 			return 0, false, nil
 		}
 		// The server has no statement by the client's name either, so it answers with the
 		// error PostgreSQL would give.
-		s.resp.push(respEntry{msg: 'B'})
+		t.resp.push(respEntry{msg: 'B'})
 		return 0, false, nil
 	}
 	ps := cs.ps
-	if s.verifying == ps {
+	if t.verifying == ps {
 		// The statement was prepared for this Bind, its shape read back.
-		s.verifying = nil
-		if !s.verifyFailed && !bytes.Equal(s.verifyShape, cs.shape) {
+		t.verifying = nil
+		if !t.verifyFailed && !bytes.Equal(t.verifyShape, cs.shape) {
 			// The client chose its formats, and decodes the rows, by the shape it was told;
 			// the statement has another one now (its columns' types changed). PostgreSQL
 			// fails such a Bind, and drivers prepare again when it does.
-			s.refuseMessageLocked(w, total, retry.CodeFeatureNotSupported, "cached plan must not change result type")
+			t.refuseMessageLocked(w, total, retry.CodeFeatureNotSupported, "cached plan must not change result type")
 			return 0, false, nil
 		}
 	} else if !st.has(ps) && cs.shape != nil {
 		// The client knows the statement's shape, and this server is about to prepare it
 		// afresh: read its shape back first, and hold the Bind until then.
 		w.Cut(w.F.R)
-		s.prepareLocked(ps, st, w, true)
+		t.prepareLocked(ps, st, w, true)
 		w.Out = appendDescribe(w.Out, 'S', ps.name)
 		w.Out = wire.AppendFlush(w.Out)
-		s.resp.push(respEntry{msg: 'D', swallow: true, verify: true, stmt: ps})
-		s.verifying, s.verifyDone, s.verifyFailed, s.verifyShape = ps, false, false, s.verifyShape[:0]
+		t.resp.push(respEntry{msg: 'D', swallow: true, verify: true, stmt: ps})
+		t.verifying, t.verifyDone, t.verifyFailed, t.verifyShape = ps, false, false, t.verifyShape[:0]
 		return 0, true, nil
 	}
 	head := 5 + len(portal) + 1 + len(name) + 1
 	w.Cut(w.F.R + head)
 	if !st.has(ps) {
-		s.prepareLocked(ps, st, w, true)
+		t.prepareLocked(ps, st, w, true)
 	}
 	n := total - 1 - len(name) + len(ps.name)
 	w.Add([]byte{'B', byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
@@ -647,13 +671,13 @@ func (s *session) trackBind(body []byte, st *serverState, w *wire.Batch, total i
 	w.AddByte(0)
 	w.AddString(ps.name)
 	w.AddByte(0)
-	s.resp.push(respEntry{msg: 'B', stmt: ps, commits: ps.commits})
-	s.applyEffectLocked(ps.effect, st)
+	t.resp.push(respEntry{msg: 'B', stmt: ps, commits: ps.commits})
+	t.applyEffectLocked(ps.effect, st)
 	return 0, false, nil
 }
 
 // trackDescribe rewrites a Describe of a named statement like trackBind.
-func (s *session) trackDescribe(body []byte, st *serverState, w *wire.Batch, total int) error {
+func (t *tracker) trackDescribe(body []byte, st *serverState, w *wire.Batch, total int) error {
 	if len(body) < 2 {
 		return protocolErrorf("malformed Describe message")
 	}
@@ -662,81 +686,80 @@ func (s *session) trackDescribe(body []byte, st *serverState, w *wire.Batch, tot
 		return protocolErrorf("malformed Describe message")
 	}
 	if body[0] != 'S' {
-		s.resp.push(respEntry{msg: 'D', portal: true})
+		t.resp.push(respEntry{msg: 'D', portal: true})
 		return nil
 	}
 	if len(name) == 0 {
-		s.ensureUnnamedLocked(st, w)
-		s.resp.push(respEntry{msg: 'D'})
+		t.ensureUnnamedLocked(st, w)
+		t.resp.push(respEntry{msg: 'D'})
 		return nil
 	}
-	cs, ok := s.stmts[string(name)]
+	cs, ok := t.stmts[string(name)]
 	if !ok {
-		if !s.refuseUnknownLocked(name, w, total) {
-			s.resp.push(respEntry{msg: 'D'})
+		if !t.refuseUnknownLocked(name, w, total) {
+			t.resp.push(respEntry{msg: 'D'})
 		}
 		return nil
 	}
 	ps := cs.ps
 	w.Cut(w.F.R + total)
 	if !st.has(ps) {
-		s.prepareLocked(ps, st, w, true)
+		t.prepareLocked(ps, st, w, true)
 	}
 	w.Out = appendDescribe(w.Out, 'S', ps.name)
 	w.Used = true
-	s.resp.push(respEntry{msg: 'D', stmt: ps, described: cs})
+	t.resp.push(respEntry{msg: 'D', stmt: ps, described: cs})
 	return nil
 }
 
 // trackClose answers Close of a named statement itself: the shared server-side statement may
 // serve other clients and stays until evicted.
-func (s *session) trackClose(body []byte, w *wire.Batch, total int) {
+func (t *tracker) trackClose(body []byte, w *wire.Batch, total int) {
 	if len(body) < 2 || body[0] != 'S' {
-		s.resp.push(respEntry{msg: 'C'})
+		t.resp.push(respEntry{msg: 'C'})
 		return
 	}
 	name, _, _ := wire.CString(body[1:])
 	if len(name) == 0 {
-		s.unnamedParse = s.unnamedParse[:0]
-		s.resp.push(respEntry{msg: 'C'})
+		t.unnamedParse = t.unnamedParse[:0]
+		t.resp.push(respEntry{msg: 'C'})
 		return
 	}
-	s.dropStmtLocked(string(name))
+	t.dropStmtLocked(string(name))
 	w.Cut(w.F.R + total)
-	s.resp.push(respEntry{synth: wire.AppendCloseComplete(nil)})
+	t.resp.push(respEntry{synth: wire.AppendCloseComplete(nil)})
 }
 
 // dropNamedStmtsLocked forgets the client's named statements, as DEALLOCATE ALL does.
-func (s *session) dropNamedStmtsLocked() {
-	for name := range s.stmts {
-		s.dropStmtLocked(name)
+func (t *tracker) dropNamedStmtsLocked() {
+	for name := range t.stmts {
+		t.dropStmtLocked(name)
 	}
 }
 
 // dropStmtLocked forgets the client's statement name, reporting whether it had one.
-func (s *session) dropStmtLocked(name string) bool {
-	cs, ok := s.stmts[name]
+func (t *tracker) dropStmtLocked(name string) bool {
+	cs, ok := t.stmts[name]
 	if ok {
-		delete(s.stmts, name)
-		s.srv.stmts.put(cs.ps)
+		delete(t.stmts, name)
+		t.reg.put(cs.ps)
 	}
 	return ok
 }
 
 // dropAllStmtsLocked forgets every statement the client prepared.
-func (s *session) dropAllStmtsLocked() {
-	s.dropNamedStmtsLocked()
-	s.unnamedParse = s.unnamedParse[:0]
+func (t *tracker) dropAllStmtsLocked() {
+	t.dropNamedStmtsLocked()
+	t.unnamedParse = t.unnamedParse[:0]
 }
 
 // pinLocked keeps the client on its current server for the rest of its session.
-func (s *session) pinLocked(reason classify.Reason) {
-	if s.pinned != "" {
+func (t *tracker) pinLocked(reason classify.Reason) {
+	if t.pinned != "" {
 		return
 	}
-	s.pinned = reason
-	s.srv.metrics.pinned(string(reason))
-	s.log.Info("client pinned to its server connection", "reason", string(reason))
+	t.pinned = reason
+	t.newPin = reason
 }
 
 // emitSynths sends the responses the proxy answers itself that are next in line. The lock
@@ -758,13 +781,18 @@ func (s *session) emitSynths() error {
 func (s *session) takeSynths() []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.tracker.popSynths()
+}
+
+// popSynths takes the replies the tracker makes itself that are next in line.
+func (t *tracker) popSynths() []byte {
 	var out []byte
-	for h := s.resp.head(); h != nil && h.msg == 0; h = s.resp.head() {
+	for h := t.resp.head(); h != nil && h.msg == 0; h = t.resp.head() {
 		out = append(out, h.synth...)
 		if h.ready {
-			out = wire.AppendReadyForQuery(out, s.readyStatusLocked())
+			out = wire.AppendReadyForQuery(out, t.readyStatusLocked())
 		}
-		s.resp.pop()
+		t.resp.pop()
 	}
 	return out
 }
@@ -773,38 +801,38 @@ func (s *session) takeSynths() []byte {
 // request it answers, drops replies to the proxy's own requests, inserts the replies the proxy
 // makes itself, and keeps the statement caches right when a request fails. Called with wmu
 // and mu held; it returns what to write to the client.
-func (s *session) relayTracked(f *wire.Frames, st *serverState) (out []byte, ready int, status byte, err error) {
-	w := wire.Batch{F: f, Out: s.sout[:0], RunStart: f.R}
+func (t *tracker) relayTracked(f *wire.Frames, st *serverState, writing, closing bool) (out []byte, ready int, status byte, needWrite bool, err error) {
+	w := wire.Batch{F: f, Out: t.sout[:0], RunStart: f.R}
 	defer func() {
 		if w.Used {
-			s.sout = keepScratch(w.Out)
+			t.sout = keepScratch(w.Out)
 		}
 	}()
 	for f.R < f.W {
 		if f.Advance(&w) {
 			continue
 		}
-		typ, length, ok, herr := f.Next(s.maxMsg)
+		typ, length, ok, herr := f.Next(t.lim.maxMsg)
 		if herr != nil {
-			return w.Bytes(), ready, status, fmt.Errorf("server sent %w", herr)
+			return w.Bytes(), ready, status, false, fmt.Errorf("server sent %w", herr)
 		}
 		if !ok {
 			break
 		}
 		total := 1 + length
-		s.synthsBefore(&w)
-		h := s.resp.head()
+		t.synthsBefore(&w)
+		h := t.resp.head()
 		shape := h != nil && (h.described != nil || h.verify) && (typ == 't' || typ == 'T' || typ == 'n')
 		if (typ == 'Z' || typ == 'E' || shape) && total <= len(f.Buf) && f.W-f.R < total {
 			break // inspected whole: wait for the rest
 		}
 		if shape {
-			s.captureShapeLocked(h, typ, f.Buf[f.R:min(f.R+total, f.W)], f.W-f.R >= total)
+			t.captureShapeLocked(h, typ, f.Buf[f.R:min(f.R+total, f.W)], f.W-f.R >= total)
 		}
 		drop := false
 		if typ != 'E' && typ != 'N' && typ != 'S' && typ != 'A' && h != nil && !h.swallow {
 			// Part of a result: from now on the batch may have run.
-			s.replied = true
+			t.replied = true
 		}
 		switch typ {
 		case 'N', 'S', 'A':
@@ -814,10 +842,9 @@ func (s *session) relayTracked(f *wire.Frames, st *serverState) (out []byte, rea
 		case 'E':
 			// Decisions on a failed request need clientToServer's write of it finished (the
 			// reply can overtake its return); the queue may change meanwhile, so look again.
-			for s.writing {
-				s.wrote.Wait()
+			if writing {
+				return w.Bytes(), ready, status, true, nil
 			}
-			h = s.resp.head()
 			var code string
 			fatal := false
 			if f.W-f.R >= total {
@@ -825,22 +852,22 @@ func (s *session) relayTracked(f *wire.Frames, st *serverState) (out []byte, rea
 				code, fatal = wire.ErrorCode(body), wire.ErrorFatal(body)
 			}
 			if h == nil {
-				if fatal && s.txStatus != 'T' && s.txStatus != 'E' && !s.writing && shutdownError(code) {
+				if fatal && t.txStatus != 'T' && t.txStatus != 'E' && shutdownError(code) {
 					// An idle server announcing its end (terminated, or the upstream shutting
 					// down) concerns no request: the client gets another server instead.
 					w.Cut(f.W)
 					f.R = f.W
-					s.serverGone = true
-					return w.Bytes(), ready, status, nil
+					t.serverGone = true
+					return w.Bytes(), ready, status, false, nil
 				}
 				break
 			}
-			readOnly := s.wantsPrimary && code == retry.CodeReadOnlySQLTransaction
+			readOnly := t.lim.wantsPrimary && code == retry.CodeReadOnlySQLTransaction
 			if readOnly {
 				// The route wants a primary and this server refuses writes: it was demoted.
 				// Every connection to it goes (this one when released), and new ones are
 				// dialled to whichever host target_session_attrs accepts now.
-				s.retireServerLocked()
+				t.retire = true
 			}
 			// A serialization failure or deadlock of a plain statement that ran alone in an
 			// implicit transaction rolled it back whole: running it again is what the client
@@ -851,21 +878,21 @@ func (s *session) relayTracked(f *wire.Frames, st *serverState) (out []byte, rea
 			// on its own. An ERROR with the same code (a statement can raise any code) proves
 			// nothing, and neither does a FATAL followed by anything but the connection's end.
 			refused := fatal && retryableServerError(code) && f.R+total == f.W
-			if code != "" && (readOnly || conflict || refused) && s.firstReplyLocked() && s.canRetryLocked() && !s.batchCommitsLocked() {
+			if code != "" && (readOnly || conflict || refused) && t.firstReplyLocked() && !closing && t.retryAttempts < t.lim.retries && !t.batchCommitsLocked() {
 				// Send the batch again instead of failing it. Nothing after this error
 				// matters to the client.
-				s.retryNeeded = true
-				s.retryReason = retry.ClassifyCode(code).Reason
+				t.retryNeeded = true
+				t.retryReason = retry.ClassifyCode(code).Reason
 				if readOnly {
-					s.retryReason = retry.ReasonReadOnly
+					t.retryReason = retry.ReasonReadOnly
 				}
-				s.retryOldReady = conflict && wire.HasReadyForQuery(f.Buf[f.R+total:f.W])
+				t.retryOldReady = conflict && wire.HasReadyForQuery(f.Buf[f.R+total:f.W])
 				w.Cut(f.W)
 				f.R = f.W
-				return w.Bytes(), ready, status, nil
+				return w.Bytes(), ready, status, false, nil
 			}
-			if h.msg == 'Q' && h.single && h.done && !h.swallow && s.resp.len() == 1 && !s.writing && fatal &&
-				s.txStatus != 'T' && s.txStatus != 'E' && shutdownError(code) {
+			if h.msg == 'Q' && h.single && h.done && !h.swallow && t.resp.len() == 1 && fatal &&
+				t.txStatus != 'T' && t.txStatus != 'E' && shutdownError(code) {
 				// The server was shut down right after completing a one-statement Query in an
 				// implicit transaction, which it had committed before reporting completion:
 				// finish the exchange for the client instead of failing a statement that took
@@ -874,10 +901,10 @@ func (s *session) relayTracked(f *wire.Frames, st *serverState) (out []byte, rea
 				w.Out = wire.AppendReadyForQuery(w.Out, 'I')
 				w.Used = true
 				f.R = f.W
-				s.resp.pop()
-				s.pending = max(s.pending-1, 0)
-				s.serverGone = true
-				return w.Bytes(), ready, status, nil
+				t.resp.pop()
+				t.pending = max(t.pending-1, 0)
+				t.serverGone = true
+				return w.Bytes(), ready, status, false, nil
 			}
 			if !extended(h.msg) {
 				drop = h.swallow
@@ -887,7 +914,7 @@ func (s *session) relayTracked(f *wire.Frames, st *serverState) (out []byte, rea
 			// prepare it afresh (the client sees this error once, as it would directly).
 			if h.msg == 'B' && h.stmt != nil && code == retry.CodeFeatureNotSupported {
 				h.stmt.gen.Add(1)
-				if s.rerunBatchLocked(h.stmt, st, retry.ReasonSchemaChange) {
+				if t.rerunBatchLocked(h.stmt, st, retry.ReasonSchemaChange) {
 					drop = true
 					break
 				}
@@ -898,22 +925,22 @@ func (s *session) relayTracked(f *wire.Frames, st *serverState) (out []byte, rea
 			// be.
 			if (h.msg == 'B' || h.msg == 'D') && h.stmt != nil && code == retry.CodeInvalidStatementName {
 				st.remove(h.stmt)
-				if s.rerunBatchLocked(h.stmt, st, retry.ReasonStatementMissing) {
+				if t.rerunBatchLocked(h.stmt, st, retry.ReasonStatementMissing) {
 					drop = true
 					break
 				}
 			}
 			// The failed request, and everything up to the next Sync, which the server skips.
-			s.failEntryLocked(h, st)
-			s.resp.pop()
-			for h = s.resp.head(); h != nil && h.msg != 'S'; h = s.resp.head() {
-				s.failEntryLocked(h, st)
-				s.resp.pop()
+			t.failEntryLocked(h, st)
+			t.resp.pop()
+			for h = t.resp.head(); h != nil && h.msg != 'S'; h = t.resp.head() {
+				t.failEntryLocked(h, st)
+				t.resp.pop()
 			}
 		case 'Z':
 			for h != nil && h.msg != 'Q' && h.msg != 'F' && h.msg != 'S' {
-				s.resp.pop() // out of step: should not happen
-				h = s.resp.head()
+				t.resp.pop() // out of step: should not happen
+				h = t.resp.head()
 			}
 			if f.W-f.R >= 6 {
 				status = f.Buf[f.R+5]
@@ -923,7 +950,7 @@ func (s *session) relayTracked(f *wire.Frames, st *serverState) (out []byte, rea
 				if !h.swallow {
 					ready++
 				}
-				s.resp.pop()
+				t.resp.pop()
 			} else {
 				ready++
 			}
@@ -931,8 +958,8 @@ func (s *session) relayTracked(f *wire.Frames, st *serverState) (out []byte, rea
 				// Counted here, under the same lock as the queue, not after the write to the
 				// client: the client may answer that ReadyForQuery at once, and its next
 				// request must find the session idle.
-				s.pending = max(s.pending-1, 0)
-				s.txStatus = status
+				t.pending = max(t.pending-1, 0)
+				t.txStatus = status
 			}
 		default:
 			if h != nil {
@@ -944,7 +971,7 @@ func (s *session) relayTracked(f *wire.Frames, st *serverState) (out []byte, rea
 					if typ == '1' && h.stmt != nil {
 						h.stmt.valid.Store(true)
 					}
-					s.resp.pop()
+					t.resp.pop()
 				}
 			}
 		}
@@ -968,74 +995,74 @@ func (s *session) relayTracked(f *wire.Frames, st *serverState) (out []byte, rea
 		}
 	}
 	if f.Remaining == 0 {
-		s.synthsBefore(&w)
+		t.synthsBefore(&w)
 	}
-	return w.Bytes(), ready, status, nil
+	return w.Bytes(), ready, status, false, nil
 }
 
 // captureShapeLocked adds a message of a Describe reply (ParameterDescription, then
 // RowDescription or NoData) to the shape being read for entry h; msg is the message, whole
 // unless too large for the buffer, when the shape cannot be known. The last message completes
 // the shape: the client's statement remembers it, or the verification is done.
-func (s *session) captureShapeLocked(h *respEntry, typ byte, msg []byte, whole bool) {
+func (t *tracker) captureShapeLocked(h *respEntry, typ byte, msg []byte, whole bool) {
 	if !whole {
-		s.shapeBuf = nil
+		t.shapeBuf = nil
 		return
 	}
 	if typ == 't' {
-		s.shapeBuf = append(s.shapeBuf[:0], msg...)
+		t.shapeBuf = append(t.shapeBuf[:0], msg...)
 	} else {
-		s.shapeBuf = append(s.shapeBuf, msg...)
+		t.shapeBuf = append(t.shapeBuf, msg...)
 	}
 	if typ == 't' {
 		return
 	}
 	// An unknowable shape (nil buffer) matches none, and makes the client prepare again.
-	shape := bytes.Clone(s.shapeBuf)
+	shape := bytes.Clone(t.shapeBuf)
 	if shape == nil {
 		shape = []byte{}
 	}
-	s.shapeBuf = keepScratch(s.shapeBuf)
+	t.shapeBuf = keepScratch(t.shapeBuf)
 	if h.described != nil {
 		h.described.shape = shape
 		return
 	}
-	s.verifyShape, s.verifyDone = shape, true
-	s.wrote.Broadcast()
+	t.verifyShape, t.verifyDone = shape, true
+	t.wake = true
 }
 
 // synthsBefore inserts the proxy's own responses that are next in line at the current position.
-func (s *session) synthsBefore(w *wire.Batch) {
-	for h := s.resp.head(); h != nil && h.msg == 0; h = s.resp.head() {
+func (t *tracker) synthsBefore(w *wire.Batch) {
+	for h := t.resp.head(); h != nil && h.msg == 0; h = t.resp.head() {
 		w.Cut(w.F.R)
 		w.Add(h.synth)
 		if h.ready {
-			w.Out = wire.AppendReadyForQuery(w.Out, s.readyStatusLocked())
+			w.Out = wire.AppendReadyForQuery(w.Out, t.readyStatusLocked())
 			w.Used = true
 		}
-		s.resp.pop()
+		t.resp.pop()
 	}
 }
 
 // failEntryLocked undoes what the proxy assumed of a request that failed or was skipped: a
 // statement it meant to prepare is not prepared, and a client's new statement is forgotten.
-func (s *session) failEntryLocked(e *respEntry, st *serverState) {
+func (t *tracker) failEntryLocked(e *respEntry, st *serverState) {
 	if e.verify {
 		// The statement's prepare failed: the server skips the held Bind, and the client
 		// gets the prepare's error.
-		s.verifyFailed, s.verifyDone = true, true
-		s.wrote.Broadcast()
+		t.verifyFailed, t.verifyDone = true, true
+		t.wake = true
 	}
 	if e.msg != 'P' {
 		return
 	}
 	if e.unnamed {
-		if st.unnamedBy == s {
+		if st.unnamedBy == t {
 			st.unnamedBy = nil
 		}
 		if !e.swallow {
 			// The client's own Parse failed: like PostgreSQL, it has no unnamed statement now.
-			s.unnamedParse = s.unnamedParse[:0]
+			t.unnamedParse = t.unnamedParse[:0]
 		}
 		return
 	}
@@ -1046,9 +1073,9 @@ func (s *session) failEntryLocked(e *respEntry, st *serverState) {
 	if e.swallow {
 		return
 	}
-	for name, cs := range s.stmts {
+	for name, cs := range t.stmts {
 		if cs.ps == e.stmt {
-			s.dropStmtLocked(name)
+			t.dropStmtLocked(name)
 		}
 	}
 }
@@ -1057,21 +1084,21 @@ func (s *session) failEntryLocked(e *respEntry, st *serverState) {
 // whose name is the proxy's (another client's shared statement) with the error PostgreSQL
 // gives for a missing statement; the server would run it. It reports whether it did. The rest
 // of the message (for a large Bind) is dropped with it.
-func (s *session) refuseUnknownLocked(name []byte, w *wire.Batch, total int) bool {
+func (t *tracker) refuseUnknownLocked(name []byte, w *wire.Batch, total int) bool {
 	if !bytes.HasPrefix(name, []byte(serverStmtPrefix)) {
 		return false
 	}
-	s.refuseMessageLocked(w, total, retry.CodeInvalidStatementName, fmt.Sprintf("prepared statement %q does not exist", name))
+	t.refuseMessageLocked(w, total, retry.CodeInvalidStatementName, fmt.Sprintf("prepared statement %q does not exist", name))
 	return true
 }
 
 // refuseMessageLocked answers the client message at the scan position, of total bytes and
 // perhaps not all buffered, with an ERROR of the proxy's own, dropping the message, and skips
 // to the client's next Sync as PostgreSQL does after an error.
-func (s *session) refuseMessageLocked(w *wire.Batch, total int, code, msg string) {
+func (t *tracker) refuseMessageLocked(w *wire.Batch, total int, code, msg string) {
 	e := &pgconn.PgError{Severity: "ERROR", Code: code, Message: msg}
-	s.resp.push(respEntry{synth: wire.AppendErrorResponse(nil, e)})
-	s.skipping = true
+	t.resp.push(respEntry{synth: wire.AppendErrorResponse(nil, e)})
+	t.skipping = true
 	w.Cut(w.F.R)
 	if avail := w.F.W - w.F.R; avail < total {
 		w.F.Dropping = true
@@ -1104,21 +1131,32 @@ func (s *session) answerLocally(f *wire.Frames) error {
 func (s *session) localAnswers(f *wire.Frames) []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.server != nil || s.skipping || f.Remaining > 0 {
+	if s.server != nil {
+		return nil
+	}
+	out := s.tracker.answerIdle(f)
+	s.afterTrackLocked()
+	return out
+}
+
+// answerIdle answers, for a client with no server attached, the run of Parse of known
+// statements, Close and Sync at the head of f, if there is one, and consumes it.
+func (t *tracker) answerIdle(f *wire.Frames) []byte {
+	if t.skipping || f.Remaining > 0 {
 		return nil
 	}
 	// Find a run of such messages ending in Sync, all buffered whole.
 	end := -1
 	for r := f.R; ; {
 		typ, length, ok := wire.HeaderOf(f.Buf[r:f.W])
-		if !ok || length < 4 || length-4 > s.maxMsg || f.W-r < 1+length {
+		if !ok || length < 4 || length-4 > t.lim.maxMsg || f.W-r < 1+length {
 			break
 		}
 		body := f.Buf[r+5 : r+1+length]
 		ok = false
 		switch typ {
 		case 'P':
-			ok = s.knownParseLocked(body)
+			ok = t.knownParseLocked(body)
 		case 'C':
 			ok = len(body) >= 2 && body[0] == 'S' && body[1] != 0
 		case 'S':
@@ -1146,10 +1184,10 @@ func (s *session) localAnswers(f *wire.Frames) []byte {
 			name, rest, _ := wire.CString(body)
 			query, paramTypes, _ := wire.CString(rest)
 			var ps *preparedStmt
-			if limit := s.srv.cfg.MaxClientPreparedStatements; limit <= 0 || len(s.stmts) < limit {
+			if limit := t.lim.clientStatements; limit <= 0 || len(t.stmts) < limit {
 				// nil if the statement was forgotten since knownParseLocked and the registry
 				// is full.
-				ps = s.srv.stmts.get(query, paramTypes, stmtEffect{}) // knownParseLocked: no effect
+				ps = t.reg.get(query, paramTypes, stmtEffect{}) // knownParseLocked: no effect
 			}
 			if ps == nil {
 				e := &pgconn.PgError{Severity: "ERROR", Code: retry.CodeConfigurationLimitExceeded, Message: "pgsidecar: too many prepared statements (max_client_prepared_statements or max_prepared_statement_bytes)"}
@@ -1158,13 +1196,13 @@ func (s *session) localAnswers(f *wire.Frames) []byte {
 				break
 			}
 			if res := classify.Classify(bytesString(query), isTracked); res.Pin != classify.None {
-				s.pinLocked(res.Pin)
+				t.pinLocked(res.Pin)
 			}
-			s.stmts[string(name)] = &clientStmt{ps: ps}
+			t.stmts[string(name)] = &clientStmt{ps: ps}
 			out = wire.AppendParseComplete(out)
 		case 'C':
 			name, _, _ := wire.CString(body[1:])
-			s.dropStmtLocked(string(name))
+			t.dropStmtLocked(string(name))
 			out = wire.AppendCloseComplete(out)
 		case 'S':
 			out = wire.AppendReadyForQuery(out, 'I')
@@ -1176,15 +1214,15 @@ func (s *session) localAnswers(f *wire.Frames) []byte {
 
 // knownParseLocked reports whether a Parse names a new statement whose text and parameter types
 // a server has already accepted.
-func (s *session) knownParseLocked(body []byte) bool {
+func (t *tracker) knownParseLocked(body []byte) bool {
 	name, rest, ok := wire.CString(body)
 	if !ok || len(name) == 0 {
 		return false
 	}
-	if _, dup := s.stmts[string(name)]; dup {
+	if _, dup := t.stmts[string(name)]; dup {
 		return false
 	}
-	if limit := s.srv.cfg.MaxClientPreparedStatements; len(name) > maxStmtName || limit > 0 && len(s.stmts) >= limit {
+	if limit := t.lim.clientStatements; len(name) > maxStmtName || limit > 0 && len(t.stmts) >= limit {
 		return false // the normal path refuses it
 	}
 	query, paramTypes, ok := wire.CString(rest)
@@ -1192,18 +1230,18 @@ func (s *session) knownParseLocked(body []byte) bool {
 		return false
 	}
 	res := classify.Classify(bytesString(query), isTracked)
-	if res.Pin != classify.None && s.refusesState() {
+	if res.Pin != classify.None && t.refusesState() {
 		return false // the normal path refuses it
 	}
 	if res.DiscardAll || len(res.Deallocate) > 0 {
 		return false // the normal path works out what it does to prepared statements
 	}
-	return s.srv.stmts.valid(query, paramTypes)
+	return t.reg.valid(query, paramTypes)
 }
 
 // refusesState reports whether SQL that would pin is refused instead (session_state).
-func (s *session) refusesState() bool {
-	return s.srv.cfg.SessionState == config.SessionStateRefuse
+func (t *tracker) refusesState() bool {
+	return t.lim.refuseState
 }
 
 func refusalMessage(reason classify.Reason) string {
@@ -1229,11 +1267,11 @@ func raiseSQL(code, msg string) string {
 
 // readyStatusLocked is the transaction status for a ReadyForQuery the proxy makes up: the
 // server's last one, as every earlier reply has been relayed when it is sent.
-func (s *session) readyStatusLocked() byte {
-	if s.txStatus == 0 {
+func (t *tracker) readyStatusLocked() byte {
+	if t.txStatus == 0 {
 		return 'I'
 	}
-	return s.txStatus
+	return t.txStatus
 }
 
 // maxRetryBatch bounds the batches kept for a re-run after a schema change.
@@ -1244,15 +1282,15 @@ const maxRetryBatch = 16 << 10
 // execution of prepared statements (Bind, Describe, Execute, Sync, and the proxy's own Parse of
 // them). Whether it is sent again depends on how the first attempt failed (see
 // retrySchemaChangeLocked and retryOnNewServer), never on a guess that it did not run.
-func (s *session) rememberBatchLocked(out []byte, startsIdle bool) {
-	s.retryBatch = s.retryBatch[:0]
-	s.retryEntries = s.retryEntries[:0]
-	s.retryAttempts = 0
-	s.replied = false
-	if !startsIdle || len(out) > maxRetryBatch || s.resp.len() == 0 {
+func (t *tracker) rememberBatchLocked(out []byte, startsIdle bool) {
+	t.retryBatch = t.retryBatch[:0]
+	t.retryEntries = t.retryEntries[:0]
+	t.retryAttempts = 0
+	t.replied = false
+	if !startsIdle || len(out) > maxRetryBatch || t.resp.len() == 0 {
 		return
 	}
-	entries := s.resp.e[s.resp.h:]
+	entries := t.resp.e[t.resp.h:]
 	for _, e := range entries {
 		switch e.msg {
 		case 'B', 'D', 'E', 'S':
@@ -1276,8 +1314,8 @@ func (s *session) rememberBatchLocked(out []byte, startsIdle bool) {
 	if last := entries[len(entries)-1].msg; last != 'S' && last != 'Q' {
 		return
 	}
-	s.retryBatch = append(s.retryBatch, out...)
-	s.retryEntries = append(s.retryEntries, entries...)
+	t.retryBatch = append(t.retryBatch, out...)
+	t.retryEntries = append(t.retryEntries, entries...)
 }
 
 // rerunBatchLocked handles a failure of a shared statement on the first message of a
@@ -1287,13 +1325,13 @@ func (s *session) rememberBatchLocked(out []byte, startsIdle bool) {
 // sends the batch again. The client sees the result (its Describe of the portal tells it the
 // shape), where PostgreSQL alone would have failed the statement once. It reports whether it did
 // so; reason labels the retry.
-func (s *session) rerunBatchLocked(ps *preparedStmt, st *serverState, reason string) bool {
-	n := len(s.retryEntries)
-	if n == 0 || s.writing || s.resp.len() != n || s.server == nil {
+func (t *tracker) rerunBatchLocked(ps *preparedStmt, st *serverState, reason string) bool {
+	n := len(t.retryEntries)
+	if n == 0 || t.resp.len() != n {
 		return false
 	}
 	described, executes := 0, 0
-	for _, e := range s.retryEntries {
+	for _, e := range t.retryEntries {
 		switch {
 		case e.msg == 'P' || e.msg == 'Q':
 			return false
@@ -1310,36 +1348,32 @@ func (s *session) rerunBatchLocked(ps *preparedStmt, st *serverState, reason str
 		return false
 	}
 	// The failed Bind heads the queue and the batch's Sync ends it: the server skips to it.
-	for h := s.resp.head(); h.msg != 'S'; h = s.resp.head() {
-		s.resp.pop()
+	for h := t.resp.head(); h.msg != 'S'; h = t.resp.head() {
+		t.resp.pop()
 	}
-	s.resp.head().swallow = true
+	t.resp.head().swallow = true
 	st.remove(ps)
 	var buf []byte
 	buf = wire.AppendClose(buf, 'S', ps.name)
 	buf = append(buf, ps.parse...)
-	buf = append(buf, s.retryBatch...)
-	s.resp.push(respEntry{msg: 'C', swallow: true})
-	s.resp.push(respEntry{msg: 'P', swallow: true, stmt: ps})
-	for _, e := range s.retryEntries {
-		s.resp.push(e)
+	buf = append(buf, t.retryBatch...)
+	t.resp.push(respEntry{msg: 'C', swallow: true})
+	t.resp.push(respEntry{msg: 'P', swallow: true, stmt: ps})
+	for _, e := range t.retryEntries {
+		t.resp.push(e)
 	}
 	st.add(ps)
-	s.retryBatch = s.retryBatch[:0]
-	s.retryEntries = s.retryEntries[:0]
-	if _, err := s.server.Write(buf); err != nil {
-		// The loop's next read fails too and ends the session with a clear error.
-		s.log.Info("re-run after schema change: write to server failed", "err", err)
-	}
-	s.srv.metrics.retried(reason)
-	s.log.Debug("statement re-prepared and batch re-run", "statement", ps.name, "reason", reason)
+	t.retryBatch = t.retryBatch[:0]
+	t.retryEntries = t.retryEntries[:0]
+	t.resend = append(t.resend, buf...)
+	t.rerunReason = reason
 	return true
 }
 
 // batchCommitsLocked reports whether the remembered batch holds a request that may commit on its
 // own (CALL, DO, VACUUM, ...): once a server got it, it is never sent again.
-func (s *session) batchCommitsLocked() bool {
-	for _, e := range s.retryEntries {
+func (t *tracker) batchCommitsLocked() bool {
+	for _, e := range t.retryEntries {
 		if e.commits {
 			return true
 		}
@@ -1349,13 +1383,13 @@ func (s *session) batchCommitsLocked() bool {
 
 // firstReplyLocked reports whether the server has not answered any part of the remembered
 // batch yet (so no byte of its result has reached the client).
-func (s *session) firstReplyLocked() bool {
-	n := len(s.retryEntries)
-	if n == 0 || s.resp.len() != n || s.replied {
+func (t *tracker) firstReplyLocked() bool {
+	n := len(t.retryEntries)
+	if n == 0 || t.resp.len() != n || t.replied {
 		return false
 	}
-	for i, e := range s.retryEntries {
-		h := s.resp.e[s.resp.h+i]
+	for i, e := range t.retryEntries {
+		h := t.resp.e[t.resp.h+i]
 		if h.msg != e.msg || h.stmt != e.stmt {
 			return false
 		}

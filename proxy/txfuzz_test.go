@@ -51,8 +51,9 @@ func txFuzzSession(cfg *config.Config) (s *session, server *recordConn, client *
 	srv := &Server{cfg: cfg, log: slog.New(slog.NewTextHandler(io.Discard, nil)), sessions: map[*session]struct{}{}, byPID: map[uint32]*session{}}
 	srv.stmts.max = cfg.MaxPreparedStatementBytes
 	server, client = &recordConn{}, &recordConn{}
-	s = &session{srv: srv, txPooling: true, maxMsg: cfg.MaxMessageSize, stmts: map[string]*clientStmt{}, txStatus: 'I',
-		log: srv.log, ctx: context.Background(), conn: client, cio: client}
+	s = &session{srv: srv, txPooling: true, maxMsg: cfg.MaxMessageSize, log: srv.log, ctx: context.Background(), conn: client, cio: client}
+	s.stmts, s.txStatus = map[string]*clientStmt{}, 'I'
+	s.tracker.reg, s.tracker.lim = &srv.stmts, trackerLimitsOf(cfg, config.Upstream{})
 	s.wrote.L = &s.mu
 	s.server = &pool.Conn{Conn: server}
 	stateOf(s.server)
@@ -172,7 +173,7 @@ func FuzzTxMode(f *testing.F) {
 			}
 			sf.W += copy(sf.Buf[sf.W:], chunk)
 			before := server.peekLen()
-			out, _, _, err := s.relayTrackedLocked(sf, stateOf(s.server))
+			out, _, _, _, err := s.relayTrackedLocked(sf, stateOf(s.server))
 			_, _ = client.Write(out)
 			if server.peekLen() > before {
 				// relayTracked writes to the server only to run a refused batch again.
