@@ -50,25 +50,13 @@ func connectionLost(err error) bool {
 // the batch for a conflict (serialization failure, deadlock) and is otherwise fine.
 func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *serverState, ok bool) {
 	s.mu.Lock()
-	n := len(s.retryEntries)
-	if n == 0 || s.resp.len() != n || !s.canRetryLocked() || s.server != old {
+	if !s.tracker.canResend() || !s.canRetryLocked() || s.server != old {
 		s.mu.Unlock()
 		return nil, nil, false
 	}
-	s.retryAttempts++
 	s.retrying = true
-	s.replied = false
-	s.retryNeeded = false
-	reason, oldReady := s.retryReason, s.retryOldReady
-	s.retryReason, s.retryOldReady = "", false
-	wroteNothing := reason == ""
-	if wroteNothing {
-		reason = retry.ReasonNetwork // the write failed: relayTracked saw no refusal
-	}
-	attempt := s.retryAttempts
-	s.writeFailed = false
-	batch := append([]byte(nil), s.retryBatch...)
-	entries := append([]respEntry(nil), s.retryEntries...)
+	r := s.tracker.takeResend()
+	reason, oldReady, wroteNothing, attempt := r.reason, r.oldReady, r.wroteNothing, r.attempt
 	s.mu.Unlock()
 	finish := func() {
 		s.mu.Lock()
@@ -141,35 +129,7 @@ func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *serverStat
 	}
 	st.relaying.Store(true)
 	s.server = c
-	s.resp.reset()
-	s.txStatus = 'I'
-	for _, e := range entries {
-		if e.msg == 'P' && e.swallow && e.stmt != nil && st.has(e.stmt) {
-			// The batch prepares it, and this server has it already: make room for the Parse.
-			buf = wire.AppendClose(buf, 'S', e.stmt.name)
-			s.resp.push(respEntry{msg: 'C', swallow: true})
-			st.remove(e.stmt)
-		}
-	}
-	for _, e := range entries {
-		if e.msg == 'P' && e.unnamed {
-			st.unnamedBy, st.unnamedSeq = &s.tracker, s.unnamedSeq
-		}
-		if e.msg == 'B' && e.stmt != nil && !st.has(e.stmt) && !preparedIn(entries, e.stmt) {
-			// Closed first, as prepareLocked does: the server may hold an older one.
-			buf = wire.AppendClose(buf, 'S', e.stmt.name)
-			s.resp.push(respEntry{msg: 'C', swallow: true})
-			buf = append(buf, e.stmt.parse...)
-			s.resp.push(respEntry{msg: 'P', swallow: true, stmt: e.stmt})
-		}
-		if e.msg == 'P' && e.stmt != nil || e.msg == 'B' && e.stmt != nil {
-			st.add(e.stmt)
-		}
-	}
-	buf = append(buf, batch...)
-	for _, e := range entries {
-		s.resp.push(e)
-	}
+	buf = s.tracker.resendOn(st, r)
 	s.writing = true
 	s.retrying = false
 	s.wrote.Broadcast()
@@ -201,16 +161,6 @@ func closesAfterFatal(c *pool.Conn) bool {
 	var b [1]byte
 	n, err := c.Read(b[:])
 	return n == 0 && err != nil && !deadlineErr(err)
-}
-
-// preparedIn reports whether the batch itself prepares ps.
-func preparedIn(entries []respEntry, ps *preparedStmt) bool {
-	for _, e := range entries {
-		if e.msg == 'P' && e.stmt == ps {
-			return true
-		}
-	}
-	return false
 }
 
 // acquireServer takes a server from the pool for this client, within query_wait_timeout, with
@@ -373,12 +323,12 @@ func (s *session) takeRetryNeeded() bool {
 func (s *session) lostBeforeRequest() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.writeFailed && s.resp.len() == len(s.retryEntries) && len(s.retryEntries) > 0
+	return s.writeFailed && s.tracker.canResend()
 }
 
 // canRetryLocked reports whether the remembered batch may be sent once more.
 func (s *session) canRetryLocked() bool {
-	return !s.writing && !s.closing && s.retryAttempts < s.srv.cfg.Retries
+	return !s.writing && !s.closing && s.tracker.retriesLeft()
 }
 
 // retryFailure is the error for a client whose request could not be moved to another server.

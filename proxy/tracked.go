@@ -3,13 +3,13 @@ package proxy
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"strings"
 	"unsafe"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgsidecar/pgsidecar/internal/retry"
-	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/pgsidecar/pgsidecar/proxy/classify"
 	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
@@ -81,111 +81,6 @@ func needsServer(f *wire.Frames) bool {
 		}
 		r += 1 + length
 	}
-}
-
-// forwardTracked is forwardClient for transaction mode: besides relaying, it keeps each
-// client's prepared statements on whichever server it has, pins clients that leave state
-// behind, and queues what each message expects back so that serverToClient can match replies.
-func (s *session) forwardTracked(f *wire.Frames) error {
-	f.Need = 0
-	if err := s.answerLocally(f); err != nil {
-		return err
-	}
-	for {
-		b, attach := s.scanTracked(f)
-		if attach {
-			if err := s.attach(); err != nil {
-				return err
-			}
-			continue
-		}
-		if len(b.out) > 0 && b.srv != nil {
-			_, werr := b.srv.Write(b.out)
-			if werr = s.wroteTracked(werr); werr != nil {
-				return fmt.Errorf("write to server: %w", werr)
-			}
-		}
-		if b.synthAtHead {
-			if werr := s.emitSynths(); werr != nil {
-				return werr
-			}
-			// A batch the proxy answered entirely leaves nothing to release the server on.
-			s.kickIfReleasable()
-		}
-		if b.err != nil {
-			return b.err
-		}
-		if b.terminate {
-			return errTerminate
-		}
-		if !b.hold {
-			break
-		}
-		s.awaitShape()
-	}
-	f.Compact()
-	return nil
-}
-
-// awaitShape waits until the shape of the statement being verified has been read back from
-// the server, or the server loop has ended (the next scan then finds out).
-//
-// verifyShape: a client that described a named statement chose the formats of its Binds, and
-// decodes their rows, by the shape it was told. A server that prepares the statement afresh
-// (it never had it, or the statement changed generation) may find another shape, after a
-// schema change; PostgreSQL itself would fail the client's Bind with 0A000. So before such a
-// Bind, the proxy prepares and describes the statement, holds the Bind until the reply is in,
-// and sends it only if the shape is the client's (scanTracked, trackBind).
-func (s *session) awaitShape() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for !s.verifyDone && s.server != nil && s.loopErr == nil && !s.closing {
-		s.wrote.Wait()
-	}
-}
-
-// trackedBatch is what scanTracked found in the client's buffered messages.
-type trackedBatch struct {
-	out         []byte     // to write to srv
-	srv         *pool.Conn // the attached server (nil: nothing to write)
-	err         error      // a protocol error after the messages before it
-	terminate   bool       // the client sent Terminate
-	synthAtHead bool       // replies the proxy makes itself are next in line
-	hold        bool       // the scan stopped at a Bind that waits for verifyShape
-}
-
-// scanTracked scans the client's buffered messages for forwardTracked under the session lock
-// (released by defer, so that a panic in the scan leaves it free for the session's cleanup).
-// attach asks for a server first: the messages need one and none is attached. The check is made
-// under the same lock as the scan, as the server may be released in between.
-func (s *session) scanTracked(f *wire.Frames) (b trackedBatch, attach bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for s.retrying || s.serverGone {
-		// serverToClient is moving the last batch to another server, or dropping one that
-		// is shutting down.
-		s.wrote.Wait()
-	}
-	if s.server == nil && needsServer(f) {
-		return b, true
-	}
-	var st *serverState
-	if s.server != nil {
-		st = stateOf(s.server)
-	}
-	c := s.tracker.scanClient(f, st)
-	s.afterTrackLocked()
-	b = trackedBatch{err: c.err, terminate: c.terminate, synthAtHead: c.synthAtHead, hold: c.hold}
-	if len(c.out) > 0 {
-		b.out, b.srv = c.out, s.server
-		s.addPendingLocked(c.requests)
-		if c.unsynced >= 0 {
-			s.unsynced = c.unsynced == 1
-		}
-		s.partial = c.partial
-		s.writing = true
-	}
-	return b, false
 }
 
 // clientScan is what the tracker found in one scan of the client's buffered messages.
@@ -349,33 +244,6 @@ scan:
 	c.partial = f.Remaining > 0 && !f.Dropping
 	c.err, c.terminate = err, terminate
 	return c
-}
-
-// wroteTracked records the end of forwardTracked's write to the server, which failed with err
-// (nil: it did not), and returns the error the client loop should end with.
-func (s *session) wroteTracked(err error) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.writing = false
-	s.wrote.Broadcast()
-	if err == nil {
-		s.kickIfReleasableLocked()
-		return nil
-	}
-	if connectionLost(err) && len(s.retryEntries) > 0 && s.resp.len() == len(s.retryEntries) {
-		// The server was gone before the batch reached it; serverToClient sees the
-		// connection fail too and sends the batch to another server.
-		s.writeFailed = true
-		return nil
-	}
-	return err
-}
-
-// kickIfReleasable is kickIfReleasableLocked for a caller without the lock.
-func (s *session) kickIfReleasable() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.kickIfReleasableLocked()
 }
 
 // trackQuery inspects a simple Query: what it leaves on the session decides pinning. It
@@ -762,28 +630,6 @@ func (t *tracker) pinLocked(reason classify.Reason) {
 	t.newPin = reason
 }
 
-// emitSynths sends the responses the proxy answers itself that are next in line. The lock
-// order is wmu, then mu, as in serverToClient.
-func (s *session) emitSynths() error {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	out := s.takeSynths()
-	if len(out) == 0 {
-		return nil
-	}
-	if _, err := s.cio.Write(out); err != nil {
-		return fmt.Errorf("write to client: %w", err)
-	}
-	return nil
-}
-
-// takeSynths takes the replies the proxy makes itself that are next in line.
-func (s *session) takeSynths() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.tracker.popSynths()
-}
-
 // popSynths takes the replies the tracker makes itself that are next in line.
 func (t *tracker) popSynths() []byte {
 	var out []byte
@@ -1108,37 +954,6 @@ func (t *tracker) refuseMessageLocked(w *wire.Batch, total int, code, msg string
 	}
 }
 
-// answerLocally answers, without a server, what an idle client sends that the proxy can answer
-// as PostgreSQL would: Parse of a statement text a server has already accepted, Close of a
-// statement, and the Sync after them. Drivers prepare statements this way before using them
-// (pgbench -M prepared does, one blocking round trip per statement), and needing a server for
-// it would make such a client wait for one, or deadlock with its siblings holding them.
-func (s *session) answerLocally(f *wire.Frames) error {
-	out := s.localAnswers(f)
-	if len(out) == 0 {
-		return nil
-	}
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if _, err := s.cio.Write(out); err != nil {
-		return fmt.Errorf("write to client: %w", err)
-	}
-	return nil
-}
-
-// localAnswers consumes the run of messages answerLocally can answer, if there is one, and
-// returns the answers.
-func (s *session) localAnswers(f *wire.Frames) []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.server != nil {
-		return nil
-	}
-	out := s.tracker.answerIdle(f)
-	s.afterTrackLocked()
-	return out
-}
-
 // answerIdle answers, for a client with no server attached, the run of Parse of known
 // statements, Close and Sync at the head of f, if there is one, and consumes it.
 func (t *tracker) answerIdle(f *wire.Frames) []byte {
@@ -1395,4 +1210,85 @@ func (t *tracker) firstReplyLocked() bool {
 		}
 	}
 	return true
+}
+
+// canResend reports whether the remembered batch is what is in flight, and so could be sent to
+// another server.
+func (t *tracker) canResend() bool {
+	n := len(t.retryEntries)
+	return n > 0 && t.resp.len() == n
+}
+
+// retriesLeft reports whether the remembered batch may be sent once more (retries).
+func (t *tracker) retriesLeft() bool { return t.retryAttempts < t.lim.retries }
+
+// resend is a remembered batch taken to be sent to another server.
+type resend struct {
+	reason       string // the retry reason (a retry.Reason)
+	oldReady     bool   // the refusing server's ReadyForQuery was read already (conflicts)
+	wroteNothing bool   // the batch never reached the old server: its write failed
+	attempt      int    // 1 for the first re-send
+	batch        []byte
+	entries      []respEntry
+}
+
+// takeResend takes the remembered batch for a re-send, counting the attempt.
+func (t *tracker) takeResend() resend {
+	t.retryAttempts++
+	t.replied = false
+	t.retryNeeded = false
+	r := resend{reason: t.retryReason, oldReady: t.retryOldReady, attempt: t.retryAttempts,
+		batch: bytes.Clone(t.retryBatch), entries: slices.Clone(t.retryEntries)}
+	t.retryReason, t.retryOldReady = "", false
+	if r.reason == "" {
+		r.reason, r.wroteNothing = retry.ReasonNetwork, true // the write failed: relayTracked saw no refusal
+	}
+	t.writeFailed = false
+	return r
+}
+
+// resendOn returns what to send a new server, st, for the re-send of r, and queues its replies:
+// the batch, preceded by the Parse of each shared statement the batch uses and st lacks.
+func (t *tracker) resendOn(st *serverState, r resend) []byte {
+	var buf []byte
+	t.resp.reset()
+	t.txStatus = 'I'
+	for _, e := range r.entries {
+		if e.msg == 'P' && e.swallow && e.stmt != nil && st.has(e.stmt) {
+			// The batch prepares it, and this server has it already: make room for the Parse.
+			buf = wire.AppendClose(buf, 'S', e.stmt.name)
+			t.resp.push(respEntry{msg: 'C', swallow: true})
+			st.remove(e.stmt)
+		}
+	}
+	for _, e := range r.entries {
+		if e.msg == 'P' && e.unnamed {
+			st.unnamedBy, st.unnamedSeq = t, t.unnamedSeq
+		}
+		if e.msg == 'B' && e.stmt != nil && !st.has(e.stmt) && !preparedIn(r.entries, e.stmt) {
+			// Closed first, as prepareLocked does: the server may hold an older one.
+			buf = wire.AppendClose(buf, 'S', e.stmt.name)
+			t.resp.push(respEntry{msg: 'C', swallow: true})
+			buf = append(buf, e.stmt.parse...)
+			t.resp.push(respEntry{msg: 'P', swallow: true, stmt: e.stmt})
+		}
+		if e.msg == 'P' && e.stmt != nil || e.msg == 'B' && e.stmt != nil {
+			st.add(e.stmt)
+		}
+	}
+	buf = append(buf, r.batch...)
+	for _, e := range r.entries {
+		t.resp.push(e)
+	}
+	return buf
+}
+
+// preparedIn reports whether the batch itself prepares ps.
+func preparedIn(entries []respEntry, ps *preparedStmt) bool {
+	for _, e := range entries {
+		if e.msg == 'P' && e.stmt == ps {
+			return true
+		}
+	}
+	return false
 }
