@@ -40,8 +40,7 @@ func benchSession(tb testing.TB) (*session, *wire.Frames) {
 	}
 	tb.Cleanup(func() { conn.Close(); ln.Close() })
 	s := &session{srv: srv, txPooling: true, maxMsg: 1 << 30}
-	s.stmts, s.txStatus = map[string]*clientStmt{}, 'I'
-	s.tracker.reg, s.tracker.lim = &srv.stmts, trackerLimitsOf(srv.cfg, config.Upstream{})
+	s.Tracker.Init(&srv.stmts, trackerLimitsOf(srv.cfg, config.Upstream{}))
 	s.wrote.L = &s.mu
 	s.log = srv.log
 	s.server = &pool.Conn{Conn: conn}
@@ -71,8 +70,8 @@ func benchBatch(b *testing.B, s *session, f *wire.Frames, batch []byte) {
 			b.Fatal(err)
 		}
 		s.mu.Lock()
-		s.resp.reset()
-		s.pending = 0
+		s.ResetQueue()
+		s.Pending = 0
 		s.mu.Unlock()
 	}
 }
@@ -86,7 +85,6 @@ func BenchmarkBindNamed(b *testing.B) {
 	if err := s.forwardTracked(f); err != nil {
 		b.Fatal(err)
 	}
-	stateOf(s.server).add(s.stmts["s1"].ps)
 	batch := encodeAll(b, &pgproto3.Bind{PreparedStatement: "s1", Parameters: [][]byte{[]byte("42")}}, &pgproto3.Execute{}, &pgproto3.Sync{})
 	benchBatch(b, s, f, batch)
 }
@@ -116,8 +114,8 @@ func TestTrackedForwardAllocs(t *testing.T) {
 			t.Fatal(err)
 		}
 		s.mu.Lock()
-		s.resp.reset()
-		s.pending = 0
+		s.ResetQueue()
+		s.Pending = 0
 		s.mu.Unlock()
 	})
 	if allocs != 0 {

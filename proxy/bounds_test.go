@@ -26,35 +26,6 @@ func heapInUse() uint64 {
 	return m.HeapAlloc
 }
 
-// TestRespQueueBounded: a client that always keeps one request in flight never lets the
-// reply queue empty; its storage must still follow what is in flight.
-func TestRespQueueBounded(t *testing.T) {
-	var q respQueue
-	q.push(respEntry{msg: 'Q'})
-	maxCap := 0
-	for i := 0; i < 10_000_000; i++ {
-		q.push(respEntry{msg: 'Q'})
-		q.pop()
-		maxCap = max(maxCap, cap(q.e))
-	}
-	if q.len() != 1 {
-		t.Fatalf("queue holds %d entries, want 1", q.len())
-	}
-	if maxCap > 4*respQueueKeep {
-		t.Errorf("queue capacity reached %d entries for 1 in flight", maxCap)
-	}
-	// A burst is let go once it has drained.
-	for i := 0; i < 100_000; i++ {
-		q.push(respEntry{msg: 'S'})
-	}
-	for q.len() > 0 {
-		q.pop()
-	}
-	if cap(q.e) > respQueueKeep {
-		t.Errorf("an empty queue keeps %d entries of storage", cap(q.e))
-	}
-}
-
 // TestCloseFloodBehindPendingRequest: a client sends Parse and Bind without Sync, so the server
 // holds its replies, then 64 MiB of Close messages that the proxy answers itself, and reads
 // nothing. The proxy's heap must not follow the flood, and another client is served meanwhile.
@@ -162,9 +133,7 @@ func TestClientPreparedStatementLimit(t *testing.T) {
 			t.Fatalf("prepare %d: %v", i, err)
 		}
 	}
-	p.srv.stmts.mu.Lock()
-	bytesBefore, countBefore := p.srv.stmts.bytes, len(p.srv.stmts.byKey)
-	p.srv.stmts.mu.Unlock()
+	countBefore, bytesBefore := p.srv.stmts.Held()
 	heapBefore := heapInUse()
 	for i := range 2000 {
 		_, err := pc.Prepare(ctx, fmt.Sprintf("over%d", i), fmt.Sprintf("select %d, 'over'", i), nil)
@@ -172,9 +141,7 @@ func TestClientPreparedStatementLimit(t *testing.T) {
 			t.Fatal("no error")
 		}
 	}
-	p.srv.stmts.mu.Lock()
-	bytesAfter, countAfter := p.srv.stmts.bytes, len(p.srv.stmts.byKey)
-	p.srv.stmts.mu.Unlock()
+	countAfter, bytesAfter := p.srv.stmts.Held()
 	if bytesAfter != bytesBefore || countAfter != countBefore {
 		t.Errorf("registry went from %d statements (%d bytes) to %d (%d bytes) on refused Parses", countBefore, bytesBefore, countAfter, bytesAfter)
 	}
@@ -216,9 +183,7 @@ func TestPreparedStatementRegistryLimit(t *testing.T) {
 			t.Fatal("no limit reached")
 		}
 	}
-	p.srv.stmts.mu.Lock()
-	held := p.srv.stmts.bytes
-	p.srv.stmts.mu.Unlock()
+	_, held := p.srv.stmts.Held()
 	if held > 4096 {
 		t.Errorf("registry holds %d bytes, limit 4096", held)
 	}

@@ -19,11 +19,8 @@ func (s *Server) debugState() string {
 			local = sess.server.LocalAddr().String()
 		}
 		fmt.Fprintf(&b, "conn %d: server=%v pid=%d local=%s pending=%d resp=%d unsynced=%v partial=%v writing=%v tx=%q pinned=%q closing=%v\n",
-			sess.id, sess.server != nil, pid, local, sess.pending, sess.resp.len(), sess.unsynced, sess.partial, sess.writing, sess.txStatus, sess.pinned, sess.closing)
-		for i := sess.resp.h; i < len(sess.resp.e); i++ {
-			e := sess.resp.e[i]
-			fmt.Fprintf(&b, "   entry msg=%q swallow=%v synth=%d\n", e.msg, e.swallow, len(e.synth))
-		}
+			sess.id, sess.server != nil, pid, local, sess.Pending, sess.Queued(), sess.Unsynced, sess.Partial, sess.writing, sess.TxStatus, sess.Pinned, sess.closing)
+		sess.Tracker.Describe(&b)
 		sess.mu.Unlock()
 	}
 	return b.String()

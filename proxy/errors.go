@@ -6,6 +6,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pgsidecar/pgsidecar/internal/retry"
+	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
 
 // clientError converts err into the error a client is shown. Errors from the upstream keep their
@@ -18,7 +19,7 @@ func clientError(err error) *pgconn.PgError {
 		e.Severity = "FATAL"
 		return &e
 	}
-	var pe *protocolError
+	var pe *wire.ProtocolError
 	if errors.As(err, &pe) {
 		return fatal(retry.CodeProtocolViolation, pe.Error())
 	}

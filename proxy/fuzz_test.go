@@ -174,9 +174,9 @@ func chunkedScan(t *testing.T, in, chunks []byte, bufSize, maxMsg int) (total re
 			total.unsynced = b.unsynced
 		}
 		if err != nil {
-			var pe *protocolError
+			var pe *wire.ProtocolError
 			if !errors.As(err, &pe) {
-				t.Fatalf("scan error %v (%T), want *protocolError", err, err)
+				t.Fatalf("scan error %v (%T), want *wire.ProtocolError", err, err)
 			}
 			total.errAt = consumed
 			return total

@@ -38,7 +38,7 @@ func TestPanicEndsOneSession(t *testing.T) {
 			// Only the "boom" client, once it holds a server, panics.
 			p.srv.hooks = st.hooks(func(s *session) {
 				s.mu.Lock()
-				boom := s.params["application_name"] == "boom" && s.server != nil
+				boom := s.Params["application_name"] == "boom" && s.server != nil
 				s.mu.Unlock()
 				if boom {
 					panic("test panic in " + st.name)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/pool"
+	"github.com/pgsidecar/pgsidecar/proxy/txmode"
 )
 
 // A client's session parameters (its startup parameters, options=-c settings, and what it later
@@ -154,21 +155,21 @@ func paramsKeyOf(params map[string]string) string {
 // syncParams brings a server to the client's parameters before the client uses it.
 func (s *session) syncParams(ctx context.Context, c *pool.Conn) error {
 	st := stateOf(c)
-	if st.paramsKey == s.paramsKey {
+	if st.ParamsKey == s.ParamsKey {
 		return nil // the common case, on every attach: one string comparison
 	}
-	sql := paramsSQL(s.params, st.params)
+	sql := paramsSQL(s.Params, st.Params)
 	if sql == "" {
-		st.paramsKey = s.paramsKey
+		st.ParamsKey = s.ParamsKey
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := c.Exec(ctx, sql); err != nil {
-		st.params, st.paramsKey = nil, ""
+		st.Params, st.ParamsKey = nil, ""
 		return err
 	}
-	st.params, st.paramsKey = maps.Clone(s.params), s.paramsKey
+	st.Params, st.ParamsKey = maps.Clone(s.Params), s.ParamsKey
 	return nil
 }
 
@@ -176,12 +177,9 @@ func (s *session) syncParams(ctx context.Context, c *pool.Conn) error {
 // client changed some with SQL, and makes that the client's view. Called on a server no longer
 // attached; on failure the server's state is unknown and the caller destroys it.
 func (s *session) rereadParams(c *pool.Conn) error {
-	names := make([]string, 0, len(trackedParams)+len(s.params))
-	for n := range trackedParams {
-		names = append(names, n)
-	}
-	for n := range s.params {
-		if !trackedParams[n] {
+	names := txmode.TrackedParams()
+	for n := range s.Params {
+		if !txmode.Tracked(n) {
 			names = append(names, n)
 		}
 	}
@@ -205,10 +203,10 @@ func (s *session) rereadParams(c *pool.Conn) error {
 	}
 	key := paramsKeyOf(params)
 	s.mu.Lock()
-	s.params, s.paramsKey = params, key
+	s.Params, s.ParamsKey = params, key
 	s.mu.Unlock()
 	st := stateOf(c)
-	st.params, st.paramsKey = maps.Clone(params), key
+	st.Params, st.ParamsKey = maps.Clone(params), key
 	return nil
 }
 
@@ -222,4 +220,14 @@ func reportedParams(server, client map[string]string) map[string]string {
 		}
 	}
 	return out
+}
+
+// stateOf returns what the tracker knows of server connection c, kept in its Tag.
+func stateOf(c *pool.Conn) *txmode.ServerState {
+	if st, ok := c.Tag.(*txmode.ServerState); ok {
+		return st
+	}
+	st := txmode.NewServerState()
+	c.Tag = st
+	return st
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/pgsidecar/pgsidecar/internal/retry"
 	"github.com/pgsidecar/pgsidecar/pool"
+	"github.com/pgsidecar/pgsidecar/proxy/txmode"
 	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
 
@@ -92,7 +93,7 @@ func (s *session) awaitRoom() error {
 	limit := s.srv.cfg.MaxRequestsInFlight
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if limit <= 0 || s.resp.len() < limit || s.partial {
+	if limit <= 0 || s.Queued() < limit || s.Partial {
 		// A message partly sent must be finished first: the server waits for its rest.
 		return nil
 	}
@@ -110,7 +111,7 @@ func (s *session) awaitRoom() error {
 		}
 	}
 	s.awaitingRoom = true
-	for s.resp.len() > limit/2 && s.server != nil && s.loopErr == nil && !s.closing {
+	for s.Queued() > limit/2 && s.server != nil && s.loopErr == nil && !s.closing {
 		s.wrote.Wait()
 	}
 	s.awaitingRoom = false
@@ -146,7 +147,7 @@ func (s *session) armTxIdleLocked() {
 	if d <= 0 {
 		return
 	}
-	if s.server != nil && (s.txStatus == 'T' || s.txStatus == 'E') && s.pending == 0 && s.resp.len() == 0 && !s.unsynced {
+	if s.server != nil && (s.TxStatus == 'T' || s.TxStatus == 'E') && s.Pending == 0 && s.Queued() == 0 && !s.Unsynced {
 		_ = s.conn.SetReadDeadline(time.Now().Add(d))
 	} else {
 		_ = s.conn.SetReadDeadline(time.Time{})
@@ -157,7 +158,7 @@ func (s *session) armTxIdleLocked() {
 func (s *session) idleTimeoutError() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.server != nil && (s.txStatus == 'T' || s.txStatus == 'E') {
+	if s.server != nil && (s.TxStatus == 'T' || s.TxStatus == 'E') {
 		return &startupError{code: retry.CodeIdleInTransactionTimeout, msg: "terminating connection due to idle-in-transaction timeout (pgsidecar idle_transaction_timeout)"}
 	}
 	return &startupError{code: retry.CodeIdleSessionTimeout, msg: "terminating connection due to idle-session timeout (pgsidecar client_idle_timeout)"}
@@ -184,7 +185,7 @@ func scanClient(f *wire.Frames, maxMsg int) (clientBatch, error) {
 		}
 		typ, length, ok, err := f.Next(maxMsg)
 		if err != nil {
-			return b, protocolErrorf("%v", err)
+			return b, wire.Errorf("%v", err)
 		}
 		if !ok {
 			break
@@ -202,7 +203,7 @@ func scanClient(f *wire.Frames, maxMsg int) (clientBatch, error) {
 			b.terminate = true
 			return b, nil
 		default:
-			return b, protocolErrorf("invalid frontend message type %d", typ)
+			return b, wire.Errorf("invalid frontend message type %d", typ)
 		}
 		f.R += 5
 		f.Remaining = length - 4
@@ -265,9 +266,9 @@ func (s *session) sendToServer(b []byte, requests, unsynced int, partial bool) e
 	}
 	s.addPendingLocked(requests)
 	if unsynced >= 0 {
-		s.unsynced = unsynced == 1
+		s.Unsynced = unsynced == 1
 	}
-	s.partial = partial
+	s.Partial = partial
 	s.writing = true
 	s.mu.Unlock()
 
@@ -302,12 +303,12 @@ func (s *session) attach() error {
 	done := make(chan struct{})
 	s.mu.Lock()
 	s.server = c
-	s.pending = 0
-	s.resp.reset()
-	s.skipping = false
-	s.unsynced = false
-	s.partial = false
-	s.txStatus = 'I'
+	s.Pending = 0
+	s.ResetQueue()
+	s.Skipping = false
+	s.Unsynced = false
+	s.Partial = false
+	s.TxStatus = 'I'
 	s.loopDone = done
 	s.loopErr = nil
 	s.mu.Unlock()
@@ -330,10 +331,10 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}, f *wire.Fra
 	*f = wire.Frames{Buf: srv.ReadBuffer()}
 	// Let go of the server's buffer once the loop ends: the server may be closed by then.
 	defer func() { *f = wire.Frames{} }()
-	var st *serverState
+	var st *txmode.ServerState
 	if s.txPooling {
-		st = srv.Tag.(*serverState)
-		if !st.relaying.CompareAndSwap(false, true) {
+		st = srv.Tag.(*txmode.ServerState)
+		if !st.Relaying.CompareAndSwap(false, true) {
 			panic("proxy: two relays on one server connection")
 		}
 	}
@@ -342,7 +343,7 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}, f *wire.Fra
 	handedBack := false
 	defer func() {
 		if st != nil && !handedBack {
-			st.relaying.Store(false)
+			st.Relaying.Store(false)
 		}
 	}()
 	// Registered last, so it runs first: the read state still tells whether the client's
@@ -388,7 +389,7 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}, f *wire.Fra
 			}
 			if st != nil && s.dropGoneServer() {
 				// Already answered; the server is closing. Not released: destroyed.
-				st.relaying.Store(false)
+				st.Relaying.Store(false)
 				handedBack = true
 				s.pool.Destroy(srv)
 				return
@@ -458,7 +459,7 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}, f *wire.Fra
 // client gets, as one step under wmu, so that the proxy's own answers (emitSynths) cannot
 // overtake relayed ones. The locks are released by defer: a panic leaves them free for the
 // session's cleanup.
-func (s *session) relayTrackedAndWrite(f *wire.Frames, st *serverState) (ready int, status byte, perr, werr error) {
+func (s *session) relayTrackedAndWrite(f *wire.Frames, st *txmode.ServerState) (ready int, status byte, perr, werr error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	for {
@@ -490,10 +491,10 @@ func (s *session) awaitWritten() {
 }
 
 // relayTrackedLocked runs the tracker's relayTracked under mu, and carries out what it decided.
-func (s *session) relayTrackedLocked(f *wire.Frames, st *serverState) (out []byte, ready int, status byte, needWrite bool, err error) {
+func (s *session) relayTrackedLocked(f *wire.Frames, st *txmode.ServerState) (out []byte, ready int, status byte, needWrite bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out, ready, status, needWrite, err = s.tracker.relayTracked(f, st, s.writing, s.closing)
+	out, ready, status, needWrite, err = s.Tracker.ScanServer(f, st, s.writing, s.closing)
 	s.afterTrackLocked()
 	if s.awaitingRoom {
 		s.wrote.Broadcast()
@@ -503,29 +504,24 @@ func (s *session) relayTrackedLocked(f *wire.Frames, st *serverState) (out []byt
 
 // afterTrackLocked carries out what the tracker decided in its last call.
 func (s *session) afterTrackLocked() {
-	t := &s.tracker
-	if t.newPin != "" {
-		s.srv.metrics.pinned(string(t.newPin))
-		s.log.Info("client pinned to its server connection", "reason", string(t.newPin))
-		t.newPin = ""
+	e := s.Tracker.TakeEvents()
+	if e.Pinned != "" {
+		s.srv.metrics.pinned(string(e.Pinned))
+		s.log.Info("client pinned to its server connection", "reason", string(e.Pinned))
 	}
-	if t.retire {
-		t.retire = false
+	if e.Retire {
 		s.retireServerLocked()
 	}
-	if len(t.resend) > 0 {
+	if len(e.Resend) > 0 {
 		// A batch the server refused whole, run again: written under the lock, as nothing
 		// else writes to the server while its reply is being relayed.
-		if _, err := s.server.Write(t.resend); err != nil {
+		if _, err := s.server.Write(e.Resend); err != nil {
 			// The loop's next read fails too and ends the session with a clear error.
 			s.log.Info("re-run of a refused batch: write to server failed", "err", err)
 		}
-		s.srv.metrics.retried(t.rerunReason)
-		t.resend, t.rerunReason = t.resend[:0], ""
-		t.resend = keepScratch(t.resend)
+		s.srv.metrics.retried(e.RerunReason)
 	}
-	if t.wake {
-		t.wake = false
+	if e.Wake {
 		s.wrote.Broadcast()
 	}
 }
@@ -535,10 +531,10 @@ func (s *session) afterTrackLocked() {
 func (s *session) detachLocked() (reread chan struct{}) {
 	s.server = nil
 	s.loopDone = nil
-	if !s.paramsDirty {
+	if !s.ParamsDirty {
 		return nil
 	}
-	s.paramsDirty = false
+	s.ParamsDirty = false
 	reread = make(chan struct{})
 	s.rereading = reread
 	return reread
@@ -547,8 +543,8 @@ func (s *session) detachLocked() (reread chan struct{}) {
 // released hands a detached server back to the pool after a transaction, reading back the
 // client's parameters from it first when reread is set.
 func (s *session) released(srv *pool.Conn, reread chan struct{}) {
-	if st, ok := srv.Tag.(*serverState); ok {
-		st.relaying.Store(false)
+	if st, ok := srv.Tag.(*txmode.ServerState); ok {
+		st.Relaying.Store(false)
 	}
 	if s.txCounter != nil {
 		s.txCounter.Inc()
@@ -575,8 +571,8 @@ func (s *session) released(srv *pool.Conn, reread chan struct{}) {
 // releasableLocked reports whether the attached server can go back to the pool now: transaction
 // mode, not pinned, idle, and nothing in flight in either direction.
 func (s *session) releasableLocked() bool {
-	return s.txPooling && s.server != nil && s.pinned == "" && s.txStatus == 'I' &&
-		s.pending == 0 && s.resp.len() == 0 && !s.unsynced && !s.partial && !s.writing && !s.closing
+	return s.txPooling && s.server != nil && s.Pinned == "" && s.TxStatus == 'I' &&
+		s.Pending == 0 && s.Queued() == 0 && !s.Unsynced && !s.Partial && !s.writing && !s.closing
 }
 
 // kickIfReleasableLocked wakes serverToClient, with a read deadline in the past, when the
@@ -630,14 +626,14 @@ func (s *session) scanServer(f *wire.Frames) (ready int, status byte, err error)
 func (s *session) readyForQuery(n int, status byte, clean bool) (release bool, reread chan struct{}) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.pending = max(s.pending-n, 0)
-	s.txStatus = status
+	s.Pending = max(s.Pending-n, 0)
+	s.TxStatus = status
 	s.armTxIdleLocked()
-	if s.pending == 0 && s.drained != nil {
+	if s.Pending == 0 && s.drained != nil {
 		close(s.drained)
 		s.drained = nil
 	}
-	if !s.txPooling || s.pending > 0 || s.unsynced || status != 'I' || !clean {
+	if !s.txPooling || s.Pending > 0 || s.Unsynced || status != 'I' || !clean {
 		return false, nil
 	}
 	// The response can overtake clientToServer's return from writing its request. Waiting
@@ -691,11 +687,11 @@ func (s *session) finish(cause error) {
 	s.logEnd("client session ended", cause)
 	defer func() {
 		s.mu.Lock()
-		s.dropAllStmtsLocked()
+		s.DropStatements()
 		s.stopQueryTimerLocked()
 		s.mu.Unlock()
 	}()
-	var pe *protocolError
+	var pe *wire.ProtocolError
 	if errors.As(cause, &pe) {
 		s.awaitResults(drainTimeout)
 	}
@@ -725,9 +721,9 @@ func (s *session) finish(cause error) {
 	s.mu.Lock()
 	srv = s.server
 	s.server = nil
-	clean := s.loopErr == nil && s.pending == 0 && s.resp.len() == 0 && !s.unsynced && !s.partial && !s.panicked.Load()
-	s.resp.reset()
-	status := s.txStatus
+	clean := s.loopErr == nil && s.Pending == 0 && s.Queued() == 0 && !s.Unsynced && !s.Partial && !s.panicked.Load()
+	s.ResetQueue()
+	status := s.TxStatus
 	s.mu.Unlock()
 	if srv == nil {
 		return
@@ -757,7 +753,7 @@ func (s *session) resetServer(srv *pool.Conn, status byte) bool {
 	}
 	st := stateOf(srv)
 	s.mu.Lock()
-	pinned, dirty := s.pinned != "", s.paramsDirty
+	pinned, dirty := s.Pinned != "", s.ParamsDirty
 	s.mu.Unlock()
 	reset := ""
 	switch {
@@ -774,9 +770,9 @@ func (s *session) resetServer(srv *pool.Conn, status byte) bool {
 			s.log.Debug("server reset failed", "query", reset, "err", err)
 			return false
 		}
-		st.params, st.paramsKey = nil, ""
+		st.Params, st.ParamsKey = nil, ""
 		if reset != "RESET ALL" {
-			st.clear()
+			st.Clear()
 		}
 	}
 	return true
@@ -788,7 +784,7 @@ const drainTimeout = 5 * time.Second
 // awaitResults waits until the server has answered every request sent so far, or timeout.
 func (s *session) awaitResults(timeout time.Duration) {
 	s.mu.Lock()
-	if s.server == nil || s.pending == 0 {
+	if s.server == nil || s.Pending == 0 {
 		s.mu.Unlock()
 		return
 	}

@@ -251,8 +251,8 @@ func TestSessionStateRefuse(t *testing.T) {
 	}
 	p.srv.mu.Lock()
 	for sess := range p.srv.sessions {
-		if sess.pinned != "" {
-			t.Errorf("session %d pinned (%s) under session_state=refuse", sess.id, sess.pinned)
+		if sess.Pinned != "" {
+			t.Errorf("session %d pinned (%s) under session_state=refuse", sess.id, sess.Pinned)
 		}
 	}
 	p.srv.mu.Unlock()

@@ -14,29 +14,18 @@ import (
 
 	"github.com/pgsidecar/pgsidecar/internal/retry"
 	"github.com/pgsidecar/pgsidecar/pool"
+	"github.com/pgsidecar/pgsidecar/proxy/txmode"
 	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
 
 // Transparent retry on another server (transaction mode). A batch the proxy remembered (see
-// rememberBatchLocked: the first request of a transaction, nothing else in flight) is sent to a
+// rememberBatch: the first request of a transaction, nothing else in flight) is sent to a
 // new server when the first one failed it in a way that proves it did not run:
 //   - the server's first reply to it is a shutdown or connection error (57P01, 57P02, 57P03,
 //     class 08): a backend terminated before or during the statement rolls it back;
 //   - the proxy could not write it to the server at all (the peer had already reset).
 // A server that dies without saying why after receiving a request is not retried: it may have
 // committed it, and nothing may run twice.
-
-// retryableServerError reports whether an ErrorResponse code, as the first reply to a batch,
-// shows the batch did not take effect.
-func retryableServerError(code string) bool {
-	// The one classification of errors (internal/retry) decides, except that a protocol
-	// violation is the request's own fault: sending it again would only fail again.
-	return code != retry.CodeProtocolViolation && retry.ClassifyCode(code).Retryable
-}
-
-// shutdownError reports the codes of a server terminating the connection (admin or crash
-// shutdown).
-func shutdownError(code string) bool { return retry.ClassifyCode(code).Reason == retry.ReasonShutdown }
 
 // connectionLost reports whether err is the server connection going away.
 func connectionLost(err error) bool {
@@ -48,15 +37,15 @@ func connectionLost(err error) bool {
 // that server with its state; ok is false when the batch cannot be retried, and the caller
 // fails the session as before. When ok, old has been destroyed, or released when it refused
 // the batch for a conflict (serialization failure, deadlock) and is otherwise fine.
-func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *serverState, ok bool) {
+func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *txmode.ServerState, ok bool) {
 	s.mu.Lock()
-	if !s.tracker.canResend() || !s.canRetryLocked() || s.server != old {
+	if !s.Tracker.CanResend() || !s.canRetryLocked() || s.server != old {
 		s.mu.Unlock()
 		return nil, nil, false
 	}
 	s.retrying = true
-	r := s.tracker.takeResend()
-	reason, oldReady, wroteNothing, attempt := r.reason, r.oldReady, r.wroteNothing, r.attempt
+	r := s.Tracker.TakeResend()
+	reason, oldReady, wroteNothing, attempt := r.Reason, r.OldReady, r.WroteNothing, r.Attempt
 	s.mu.Unlock()
 	finish := func() {
 		s.mu.Lock()
@@ -65,8 +54,8 @@ func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *serverStat
 		s.mu.Unlock()
 	}
 
-	if ost, isState := old.Tag.(*serverState); isState {
-		ost.relaying.Store(false)
+	if ost, isState := old.Tag.(*txmode.ServerState); isState {
+		ost.Relaying.Store(false)
 	}
 	conflict := reason == retry.ReasonSerialization || reason == retry.ReasonDeadlock
 	if !conflict && reason != retry.ReasonReadOnly && !wroteNothing && !closesAfterFatal(old) {
@@ -127,9 +116,9 @@ func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *serverStat
 		s.pool.Release(c)
 		return nil, nil, false
 	}
-	st.relaying.Store(true)
+	st.Relaying.Store(true)
 	s.server = c
-	buf = s.tracker.resendOn(st, r)
+	buf = s.Tracker.ResendOn(st, r)
 	s.writing = true
 	s.retrying = false
 	s.wrote.Broadcast()
@@ -315,7 +304,7 @@ func deadlineErr(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded)
 func (s *session) takeRetryNeeded() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.retryNeeded
+	return s.RetryNeeded
 }
 
 // lostBeforeRequest reports whether the server connection was lost before the remembered
@@ -323,12 +312,12 @@ func (s *session) takeRetryNeeded() bool {
 func (s *session) lostBeforeRequest() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.writeFailed && s.tracker.canResend()
+	return s.WriteFailed && s.Tracker.CanResend()
 }
 
 // canRetryLocked reports whether the remembered batch may be sent once more.
 func (s *session) canRetryLocked() bool {
-	return !s.writing && !s.closing && s.tracker.retriesLeft()
+	return !s.writing && !s.closing && s.Tracker.RetriesLeft()
 }
 
 // retryFailure is the error for a client whose request could not be moved to another server.
@@ -347,7 +336,7 @@ func (s *session) retryFailure() error {
 // addPendingLocked counts requests sent to the server and starts the query_timeout clock when
 // the first of them goes out.
 func (s *session) addPendingLocked(requests int) {
-	if requests > 0 && s.pending == 0 {
+	if requests > 0 && s.Pending == 0 {
 		s.queryCancelled = nil
 		if d := s.srv.cfg.QueryTimeout; d > 0 {
 			s.queryStart = time.Now()
@@ -356,7 +345,7 @@ func (s *session) addPendingLocked(requests int) {
 			}
 		}
 	}
-	s.pending += requests
+	s.Pending += requests
 }
 
 // armQueryTimerLocked makes the query timer fire in d.
@@ -415,7 +404,7 @@ func (s *session) queryTimerFired() (srv *pool.Conn, cancelled bool) {
 	}
 	s.queryTimerAt = time.Time{}
 	srv = s.server
-	if srv == nil || s.pending == 0 && !s.unsynced {
+	if srv == nil || s.Pending == 0 && !s.Unsynced {
 		// Armed for a request that has ended; the next one arms it again.
 		return nil, false
 	}
@@ -446,13 +435,13 @@ const cancelTimeout = 3 * time.Second
 func (s *session) dropGoneServer() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.serverGone {
+	if !s.ServerGone {
 		return false
 	}
-	s.serverGone = false
+	s.ServerGone = false
 	s.server = nil
 	s.loopDone = nil
-	s.txStatus = 'I'
+	s.TxStatus = 'I'
 	s.wrote.Broadcast()
 	return true
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/pgsidecar/pgsidecar/internal/retry"
 	"github.com/pgsidecar/pgsidecar/internal/tcpopt"
 	"github.com/pgsidecar/pgsidecar/pool"
+	"github.com/pgsidecar/pgsidecar/proxy/txmode"
 )
 
 // Options configures a Server.
@@ -66,7 +67,7 @@ type Server struct {
 	byPID    map[uint32]*session
 
 	// stmts names the prepared statements shared by transaction-mode clients.
-	stmts stmtRegistry
+	stmts txmode.Registry
 	// hooks are set by tests only.
 	hooks testHooks
 	// relays runs the sessions' serverToClient loops.
@@ -90,7 +91,7 @@ func New(opts Options) (*Server, error) {
 		sessions: make(map[*session]struct{}),
 		byPID:    make(map[uint32]*session),
 	}
-	s.stmts.max = opts.Config.MaxPreparedStatementBytes
+	s.stmts.Max = opts.Config.MaxPreparedStatementBytes
 	if c := opts.Config.TLS; c.CertFile != "" {
 		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
 		if err != nil {
@@ -192,7 +193,6 @@ func (s *Server) newSession(conn net.Conn, loopback bool) *session {
 		log:      s.log.With("conn_id", id, "client", conn.RemoteAddr().String()),
 	}
 	sess.wrote.L = &sess.mu
-	sess.stmts = make(map[string]*clientStmt)
 	sess.ctx, sess.cancel = context.WithCancel(s.ctx)
 	s.sessions[sess] = struct{}{}
 	s.sessWG.Add(1)

@@ -25,6 +25,7 @@ import (
 	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/pgsidecar/pgsidecar/proxy/auth"
 	"github.com/pgsidecar/pgsidecar/proxy/classify"
+	"github.com/pgsidecar/pgsidecar/proxy/txmode"
 	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
 
@@ -53,8 +54,8 @@ type session struct {
 	cancelPID uint32
 	cancelKey [4]byte
 
-	// tracker is the session's protocol bookkeeping (transaction mode's in full), guarded by mu.
-	tracker
+	// txmode.Tracker is the session's protocol bookkeeping (transaction mode's in full), guarded by mu.
+	txmode.Tracker
 
 	// mu guards the attachment state below. clientToServer and serverToClient both hold it only
 	// for short, non-blocking sections (except cancelRunningQuery, which is rare).
@@ -224,7 +225,7 @@ func (s *session) startup() (ok bool, err error) {
 		switch st.code {
 		case codeSSLRequest:
 			if sslAsked {
-				err := protocolErrorf("duplicate SSLRequest")
+				err := wire.Errorf("duplicate SSLRequest")
 				s.sendStartupError(err)
 				return false, err
 			}
@@ -246,7 +247,7 @@ func (s *session) startup() (ok bool, err error) {
 			continue
 		case codeGSSENCRequest:
 			if gssAsked {
-				err := protocolErrorf("duplicate GSSENCRequest")
+				err := wire.Errorf("duplicate GSSENCRequest")
 				s.sendStartupError(err)
 				return false, err
 			}
@@ -328,16 +329,16 @@ func (s *session) startup() (ok bool, err error) {
 		s.sendStartupError(err)
 		return false, err
 	}
-	s.params = clientParams(st, params)
-	s.paramsKey = paramsKeyOf(s.params)
-	if v, ok := s.params["standard_conforming_strings"]; ok && !strings.EqualFold(v, "on") {
+	s.Params = clientParams(st, params)
+	s.ParamsKey = paramsKeyOf(s.Params)
+	if v, ok := s.Params["standard_conforming_strings"]; ok && !strings.EqualFold(v, "on") {
 		// The SQL classifier reads strings as PostgreSQL does with this on; it cannot vouch
 		// for this client's SQL, so the client keeps its server.
-		s.pinned = classify.SetUntracked
-		s.srv.metrics.pinned(string(s.pinned))
+		s.Pinned = classify.SetUntracked
+		s.srv.metrics.pinned(string(s.Pinned))
 	}
 	s.srv.registerCancelKey(s)
-	if err := s.sendWelcome(reportedParams(params, s.params)); err != nil {
+	if err := s.sendWelcome(reportedParams(params, s.Params)); err != nil {
 		s.srv.unregisterCancelKey(s)
 		return false, fmt.Errorf("send login response: %w", err)
 	}
@@ -358,8 +359,7 @@ func (s *session) bindPool() error {
 		return &startupError{code: retry.CodeInvalidCatalogName, msg: fmt.Sprintf("pgsidecar: no upstream for database %q and user %q: %v", s.database, s.user, err)}
 	}
 	s.txPooling = up.PoolMode != "session"
-	s.tracker.reg = &s.srv.stmts
-	s.tracker.lim = trackerLimitsOf(s.srv.cfg, up)
+	s.Tracker.Init(&s.srv.stmts, trackerLimitsOf(s.srv.cfg, up))
 	s.upstream = up
 	s.txCounter = s.srv.metrics.transactionsFor(up.Database, up.User)
 	s.maxMsg = s.srv.cfg.MaxMessageSize
@@ -460,7 +460,7 @@ func (s *session) sendError(e *pgconn.PgError) {
 func (s *session) cancelRunningQuery(ctx context.Context) {
 	s.mu.Lock()
 	srv := s.server
-	if srv == nil || s.pending == 0 && !s.unsynced {
+	if srv == nil || s.Pending == 0 && !s.Unsynced {
 		s.mu.Unlock()
 		return
 	}
@@ -513,4 +513,18 @@ func (s *session) abort(e *pgconn.PgError) {
 	_, _ = s.conn.Write(buf)
 	s.wmu.Unlock()
 	_ = s.conn.Close()
+}
+
+// trackerLimitsOf returns the limits of cfg for a client of route up.
+func trackerLimitsOf(cfg *config.Config, up config.Upstream) txmode.Limits {
+	return txmode.Limits{
+		MaxMessage:       cfg.MaxMessageSize,
+		ClientStatements: cfg.MaxClientPreparedStatements,
+		ServerStatements: cfg.MaxPreparedStatements,
+		RegistryBytes:    cfg.MaxPreparedStatementBytes,
+		RefuseState:      cfg.SessionState == config.SessionStateRefuse,
+		Retries:          cfg.Retries,
+		// A server answering 25006 to a route that wants a primary has been demoted.
+		WantsPrimary: up.WantsPrimary,
+	}
 }

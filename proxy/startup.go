@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/pgsidecar/pgsidecar/internal/retry"
+	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
 
 // Startup packet codes (protocol version numbers and special requests), as in PostgreSQL's
@@ -46,15 +47,6 @@ func (s *startup) get(name string) string {
 	return ""
 }
 
-// protocolError is a malformed message from the client: it gets SQLSTATE 08P01.
-type protocolError struct{ msg string }
-
-func (e *protocolError) Error() string { return "protocol violation: " + e.msg }
-
-func protocolErrorf(format string, args ...any) error {
-	return &protocolError{msg: fmt.Sprintf(format, args...)}
-}
-
 // readStartup reads exactly one startup-phase packet (no read-ahead: after it the connection may
 // switch to TLS or to the relay).
 func readStartup(r io.Reader) (*startup, error) {
@@ -64,7 +56,7 @@ func readStartup(r io.Reader) (*startup, error) {
 	}
 	n := int(binary.BigEndian.Uint32(hdr[:]))
 	if n < 8 || n > maxStartupPacketLen {
-		return nil, protocolErrorf("invalid startup packet length %d", n)
+		return nil, wire.Errorf("invalid startup packet length %d", n)
 	}
 	body := make([]byte, n-4)
 	if _, err := io.ReadFull(r, body); err != nil {
@@ -76,20 +68,20 @@ func readStartup(r io.Reader) (*startup, error) {
 // parseStartup decodes a startup packet body (everything after the length word).
 func parseStartup(body []byte) (*startup, error) {
 	if len(body) < 4 {
-		return nil, protocolErrorf("startup packet too short")
+		return nil, wire.Errorf("startup packet too short")
 	}
 	s := &startup{code: binary.BigEndian.Uint32(body)}
 	rest := body[4:]
 	switch s.code {
 	case codeSSLRequest, codeGSSENCRequest:
 		if len(rest) != 0 {
-			return nil, protocolErrorf("invalid length of encryption request")
+			return nil, wire.Errorf("invalid length of encryption request")
 		}
 		return s, nil
 	case codeCancelRequest:
 		// 4 bytes of PID, then a key of 4 bytes (protocol 3.0) up to 256 bytes (3.2).
 		if len(rest) < 8 || len(rest) > 4+256 {
-			return nil, protocolErrorf("invalid length of cancel request")
+			return nil, wire.Errorf("invalid length of cancel request")
 		}
 		s.cancelPID = binary.BigEndian.Uint32(rest)
 		s.cancelKey = bytes.Clone(rest[4:])
@@ -100,21 +92,21 @@ func parseStartup(body []byte) (*startup, error) {
 	}
 	for {
 		if len(rest) == 0 {
-			return nil, protocolErrorf("startup packet is not terminated")
+			return nil, wire.Errorf("startup packet is not terminated")
 		}
 		if rest[0] == 0 {
 			if len(rest) != 1 {
-				return nil, protocolErrorf("trailing bytes after startup packet parameters")
+				return nil, wire.Errorf("trailing bytes after startup packet parameters")
 			}
 			break
 		}
 		name, after, ok := cutCString(rest)
 		if !ok {
-			return nil, protocolErrorf("unterminated startup parameter name")
+			return nil, wire.Errorf("unterminated startup parameter name")
 		}
 		value, after2, ok := cutCString(after)
 		if !ok {
-			return nil, protocolErrorf("missing value for startup parameter %q", name)
+			return nil, wire.Errorf("missing value for startup parameter %q", name)
 		}
 		rest = after2
 		if strings.HasPrefix(name, "_pq_.") {

@@ -53,7 +53,7 @@ const (
 
 func checkStartupErr(t *testing.T, err error, want startupWant) {
 	t.Helper()
-	var pe *protocolError
+	var pe *wire.ProtocolError
 	var upe *unsupportedProtocolError
 	var se *startupError
 	switch want {
@@ -63,7 +63,7 @@ func checkStartupErr(t *testing.T, err error, want startupWant) {
 		}
 	case stProtocol:
 		if !errors.As(err, &pe) {
-			t.Fatalf("error = %v (%T), want *protocolError", err, err)
+			t.Fatalf("error = %v (%T), want *wire.ProtocolError", err, err)
 		}
 		if got := clientError(err).Code; got != retry.CodeProtocolViolation {
 			t.Fatalf("client sees SQLSTATE %s, want 08P01", got)
@@ -401,9 +401,9 @@ func TestScanClient(t *testing.T) {
 			f := frameOf(tt.in)
 			b, err := scanClient(f, maxMsg)
 			if tt.wantErr {
-				var pe *protocolError
+				var pe *wire.ProtocolError
 				if !errors.As(err, &pe) {
-					t.Fatalf("err = %v (%T), want *protocolError", err, err)
+					t.Fatalf("err = %v (%T), want *wire.ProtocolError", err, err)
 				}
 				if clientError(err).Code != retry.CodeProtocolViolation {
 					t.Fatalf("client code %s, want 08P01", clientError(err).Code)

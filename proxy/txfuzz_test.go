@@ -49,11 +49,10 @@ func txFuzzLimits() config.Config {
 // recorders, and the test feeds it client and server bytes itself.
 func txFuzzSession(cfg *config.Config) (s *session, server *recordConn, client *recordConn) {
 	srv := &Server{cfg: cfg, log: slog.New(slog.NewTextHandler(io.Discard, nil)), sessions: map[*session]struct{}{}, byPID: map[uint32]*session{}}
-	srv.stmts.max = cfg.MaxPreparedStatementBytes
+	srv.stmts.Max = cfg.MaxPreparedStatementBytes
 	server, client = &recordConn{}, &recordConn{}
 	s = &session{srv: srv, txPooling: true, maxMsg: cfg.MaxMessageSize, log: srv.log, ctx: context.Background(), conn: client, cio: client}
-	s.stmts, s.txStatus = map[string]*clientStmt{}, 'I'
-	s.tracker.reg, s.tracker.lim = &srv.stmts, trackerLimitsOf(cfg, config.Upstream{})
+	s.Tracker.Init(&srv.stmts, trackerLimitsOf(cfg, config.Upstream{}))
 	s.wrote.L = &s.mu
 	s.server = &pool.Conn{Conn: server}
 	stateOf(s.server)
@@ -138,7 +137,7 @@ func FuzzTxMode(f *testing.F) {
 					return false // the session ends
 				}
 				s.mu.Lock()
-				resume := b.hold && s.verifyDone
+				resume := b.hold && s.VerifyDone
 				s.mu.Unlock()
 				if !resume {
 					// Done, or a Bind waits for a shape the input may or may not bring.
@@ -180,7 +179,7 @@ func FuzzTxMode(f *testing.F) {
 				rerun = append(rerun, server.take()...)
 			}
 			s.mu.Lock()
-			stop := s.serverGone || s.retryNeeded
+			stop := s.ServerGone || s.RetryNeeded
 			s.mu.Unlock()
 			if err != nil || stop {
 				break // the relay loop would end, or move to another server
@@ -191,16 +190,17 @@ func FuzzTxMode(f *testing.F) {
 		}
 
 		// Bounded by the limits.
-		if n := len(s.stmts); n > cfg.MaxClientPreparedStatements {
+		stats := s.Stats()
+		if n := stats.Statements; n > cfg.MaxClientPreparedStatements {
 			t.Errorf("client holds %d prepared statements, limit %d", n, cfg.MaxClientPreparedStatements)
 		}
-		if b := s.srv.stmts.bytes; b > cfg.MaxPreparedStatementBytes {
+		if _, b := s.srv.stmts.Held(); b > cfg.MaxPreparedStatementBytes {
 			t.Errorf("registry holds %d bytes, limit %d", b, cfg.MaxPreparedStatementBytes)
 		}
-		if q := &s.resp; cap(q.e) > 4*q.len()+4*respQueueKeep && cap(q.e) > 4*len(fromClient) {
-			t.Errorf("reply queue holds %d entries in %d of storage", q.len(), cap(q.e))
+		if c := stats.QueueCapacity; c > 4*stats.Queued+1024 && c > 4*len(fromClient) {
+			t.Errorf("reply queue holds %d entries in %d of storage", stats.Queued, c)
 		}
-		if n := len(stateOf(s.server).prepared); n > cfg.MaxPreparedStatements {
+		if n := stateOf(s.server).Prepared(); n > cfg.MaxPreparedStatements {
 			t.Errorf("server holds %d statements, limit %d", n, cfg.MaxPreparedStatements)
 		}
 

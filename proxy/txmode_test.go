@@ -22,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgsidecar/pgsidecar/config"
+	"github.com/pgsidecar/pgsidecar/proxy/txmode"
 )
 
 // txConnect opens a pgx connection through the proxy without touching t, for goroutines.
@@ -597,8 +598,8 @@ func TestTxModeForeignServerName(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rows) != 1 || !strings.HasPrefix(rows[0][0], serverStmtPrefix) {
-		t.Fatalf("server-side statements %q, want one named %s...", rows, serverStmtPrefix)
+	if len(rows) != 1 || !strings.HasPrefix(rows[0][0], txmode.ServerStmtPrefix) {
+		t.Fatalf("server-side statements %q, want one named %s...", rows, txmode.ServerStmtPrefix)
 	}
 	name := rows[0][0]
 	// Pool size 1: client b gets the same server.
@@ -709,7 +710,7 @@ func TestTxModeEviction(t *testing.T) {
 			t.Errorf("after round-robin: %d statements on the server (%s), want 1..%d", n, names, maxStmts)
 		}
 		for _, name := range strings.Split(names, ",") {
-			if name != "" && !strings.HasPrefix(name, serverStmtPrefix) {
+			if name != "" && !strings.HasPrefix(name, txmode.ServerStmtPrefix) {
 				t.Errorf("server-side statement %q is not one of the proxy's", name)
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/pgsidecar/pgsidecar/pool"
+	"github.com/pgsidecar/pgsidecar/proxy/txmode"
 	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
 
@@ -67,7 +68,7 @@ func (s *session) forwardTracked(f *wire.Frames) error {
 func (s *session) awaitShape() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for !s.verifyDone && s.server != nil && s.loopErr == nil && !s.closing {
+	for !s.VerifyDone && s.server != nil && s.loopErr == nil && !s.closing {
 		s.wrote.Wait()
 	}
 }
@@ -89,28 +90,28 @@ type trackedBatch struct {
 func (s *session) scanTracked(f *wire.Frames) (b trackedBatch, attach bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for s.retrying || s.serverGone {
+	for s.retrying || s.ServerGone {
 		// serverToClient is moving the last batch to another server, or dropping one that
 		// is shutting down.
 		s.wrote.Wait()
 	}
-	if s.server == nil && needsServer(f) {
+	if s.server == nil && txmode.NeedsServer(f) {
 		return b, true
 	}
-	var st *serverState
+	var st *txmode.ServerState
 	if s.server != nil {
 		st = stateOf(s.server)
 	}
-	c := s.tracker.scanClient(f, st)
+	c := s.Tracker.ScanClient(f, st)
 	s.afterTrackLocked()
-	b = trackedBatch{err: c.err, terminate: c.terminate, synthAtHead: c.synthAtHead, hold: c.hold}
-	if len(c.out) > 0 {
-		b.out, b.srv = c.out, s.server
-		s.addPendingLocked(c.requests)
-		if c.unsynced >= 0 {
-			s.unsynced = c.unsynced == 1
+	b = trackedBatch{err: c.Err, terminate: c.Terminate, synthAtHead: c.SynthAtHead, hold: c.Hold}
+	if len(c.Out) > 0 {
+		b.out, b.srv = c.Out, s.server
+		s.addPendingLocked(c.Requests)
+		if c.Unsynced >= 0 {
+			s.Unsynced = c.Unsynced == 1
 		}
-		s.partial = c.partial
+		s.Partial = c.Partial
 		s.writing = true
 	}
 	return b, false
@@ -127,10 +128,10 @@ func (s *session) wroteTracked(err error) error {
 		s.kickIfReleasableLocked()
 		return nil
 	}
-	if connectionLost(err) && s.tracker.canResend() {
+	if connectionLost(err) && s.Tracker.CanResend() {
 		// The server was gone before the batch reached it; serverToClient sees the
 		// connection fail too and sends the batch to another server.
-		s.writeFailed = true
+		s.WriteFailed = true
 		return nil
 	}
 	return err
@@ -162,7 +163,7 @@ func (s *session) emitSynths() error {
 func (s *session) takeSynths() []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.tracker.popSynths()
+	return s.Tracker.PopSynths()
 }
 
 // answerLocally answers, without a server, what an idle client sends that the proxy can answer
@@ -191,7 +192,7 @@ func (s *session) localAnswers(f *wire.Frames) []byte {
 	if s.server != nil {
 		return nil
 	}
-	out := s.tracker.answerIdle(f)
+	out := s.Tracker.AnswerIdle(f)
 	s.afterTrackLocked()
 	return out
 }

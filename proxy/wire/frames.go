@@ -146,3 +146,14 @@ func CString(b []byte) (s, rest []byte, ok bool) {
 	}
 	return b[:i], b[i+1:], true
 }
+
+// ProtocolError is a violation of the protocol by the peer that sent the bytes: for a client,
+// SQLSTATE 08P01 and the end of its connection.
+type ProtocolError struct{ Msg string }
+
+func (e *ProtocolError) Error() string { return "protocol violation: " + e.Msg }
+
+// Errorf returns a *ProtocolError with a formatted message.
+func Errorf(format string, args ...any) error {
+	return &ProtocolError{Msg: fmt.Sprintf(format, args...)}
+}

@@ -1,4 +1,4 @@
-package proxy
+package txmode
 
 import (
 	"container/list"
@@ -6,7 +6,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/pgsidecar/pgsidecar/proxy/classify"
 )
 
@@ -14,21 +13,21 @@ import (
 // lives on one server. The proxy therefore keeps, per client, the statements it prepared, and
 // prepares them under shared server-side names on whichever server the client gets.
 
-// serverStmtPrefix starts every server-side statement name; clients are not expected to use it.
-const serverStmtPrefix = "pgsidecar_"
+// ServerStmtPrefix starts every server-side statement name; clients are not expected to use it.
+const ServerStmtPrefix = "pgsidecar_"
 
-// preparedStmt is one distinct statement (query text and parameter types), shared by every
+// Stmt is one distinct statement (query text and parameter types), shared by every
 // client that prepared it, and known to servers under one name.
-type preparedStmt struct {
+type Stmt struct {
 	name  string
 	parse []byte // a Parse message naming the statement name
 	key   string
-	refs  int // clients holding it; guarded by stmtRegistry.mu
+	refs  int // clients holding it; guarded by Registry.mu
 	// commits is set when the statement may commit on its own (CALL, DO, ...): a batch
 	// executing it is never sent again.
 	commits bool
 	// effect is what executing the statement does to prepared statements.
-	effect stmtEffect
+	effect Effect
 	// valid is set once a server accepted the Parse: later Parses of the same text can be
 	// answered by the proxy without a server.
 	valid atomic.Bool
@@ -37,56 +36,56 @@ type preparedStmt struct {
 	gen atomic.Uint32
 }
 
-// clientStmt is one of a client's named statements: the shared statement it maps to, and the
+// ClientStmt is one of a client's named statements: the shared statement it maps to, and the
 // shape the client was told when it described the statement (its ParameterDescription and
 // RowDescription or NoData, as sent; nil if it never asked). A client that decodes by that shape
 // must not get rows of another (see verifyShape).
-type clientStmt struct {
-	ps    *preparedStmt
+type ClientStmt struct {
+	ps    *Stmt
 	shape []byte
 }
 
-// stmtEffect is what executing a statement does to the session's prepared statements.
-type stmtEffect struct {
+// Effect is what executing a statement does to the session's prepared statements.
+type Effect struct {
 	// discardAll: DISCARD ALL or DEALLOCATE ALL.
 	discardAll bool
 	// dealloc is the shared statement a DEALLOCATE of one of the client's statements drops,
 	// its text rewritten to the shared name.
-	dealloc *preparedStmt
+	dealloc *Stmt
 }
 
 // cachedStmt is a statement prepared on a server, at the generation it was prepared.
 type cachedStmt struct {
-	ps  *preparedStmt
+	ps  *Stmt
 	gen uint32
 }
 
-// stmtRegistry maps statement texts to their shared server-side names.
-type stmtRegistry struct {
+// Registry maps statement texts to their shared server-side names.
+type Registry struct {
 	mu    sync.Mutex
-	byKey map[string]*preparedStmt
+	byKey map[string]*Stmt
 	seq   uint64
-	// bytes is the size of the Parse messages held; max bounds it (0 = no limit).
-	bytes, max int
+	// bytes is the size of the Parse messages held; Max bounds it (0 = no limit).
+	bytes, Max int
 }
 
 // get returns the shared statement for query and the Parse message's parameter-type section,
 // counting one more reference, or nil when a new statement would take the registry past its
 // limit. effect is the statement's effect, a function of its text, kept when it is new.
-func (r *stmtRegistry) get(query, paramTypes []byte, effect stmtEffect) *preparedStmt {
+func (r *Registry) get(query, paramTypes []byte, effect Effect) *Stmt {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if st, ok := r.byKey[registryKey(query, paramTypes)]; ok {
 		st.refs++
 		return st
 	}
-	name := serverStmtPrefix + strconv.FormatUint(r.seq+1, 36)
+	name := ServerStmtPrefix + strconv.FormatUint(r.seq+1, 36)
 	n := 4 + len(name) + 1 + len(query) + 1 + len(paramTypes)
-	if r.max > 0 && r.bytes+1+n > r.max {
+	if r.Max > 0 && r.bytes+1+n > r.Max {
 		return nil
 	}
 	if r.byKey == nil {
-		r.byKey = make(map[string]*preparedStmt)
+		r.byKey = make(map[string]*Stmt)
 	}
 	r.seq++
 	parse := make([]byte, 0, 1+n)
@@ -99,7 +98,7 @@ func (r *stmtRegistry) get(query, paramTypes []byte, effect stmtEffect) *prepare
 	parse = append(parse, paramTypes...)
 	// The key is a view of the Parse message, which is never modified: the text is held once.
 	key := bytesString(parse[keyStart:])
-	st := &preparedStmt{name: name, parse: parse, key: key, refs: 1, commits: classify.Classify(bytesString(query), nil).CommitsAlone, effect: effect}
+	st := &Stmt{name: name, parse: parse, key: key, refs: 1, commits: classify.Classify(bytesString(query), nil).CommitsAlone, effect: effect}
 	r.byKey[key] = st
 	r.bytes += len(parse)
 	return st
@@ -112,7 +111,7 @@ func registryKey(query, paramTypes []byte) string {
 }
 
 // valid reports whether the statement exists and a server has accepted it.
-func (r *stmtRegistry) valid(query, paramTypes []byte) bool {
+func (r *Registry) valid(query, paramTypes []byte) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st, ok := r.byKey[registryKey(query, paramTypes)]
@@ -121,7 +120,7 @@ func (r *stmtRegistry) valid(query, paramTypes []byte) bool {
 
 // put drops a reference; a statement no client holds is forgotten (servers keep it until their
 // cache evicts it).
-func (r *stmtRegistry) put(st *preparedStmt) {
+func (r *Registry) put(st *Stmt) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st.refs--
@@ -131,37 +130,34 @@ func (r *stmtRegistry) put(st *preparedStmt) {
 	}
 }
 
-// serverState is what the proxy knows of one server connection's session state. It is kept in
-// pool.Conn.Tag and touched only by the session holding the connection, under its mu.
-type serverState struct {
-	prepared map[*preparedStmt]*list.Element
+// ServerState is what the tracker knows of one server connection's session state. The proxy
+// keeps it with the connection; only the client holding the connection touches it.
+type ServerState struct {
+	prepared map[*Stmt]*list.Element
 	lru      list.List // of *preparedStmt, most recently used first
 
-	// relaying guards the rule that one serverToClient at a time reads the connection.
-	relaying atomic.Bool
+	// Relaying is for the proxy: it guards the rule that one relay loop at a time reads the
+	// connection.
+	Relaying atomic.Bool
 
 	// unnamedBy and unnamedSeq identify which client's unnamed statement the server holds.
-	unnamedBy  *tracker
+	unnamedBy  *Tracker
 	unnamedSeq uint64
 
-	// params holds the parameters set on the server beyond the values it started with.
-	params map[string]string
-	// paramsKey is paramsKeyOf(params), set with it.
-	paramsKey string
+	// Params holds the parameters set on the server beyond the values it started with.
+	Params map[string]string
+	// ParamsKey is paramsKeyOf(params), set with it.
+	ParamsKey string
 }
 
-func stateOf(c *pool.Conn) *serverState {
-	if st, ok := c.Tag.(*serverState); ok {
-		return st
-	}
-	st := &serverState{prepared: make(map[*preparedStmt]*list.Element)}
-	c.Tag = st
-	return st
+// NewServerState returns the state of a server connection the tracker knows nothing of yet.
+func NewServerState() *ServerState {
+	return &ServerState{prepared: make(map[*Stmt]*list.Element)}
 }
 
 // has reports whether ps is prepared on the server at its current generation, marking it
 // recently used.
-func (st *serverState) has(ps *preparedStmt) bool {
+func (st *ServerState) has(ps *Stmt) bool {
 	e, ok := st.prepared[ps]
 	if !ok || e.Value.(*cachedStmt).gen != ps.gen.Load() {
 		return false
@@ -172,12 +168,12 @@ func (st *serverState) has(ps *preparedStmt) bool {
 
 // stale reports whether the server holds ps at an older generation (so it must be closed
 // before it is prepared again).
-func (st *serverState) stale(ps *preparedStmt) bool {
+func (st *ServerState) stale(ps *Stmt) bool {
 	e, ok := st.prepared[ps]
 	return ok && e.Value.(*cachedStmt).gen != ps.gen.Load()
 }
 
-func (st *serverState) add(ps *preparedStmt) {
+func (st *ServerState) add(ps *Stmt) {
 	if e, ok := st.prepared[ps]; ok {
 		e.Value.(*cachedStmt).gen = ps.gen.Load()
 		st.lru.MoveToFront(e)
@@ -186,7 +182,7 @@ func (st *serverState) add(ps *preparedStmt) {
 	st.prepared[ps] = st.lru.PushFront(&cachedStmt{ps: ps, gen: ps.gen.Load()})
 }
 
-func (st *serverState) remove(ps *preparedStmt) {
+func (st *ServerState) remove(ps *Stmt) {
 	if e, ok := st.prepared[ps]; ok {
 		st.lru.Remove(e)
 		delete(st.prepared, ps)
@@ -195,7 +191,7 @@ func (st *serverState) remove(ps *preparedStmt) {
 
 // evict removes and returns the least recently used statement when the server already holds
 // max (so that one more fits); max <= 0 means no limit.
-func (st *serverState) evict(max int) *preparedStmt {
+func (st *ServerState) evict(max int) *Stmt {
 	if max <= 0 || len(st.prepared) < max {
 		return nil
 	}
@@ -206,20 +202,20 @@ func (st *serverState) evict(max int) *preparedStmt {
 	return ps
 }
 
-func (st *serverState) clear() {
+func (st *ServerState) Clear() {
 	st.clearPrepared()
 	st.unnamedBy = nil
 }
 
 // clearPrepared forgets the named statements, as after DEALLOCATE ALL on the server.
-func (st *serverState) clearPrepared() {
+func (st *ServerState) clearPrepared() {
 	clear(st.prepared)
 	st.lru.Init()
 }
 
-// respEntry is one expected response (or group of responses) from the server, in the order the
+// Entry is one expected response (or group of responses) from the server, in the order the
 // requests were sent, so that the server's replies can be matched to what the client sent.
-type respEntry struct {
+type Entry struct {
 	// msg is the client message type this answers ('Q','F','P','B','D','E','C','S'), or 0 when
 	// the proxy answers on its own with synth once every earlier response has been relayed.
 	msg byte
@@ -227,7 +223,7 @@ type respEntry struct {
 	// relayed, except errors, which explain why the client's next message fails.
 	swallow bool
 	// stmt is the statement a Parse prepares; unnamed is set for the unnamed statement.
-	stmt    *preparedStmt
+	stmt    *Stmt
 	unnamed bool
 	synth   []byte
 	// ready appends a ReadyForQuery with the session's current status to synth (the proxy
@@ -241,23 +237,23 @@ type respEntry struct {
 	// described is the client's statement whose Describe this answers: the reply is kept as
 	// the shape the client knows. verify marks the proxy's own Describe of a statement it just
 	// prepared, whose reply is compared with that shape (see verifyShape).
-	described *clientStmt
+	described *ClientStmt
 	verify    bool
 	// plain marks a Query of plain statements only (classify.Result.Plain); commits marks a
 	// Query or Bind whose statement may commit on its own (classify.Result.CommitsAlone).
 	plain, commits bool
 }
 
-// respQueue is a FIFO of respEntry that reuses its storage.
-type respQueue struct {
-	e []respEntry
+// Queue is a FIFO of respEntry that reuses its storage.
+type Queue struct {
+	e []Entry
 	h int
 }
 
-func (q *respQueue) push(e respEntry) { q.e = append(q.e, e) }
-func (q *respQueue) len() int         { return len(q.e) - q.h }
+func (q *Queue) push(e Entry) { q.e = append(q.e, e) }
+func (q *Queue) len() int     { return len(q.e) - q.h }
 
-func (q *respQueue) head() *respEntry {
+func (q *Queue) head() *Entry {
 	if q.h == len(q.e) {
 		return nil
 	}
@@ -268,8 +264,8 @@ func (q *respQueue) head() *respEntry {
 // requests does not hold memory for the rest of the session.
 const respQueueKeep = 256
 
-func (q *respQueue) pop() {
-	q.e[q.h] = respEntry{}
+func (q *Queue) pop() {
+	q.e[q.h] = Entry{}
 	q.h++
 	switch {
 	case q.h == len(q.e):
@@ -287,7 +283,7 @@ func (q *respQueue) pop() {
 	}
 }
 
-func (q *respQueue) reset() {
+func (q *Queue) reset() {
 	clear(q.e)
 	q.e, q.h = q.e[:0], 0
 	if cap(q.e) > respQueueKeep {
@@ -323,3 +319,13 @@ func extended(msg byte) bool {
 	}
 	return false
 }
+
+// Held returns how many statements r holds and the bytes of their Parse messages.
+func (r *Registry) Held() (statements, bytes int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.byKey), r.bytes
+}
+
+// Prepared returns how many statements the server is known to hold.
+func (st *ServerState) Prepared() int { return len(st.prepared) }

@@ -1,0 +1,161 @@
+package txmode
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/pgsidecar/pgsidecar/proxy/classify"
+)
+
+// Tracker is one client's protocol bookkeeping: what it has in flight on its server, and in
+// transaction mode its prepared statements, parameters, pins and the memory of a request that may
+// be sent again. It does no I/O and takes no locks: the session feeds it the client's and the
+// server's messages under its lock and carries out what the Tracker decides.
+type Tracker struct {
+	// reg holds the statements shared by every client; lim are the limits the tracker keeps.
+	reg *Registry
+	lim Limits
+
+	// What the caller must act on after a call (TakeEvents): a pin to count
+	// and log, a batch run again to count and its bytes to send, the attached server to retire
+	// (a demoted primary), and waiters to wake.
+	newPin      classify.Reason
+	rerunReason string
+	resend      []byte
+	retire      bool
+	wake        bool
+
+	// Pending counts requests (Query, Sync, FunctionCall) sent to server whose ReadyForQuery has
+	// not come back yet.
+	Pending int
+	// Unsynced is set while extended-protocol messages have been sent without a Sync after them.
+	Unsynced bool
+	// Partial is set while the server has been sent part of a client message.
+	Partial bool
+	// TxStatus is the status of the last ReadyForQuery from server.
+	TxStatus byte
+	// resp lists the responses expected from the attached server, in order.
+	resp Queue
+	// stmts maps the client's statement names to shared server-side statements.
+	stmts map[string]*ClientStmt
+	// unnamedParse is a copy of the client's last Parse of the unnamed statement, replayed on a
+	// server that does not hold it; unnamedSeq numbers those Parses.
+	unnamedParse []byte
+	unnamedSeq   uint64
+	// unnamedCommits is set when the unnamed statement may commit on its own; unnamedEffect is
+	// what executing it does to prepared statements.
+	unnamedCommits bool
+	unnamedEffect  Effect
+	// verifying is the statement whose shape is being read back from the attached server
+	// before the client's Bind of it is sent (see verifyShape); verifyDone is set when the
+	// reply is in, with verifyShape holding it, or verifyFailed set when the server failed the
+	// prepare. shapeBuf collects a Describe reply being read.
+	verifying    *Stmt
+	VerifyDone   bool
+	verifyFailed bool
+	verifyShape  []byte
+	shapeBuf     []byte
+	// Skipping drops client messages until Sync after an error the proxy raised itself.
+	Skipping bool
+	// Pinned is why the client keeps its server for the rest of its session ("" = it does not).
+	Pinned classify.Reason
+	// Params are the client's explicit session parameters (see Params.go).
+	Params map[string]string
+	// ParamsKey is paramsKeyOf(params), set with it.
+	ParamsKey string
+	// ParamsDirty is set when the client changed a tracked parameter with SQL (the session's
+	// rereading is closed once they have been read back from the server after the transaction).
+	ParamsDirty bool
+	// retryBatch and retryEntries keep the last batch that could be re-run after a schema
+	// change (see rerunBatch).
+	retryBatch   []byte
+	retryEntries []Entry
+	// retryAttempts counts how often the remembered batch was sent again; retryNeeded is set by
+	// relayTracked when the server refused the batch in a way that makes sending it again safe.
+	retryAttempts int
+	// replied is set once the server sent any part of the remembered batch's results.
+	replied     bool
+	RetryNeeded bool
+	// retryReason is set with retryNeeded: why the server refused the batch, as the
+	// pgsidecar_retries_total reason (a retry.Reason).
+	// retryOldReady says the refusing server's ReadyForQuery was already read (conflicts only:
+	// that server stays usable).
+	retryReason   string
+	retryOldReady bool
+	// WriteFailed is set when clientToServer could not write to the server: the batch did not
+	// reach it, and serverToClient decides whether to send it to another server.
+	WriteFailed bool
+	// ServerGone is set when the attached server announced its shutdown after the client's
+	// last request completed: its end is expected and is no error for the client.
+	ServerGone bool
+	// cout and sout are scratch buffers for rewritten batches (client to server, server to
+	// client), reused to avoid allocating per batch.
+	cout, sout []byte
+}
+
+// Limits are the settings a tracker works to.
+type Limits struct {
+	MaxMessage       int  // max_message_size
+	ClientStatements int  // max_client_prepared_statements (0: none)
+	ServerStatements int  // max_prepared_statements per server (0: none)
+	RegistryBytes    int  // max_prepared_statement_bytes, for messages (the registry keeps it)
+	RefuseState      bool // session_state = refuse
+	Retries          int  // retries
+	WantsPrimary     bool // the route wants a writable server: 25006 means it was demoted
+}
+
+// Init readies t for a client of a route with limits lim, sharing statements through reg.
+func (t *Tracker) Init(reg *Registry, lim Limits) {
+	t.reg, t.lim = reg, lim
+	t.stmts = make(map[string]*ClientStmt)
+	t.TxStatus = 'I'
+}
+
+// Queued returns how many replies (groups of server messages, or the tracker's own) are
+// expected, in order.
+func (t *Tracker) Queued() int { return t.resp.len() }
+
+// ResetQueue forgets every expected reply (a new server, or the session's end).
+func (t *Tracker) ResetQueue() { t.resp.reset() }
+
+// Events are what the session must carry out after a call of the tracker.
+type Events struct {
+	// Pinned is the reason the client was pinned now ("" when it was not): count and log it.
+	Pinned classify.Reason
+	// Resend is a batch the server refused whole, to write to it again (RerunReason labels the
+	// retry); valid until the tracker's next call.
+	Resend      []byte
+	RerunReason string
+	// Retire asks to retire the attached server's address (a demoted primary).
+	Retire bool
+	// Wake asks to wake whoever waits for a reply (a statement's shape is in).
+	Wake bool
+}
+
+// TakeEvents returns the events of the calls since the last TakeEvents.
+func (t *Tracker) TakeEvents() Events {
+	e := Events{Pinned: t.newPin, Resend: t.resend, RerunReason: t.rerunReason, Retire: t.retire, Wake: t.wake}
+	t.newPin, t.rerunReason, t.retire, t.wake = "", "", false, false
+	t.resend = keepScratch(t.resend[:0])
+	return e
+}
+
+// Stats is a snapshot of what a tracker holds, for tests and the admin console.
+type Stats struct {
+	Statements    int // named prepared statements of the client
+	Queued        int // expected replies
+	QueueCapacity int // storage of the reply queue, in entries
+}
+
+// Describe writes the expected replies, one line each, for diagnosing a stuck session.
+func (t *Tracker) Describe(w io.Writer) {
+	for i := t.resp.h; i < len(t.resp.e); i++ {
+		e := t.resp.e[i]
+		fmt.Fprintf(w, "   entry msg=%q swallow=%v synth=%d\n", e.msg, e.swallow, len(e.synth))
+	}
+}
+
+// Stats returns what t holds.
+func (t *Tracker) Stats() Stats {
+	return Stats{Statements: len(t.stmts), Queued: t.resp.len(), QueueCapacity: cap(t.resp.e)}
+}
