@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -191,5 +192,29 @@ func TestPreparedStatementRegistryLimit(t *testing.T) {
 	conn2 := p.connect(t, pgx.QueryExecModeSimpleProtocol)
 	if _, err := conn2.PgConn().Prepare(context.Background(), "g", filler+", 0", nil); err != nil {
 		t.Fatalf("prepare of a held text: %v", err)
+	}
+}
+
+// TestOversizedParseRefused: a Parse too large to inspect in transaction mode gets 54000 and the
+// connection is closed; another client is unaffected.
+func TestOversizedParseRefused(t *testing.T) {
+	c := cluster(t)
+	p := startProxy(t, c, nil)
+	rc := rawConnect(t, p)
+	rc.send(&pgproto3.Parse{Name: "big", Query: "select '" + strings.Repeat("x", 2<<20) + "'"}, &pgproto3.Sync{})
+	typ, body := rc.recv()
+	if typ != 'E' {
+		t.Fatalf("got %q (%s), want ErrorResponse", typ, describeMsg(typ, body))
+	}
+	var e pgproto3.ErrorResponse
+	if err := e.Decode(body); err != nil {
+		t.Fatal(err)
+	}
+	if e.Code != retry.CodeProgramLimitExceeded || e.Severity != "FATAL" {
+		t.Errorf("got %s %s %s, want FATAL 54000", e.Severity, e.Code, e.Message)
+	}
+	other := p.connect(t, pgx.QueryExecModeSimpleProtocol)
+	if v := queryInt(t, other, "select 1"); v != 1 {
+		t.Fatalf("select 1 = %d", v)
 	}
 }

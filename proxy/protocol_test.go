@@ -515,12 +515,18 @@ func TestProtocolLibpqConcurrentTransactionMode(t *testing.T) {
 // psqlPath finds psql next to the cluster's binaries, else on PATH.
 func psqlPath(t testing.TB) string {
 	t.Helper()
-	if path := filepath.Join(cluster(t).BinDir(), "psql"); fileExists(path) {
+	return clientBinPath(t, "psql")
+}
+
+// clientBinPath finds a PostgreSQL client program next to the cluster's binaries, else on PATH.
+func clientBinPath(t testing.TB, name string) string {
+	t.Helper()
+	if path := filepath.Join(cluster(t).BinDir(), name); fileExists(path) {
 		return path
 	}
-	path, err := exec.LookPath("psql")
+	path, err := exec.LookPath(name)
 	if err != nil {
-		t.Skip("psql not found")
+		t.Skip(name + " not found")
 	}
 	return path
 }

@@ -711,7 +711,8 @@ func (s *session) finish(cause error) {
 	// query_wait_timeout), once nothing else writes to it.
 	var se *startupError
 	var ue *upstreamError
-	if errors.As(cause, &pe) || errors.As(cause, &se) || errors.As(cause, &ue) || errPanic(cause) {
+	var ce *pgconn.PgError // refused by the tracker (54000)
+	if errors.As(cause, &pe) || errors.As(cause, &se) || errors.As(cause, &ue) || errors.As(cause, &ce) || errPanic(cause) {
 		_ = s.conn.SetWriteDeadline(time.Time{})
 		s.sendError(clientError(cause))
 	}

@@ -316,14 +316,7 @@ func readyEnd(b []byte) int {
 // pgbenchPath finds pgbench next to the cluster's binaries, else on PATH.
 func pgbenchPath(t testing.TB) string {
 	t.Helper()
-	if path := filepath.Join(cluster(t).BinDir(), "pgbench"); fileExists(path) {
-		return path
-	}
-	path, err := exec.LookPath("pgbench")
-	if err != nil {
-		t.Skip("pgbench not found")
-	}
-	return path
+	return clientBinPath(t, "pgbench")
 }
 
 // runPgbench runs pgbench with a libpq environment of its own.
