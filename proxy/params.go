@@ -133,7 +133,11 @@ func paramsSQL(want, have map[string]string) string {
 	return b.String()
 }
 
-func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+// quoteLiteral quotes s as an escape string constant (E'...'), whose meaning does not depend
+// on the server's standard_conforming_strings.
+func quoteLiteral(s string) string {
+	return "E'" + strings.NewReplacer(`\`, `\\`, "'", "''").Replace(s) + "'"
+}
 func quoteIdent(s string) string   { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
 
 // paramsKeyOf returns a canonical form of a parameter set: equal sets, and only they, have
@@ -177,18 +181,20 @@ func (s *session) syncParams(ctx context.Context, c *pool.Conn) error {
 // client changed some with SQL, and makes that the client's view. Called on a server no longer
 // attached; on failure the server's state is unknown and the caller destroys it.
 func (s *session) rereadParams(c *pool.Conn) error {
-	names := txmode.TrackedParams()
-	for n := range s.Params {
-		if !txmode.Tracked(n) {
-			names = append(names, n)
+	// Every parameter the role may set whose value differs from the session's start; those the
+	// tracker does not replay are dropped below (their change pinned the client instead).
+	sql := "SELECT lower(name), pg_catalog.current_setting(name) FROM pg_catalog.pg_settings WHERE context IN ('user', 'superuser') AND setting IS DISTINCT FROM reset_val"
+	s.mu.Lock()
+	if custom := s.CustomParams(); len(custom) > 0 {
+		// Custom parameters are not in pg_settings; an empty one was reset.
+		names := make([]string, len(custom))
+		for i, n := range custom {
+			names[i] = "(" + quoteLiteral(n) + ")"
 		}
+		sql += " UNION ALL SELECT n, v FROM (SELECT n, pg_catalog.current_setting(n, true) AS v FROM (VALUES " +
+			strings.Join(names, ", ") + ") AS c(n)) AS s WHERE v <> ''"
 	}
-	slices.Sort(names)
-	for i, n := range names {
-		names[i] = quoteLiteral(n)
-	}
-	sql := "SELECT lower(name), pg_catalog.current_setting(name) FROM pg_catalog.pg_settings WHERE lower(name) IN (" +
-		strings.Join(names, ", ") + ") AND setting IS DISTINCT FROM reset_val"
+	s.mu.Unlock()
 	ctx, cancel := context.WithTimeout(s.srv.ctx, 10*time.Second)
 	defer cancel()
 	rows, err := c.QueryRows(ctx, sql)
@@ -196,11 +202,15 @@ func (s *session) rereadParams(c *pool.Conn) error {
 		return err
 	}
 	params := make(map[string]string, len(rows))
+	s.mu.Lock()
 	for _, r := range rows {
 		if len(r) == 2 && r[0] != nil && r[1] != nil {
-			params[string(r[0])] = string(r[1])
+			if name := string(r[0]); s.Replays(name) || s.Params[name] != "" {
+				params[name] = string(r[1])
+			}
 		}
 	}
+	s.mu.Unlock()
 	key := paramsKeyOf(params)
 	s.mu.Lock()
 	s.Params, s.ParamsKey = params, key

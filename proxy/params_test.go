@@ -37,9 +37,13 @@ func TestParseOptions(t *testing.T) {
 
 func TestParamsSQL(t *testing.T) {
 	got := paramsSQL(map[string]string{"search_path": `"$user", it's`, "timezone": "UTC"}, map[string]string{"timezone": "UTC", "work_mem": "1MB"})
-	want := `RESET "work_mem"; SELECT pg_catalog.set_config('search_path', '"$user", it''s', false)`
+	want := `RESET "work_mem"; SELECT pg_catalog.set_config(E'search_path', E'"$user", it''s', false)`
 	if got != want {
 		t.Fatalf("paramsSQL =\n%s\nwant\n%s", got, want)
+	}
+	// Backslashes mean the same whatever the server's standard_conforming_strings.
+	if got := paramsSQL(map[string]string{"x.y": "a\\'b"}, nil); got != `SELECT pg_catalog.set_config(E'x.y', E'a\\''b', false)` {
+		t.Errorf("paramsSQL with a backslash = %s", got)
 	}
 	if s := paramsSQL(map[string]string{"a": "1"}, map[string]string{"a": "1"}); s != "" {
 		t.Fatalf("equal params gave %q", s)

@@ -68,6 +68,8 @@ type Server struct {
 
 	// stmts names the prepared statements shared by transaction-mode clients.
 	stmts txmode.Registry
+	// settable keeps each route's replayed parameters (settable.go).
+	settable settableCache
 	// hooks are set by tests only.
 	hooks testHooks
 	// relays runs the sessions' serverToClient loops.
@@ -213,10 +215,7 @@ func (s *Server) registerCancelKey(sess *session) {
 	defer s.cancelMu.Unlock()
 	for {
 		_, _ = rand.Read(b[:])
-		pid := binary.BigEndian.Uint32(b[:4])
-		if pid == 0 {
-			continue
-		}
+		pid := mintedPID(binary.BigEndian.Uint32(b[:4]))
 		if _, taken := s.byPID[pid]; taken {
 			continue
 		}
@@ -226,6 +225,22 @@ func (s *Server) registerCancelKey(sess *session) {
 		return
 	}
 }
+
+// Minted backend PIDs lie above every real process ID (Linux's pid_max is at most 2^22) and
+// within PostgreSQL's int4, so that SQL given one, such as pg_cancel_backend(pid), can never
+// reach an unrelated backend, and the proxy can tell its own PIDs from real ones.
+const (
+	minMintedPID = 1 << 22
+	maxMintedPID = 1<<31 - 1
+)
+
+// mintedPID maps a random number into [minMintedPID, maxMintedPID].
+func mintedPID(r uint32) uint32 {
+	return minMintedPID + r%(maxMintedPID-minMintedPID+1)
+}
+
+// isMintedPID reports whether pid is in the range of PIDs the proxy mints.
+func isMintedPID(pid int64) bool { return pid >= minMintedPID && pid <= maxMintedPID }
 
 func (s *Server) unregisterCancelKey(sess *session) {
 	if sess.cancelPID == 0 {

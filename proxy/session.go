@@ -317,6 +317,9 @@ func (s *session) startup() (ok bool, err error) {
 		pctx, pcancel = context.WithTimeout(s.ctx, d)
 	}
 	params, err := s.pool.ServerParams(pctx)
+	if err == nil && s.txPooling {
+		s.useSettableParams(pctx, params)
+	}
 	pcancel()
 	if err != nil {
 		if s.upstream.User != "" && !s.upstream.HasPassword && authFailure(err) {

@@ -63,7 +63,7 @@ func (t *Tracker) AnswerIdle(f *wire.Frames) []byte {
 				failed = true
 				break
 			}
-			if res := classify.Classify(bytesString(query), isTracked); res.Pin != classify.None {
+			if res := classify.Classify(bytesString(query), t.classifyTracked); res.Pin != classify.None {
 				t.pin(res.Pin)
 			}
 			t.stmts[string(name)] = &ClientStmt{ps: ps}
@@ -97,7 +97,7 @@ func (t *Tracker) knownParse(body []byte) bool {
 	if !ok {
 		return false
 	}
-	res := classify.Classify(bytesString(query), isTracked)
+	res := classify.Classify(bytesString(query), t.classifyTracked)
 	if res.Pin != classify.None && t.refusesState() {
 		return false // the normal path refuses it
 	}

@@ -239,7 +239,7 @@ func (t *Tracker) trackQuery(body []byte, st *ServerState, w *wire.Batch, total 
 	if len(sql) > 0 && sql[len(sql)-1] == 0 {
 		sql = sql[:len(sql)-1]
 	}
-	res := classify.Classify(bytesString(sql), isTracked)
+	res := classify.Classify(bytesString(sql), t.classifyTracked)
 	if res.Statements == 1 && len(res.Deallocate) == 1 && t.TxStatus != 'E' {
 		if t.dropStmt(res.Deallocate[0]) {
 			w.Cut(w.F.R + total)
@@ -296,7 +296,7 @@ func (t *Tracker) trackParse(body []byte, st *ServerState, w *wire.Batch, total 
 	if !ok {
 		return wire.Errorf("malformed Parse message")
 	}
-	res := classify.Classify(bytesString(query), isTracked)
+	res := classify.Classify(bytesString(query), t.classifyTracked)
 	// What executing the statement does to prepared statements, applied at its Bind. A
 	// DEALLOCATE names the client's statement, which the server knows by its shared name, or
 	// another client's shared statement, which it must keep: the text is rewritten for both.

@@ -3,6 +3,8 @@ package txmode
 import (
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 
 	"github.com/pgsidecar/pgsidecar/proxy/classify"
 )
@@ -15,6 +17,13 @@ type Tracker struct {
 	// reg holds the statements shared by every client; lim are the limits the tracker keeps.
 	reg *Registry
 	lim Limits
+	// tracked reports whether a parameter is replayed (see SetReplayed); a session-level change
+	// of any other pins the client. classifyTracked is what the classifier is given: tracked,
+	// noting the custom parameters the client changes (customParams), which pg_settings does
+	// not list and must be read back by name.
+	tracked         func(name string) bool
+	classifyTracked func(name string) bool
+	customParams    []string
 
 	// What the caller must act on after a call (TakeEvents): a pin to count
 	// and log, a batch run again to count and its bytes to send, the attached server to retire
@@ -107,6 +116,8 @@ type Limits struct {
 // Init readies t for a client of a route with limits lim, sharing statements through reg.
 func (t *Tracker) Init(reg *Registry, lim Limits) {
 	t.reg, t.lim = reg, lim
+	t.tracked = isTracked
+	t.classifyTracked = t.noteTracked
 	t.stmts = make(map[string]*ClientStmt)
 	t.TxStatus = 'I'
 }
@@ -159,3 +170,35 @@ func (t *Tracker) Describe(w io.Writer) {
 func (t *Tracker) Stats() Stats {
 	return Stats{Statements: len(t.stmts), Queued: t.resp.len(), QueueCapacity: cap(t.resp.e)}
 }
+
+// SetReplayed sets which parameters the client may change and have replayed on every server it
+// gets (names in lower case); until it is called, the built-in list of TrackedParams. A
+// session-level change of any other parameter pins the client.
+func (t *Tracker) SetReplayed(replayed func(name string) bool) { t.tracked = replayed }
+
+// Replays reports whether the tracker replays parameter name (lower case).
+func (t *Tracker) Replays(name string) bool { return t.tracked(name) }
+
+// maxCustomParams bounds the custom parameters one client may have replayed; changing more
+// pins it.
+const maxCustomParams = 64
+
+// noteTracked is tracked, noting the custom parameters ("a.b") among those replayed.
+func (t *Tracker) noteTracked(name string) bool {
+	if !t.tracked(name) {
+		return false
+	}
+	if !strings.Contains(name, ".") || slices.Contains(t.customParams, name) {
+		return true
+	}
+	if len(t.customParams) >= maxCustomParams {
+		return false
+	}
+	// A copy: the classifier's name may be a view of the client's buffer.
+	t.customParams = append(t.customParams, strings.Clone(name))
+	return true
+}
+
+// CustomParams returns the custom parameters ("a.b") the client has changed: pg_settings does
+// not list them, so they are read back by name.
+func (t *Tracker) CustomParams() []string { return t.customParams }
