@@ -138,7 +138,7 @@ func paramsSQL(want, have map[string]string) string {
 func quoteLiteral(s string) string {
 	return "E'" + strings.NewReplacer(`\`, `\\`, "'", "''").Replace(s) + "'"
 }
-func quoteIdent(s string) string   { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
 
 // paramsKeyOf returns a canonical form of a parameter set: equal sets, and only they, have
 // equal keys. Parameter names and values cannot contain NUL (the protocol ends strings with it).
