@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -502,9 +503,13 @@ func (s *session) relayTrackedLocked(f *wire.Frames, st *txmode.ServerState) (ou
 	return out, ready, status, needWrite, err
 }
 
-// afterTrackLocked carries out what the tracker decided in its last call.
-func (s *session) afterTrackLocked() {
+// afterTrackLocked carries out what the tracker decided in its last call, except the signals
+// of other clients, which it returns (a copy) to be carried out without the lock.
+func (s *session) afterTrackLocked() (signals []txmode.Signal) {
 	e := s.Tracker.TakeEvents()
+	if len(e.Signals) > 0 {
+		signals = slices.Clone(e.Signals)
+	}
 	if e.Pinned != "" {
 		s.srv.metrics.pinned(string(e.Pinned))
 		s.log.Info("client pinned to its server connection", "reason", string(e.Pinned))
@@ -524,6 +529,7 @@ func (s *session) afterTrackLocked() {
 	if e.Wake {
 		s.wrote.Broadcast()
 	}
+	return signals
 }
 
 // detachLocked takes the server from the session after a transaction. When the client changed

@@ -242,6 +242,13 @@ func mintedPID(r uint32) uint32 {
 // isMintedPID reports whether pid is in the range of PIDs the proxy mints.
 func isMintedPID(pid int64) bool { return pid >= minMintedPID && pid <= maxMintedPID }
 
+// sessionByPID returns the logged-in session the proxy gave backend PID pid, or nil.
+func (s *Server) sessionByPID(pid uint32) *session {
+	s.cancelMu.Lock()
+	defer s.cancelMu.Unlock()
+	return s.byPID[pid]
+}
+
 func (s *Server) unregisterCancelKey(sess *session) {
 	if sess.cancelPID == 0 {
 		return

@@ -363,6 +363,7 @@ func (s *session) bindPool() error {
 	}
 	s.txPooling = up.PoolMode != "session"
 	s.Tracker.Init(&s.srv.stmts, trackerLimitsOf(s.srv.cfg, up))
+	s.Tracker.SetSignalTarget(s.maySignal, isMintedPID)
 	s.upstream = up
 	s.txCounter = s.srv.metrics.transactionsFor(up.Database, up.User)
 	s.maxMsg = s.srv.cfg.MaxMessageSize
@@ -529,5 +530,32 @@ func trackerLimitsOf(cfg *config.Config, up config.Upstream) txmode.Limits {
 		Retries:          cfg.Retries,
 		// A server answering 25006 to a route that wants a primary has been demoted.
 		WantsPrimary: up.WantsPrimary,
+	}
+}
+
+// maySignal reports whether this client may cancel or terminate, by SQL, the client the proxy
+// gave backend PID pid: one of the same user, as PostgreSQL allows for a role's own backends.
+// It is called under s.mu and takes only the server's cancel-key lock.
+func (s *session) maySignal(pid int64) bool {
+	target := s.srv.sessionByPID(uint32(pid))
+	return target != nil && target.user == s.user
+}
+
+// carryOutSignals does what the client's SQL calls of pg_cancel_backend and
+// pg_terminate_backend of minted PIDs asked for (the tracker answered them): cancel the target
+// client's running query, as its own CancelRequest would, or end that client with FATAL 57P01,
+// as PostgreSQL ends a terminated backend.
+func (s *session) carryOutSignals(signals []txmode.Signal) {
+	for _, sig := range signals {
+		target := s.srv.sessionByPID(uint32(sig.PID))
+		if target == nil || target.user != s.user {
+			continue // gone meanwhile
+		}
+		ctx, cancel := context.WithTimeout(s.ctx, cancelTimeout)
+		target.cancelRunningQuery(ctx)
+		cancel()
+		if sig.Terminate {
+			target.abort(&pgconn.PgError{Severity: "FATAL", Code: retry.CodeAdminShutdown, Message: "terminating connection due to administrator command"})
+		}
 	}
 }

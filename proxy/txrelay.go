@@ -28,6 +28,9 @@ func (s *session) forwardTracked(f *wire.Frames) error {
 			}
 			continue
 		}
+		// PostgreSQL answers pg_cancel_backend once the signal is sent: before anything
+		// the server answers can release the tracker's reply.
+		s.carryOutSignals(b.signals)
 		if len(b.out) > 0 && b.srv != nil {
 			_, werr := b.srv.Write(b.out)
 			if werr = s.wroteTracked(werr); werr != nil {
@@ -75,12 +78,13 @@ func (s *session) awaitShape() {
 
 // trackedBatch is what scanTracked found in the client's buffered messages.
 type trackedBatch struct {
-	out         []byte     // to write to srv
-	srv         *pool.Conn // the attached server (nil: nothing to write)
-	err         error      // a protocol error after the messages before it
-	terminate   bool       // the client sent Terminate
-	synthAtHead bool       // replies the proxy makes itself are next in line
-	hold        bool       // the scan stopped at a Bind that waits for verifyShape
+	out         []byte          // to write to srv
+	srv         *pool.Conn      // the attached server (nil: nothing to write)
+	err         error           // a protocol error after the messages before it
+	terminate   bool            // the client sent Terminate
+	synthAtHead bool            // replies the proxy makes itself are next in line
+	hold        bool            // the scan stopped at a Bind that waits for verifyShape
+	signals     []txmode.Signal // SQL signals of other clients to carry out before answering
 }
 
 // scanTracked scans the client's buffered messages for forwardTracked under the session lock
@@ -103,8 +107,7 @@ func (s *session) scanTracked(f *wire.Frames) (b trackedBatch, attach bool) {
 		st = stateOf(s.server)
 	}
 	c := s.Tracker.ScanClient(f, st)
-	s.afterTrackLocked()
-	b = trackedBatch{err: c.Err, terminate: c.Terminate, synthAtHead: c.SynthAtHead, hold: c.Hold}
+	b = trackedBatch{err: c.Err, terminate: c.Terminate, synthAtHead: c.SynthAtHead, hold: c.Hold, signals: s.afterTrackLocked()}
 	if len(c.Out) > 0 {
 		b.out, b.srv = c.Out, s.server
 		s.addPendingLocked(c.Requests)

@@ -65,6 +65,19 @@ type Result struct {
 	// ALTER DATABASE, CREATE/DROP TABLESPACE, ALTER SYSTEM, CREATE/ALTER/DROP SUBSCRIPTION, and
 	// anything CONCURRENTLY). The proxy never sends such a statement again once a server got it.
 	CommitsAlone bool
+	// Signal describes the SQL when it is exactly one SELECT of pg_cancel_backend or
+	// pg_terminate_backend of one argument, a constant or a parameter (drivers that cancel a
+	// query by SQL send this): the proxy carries it out itself for a backend PID it minted.
+	Signal Signal
+}
+
+// Signal is a call of pg_cancel_backend(pid) or pg_terminate_backend(pid) that is a whole
+// statement: SELECT [pg_catalog.]pg_cancel_backend(pid) with pid an integer constant, or $n,
+// optionally cast to an integer type. Func is "" when the SQL is not one.
+type Signal struct {
+	Func  string // "pg_cancel_backend" or "pg_terminate_backend"
+	PID   int64  // the constant, when Param is 0
+	Param int    // n of $n, 0 for a constant
 }
 
 // Classify describes sql: the text of a simple-protocol Query, which may hold
@@ -93,6 +106,8 @@ func Classify(sql string, tracked func(param string) bool) Result {
 		c.res.Statements++
 		if c.res.Statements == 1 {
 			c.res.Plain = true
+		} else {
+			c.res.Signal = Signal{} // only a statement on its own
 		}
 		start := stmt{lx: lx}
 		v := c.statement(start)
@@ -200,7 +215,12 @@ func (c *classifier) statement(st stmt) verb {
 		c.res.CommitsAlone = true
 	}
 	switch lowerKeyword(t.text) {
-	case "select", "with":
+	case "select":
+		if c.res.Statements == 1 {
+			c.res.Signal = signal(st)
+		}
+		return verbSelect
+	case "with":
 		return verbSelect
 	case "create":
 		c.create(&st)
@@ -268,6 +288,82 @@ func commitsAlone(t token, st stmt) bool {
 		return false
 	}
 	return object.kw("database") || object.kw("tablespace") || object.kw("subscription")
+}
+
+// signal matches the rest of a SELECT (st after the keyword) against a call of
+// pg_cancel_backend or pg_terminate_backend that is the whole statement.
+func signal(st stmt) Signal {
+	t := st.next()
+	if t.kw("pg_catalog") {
+		if !st.next().is(".") {
+			return Signal{}
+		}
+		t = st.next()
+	}
+	var sig Signal
+	switch {
+	case t.kw("pg_cancel_backend"):
+		sig.Func = "pg_cancel_backend"
+	case t.kw("pg_terminate_backend"):
+		sig.Func = "pg_terminate_backend"
+	default:
+		return Signal{}
+	}
+	if !st.next().is("(") {
+		return Signal{}
+	}
+	switch arg := st.next(); arg.kind {
+	case tokNumber:
+		n, ok := parseInt(arg.text)
+		if !ok {
+			return Signal{}
+		}
+		sig.PID = n
+	case tokString:
+		// A quoted integer, as drivers that interpolate parameters send it: '123'.
+		if len(arg.text) < 3 || arg.text[0] != '\'' || arg.text[len(arg.text)-1] != '\'' {
+			return Signal{}
+		}
+		n, ok := parseInt(arg.text[1 : len(arg.text)-1])
+		if !ok {
+			return Signal{}
+		}
+		sig.PID = n
+	case tokParam:
+		n, ok := parseInt(arg.text[1:])
+		if !ok || n < 1 || n > 65535 {
+			return Signal{}
+		}
+		sig.Param = int(n)
+	default:
+		return Signal{}
+	}
+	t = st.next()
+	if t.is("::") {
+		if typ := st.next(); !typ.kw("int") && !typ.kw("int4") && !typ.kw("integer") && !typ.kw("int8") && !typ.kw("bigint") {
+			return Signal{}
+		}
+		t = st.next()
+	}
+	if !t.is(")") || st.next().kind != tokEOF {
+		return Signal{}
+	}
+	return sig
+}
+
+// parseInt reads a decimal integer of at most 18 digits.
+func parseInt(s string) (int64, bool) {
+	if s == "" || len(s) > 18 {
+		return 0, false
+	}
+	var n int64
+	for i := 0; i < len(s); i++ {
+		if !isDigit(s[i]) {
+			return 0, false
+		}
+		n = n*10 + int64(s[i]-'0')
+	}
+	return n, true
 }
 
 // keywords are the statement keywords statement looks for; lowerKeyword

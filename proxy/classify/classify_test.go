@@ -537,3 +537,30 @@ func TestClassifyRetrySafety(t *testing.T) {
 		}
 	}
 }
+
+func TestClassifySignal(t *testing.T) {
+	cases := []struct {
+		sql  string
+		want Signal
+	}{
+		{"select pg_cancel_backend(4194305)", Signal{Func: "pg_cancel_backend", PID: 4194305}},
+		{"SELECT pg_catalog.PG_TERMINATE_BACKEND($1);", Signal{Func: "pg_terminate_backend", Param: 1}},
+		{"select pg_cancel_backend($2::int4)", Signal{Func: "pg_cancel_backend", Param: 2}},
+		{"select pg_cancel_backend ( 12 :: integer )", Signal{Func: "pg_cancel_backend", PID: 12}},
+		{"select pg_cancel_backend(pid) from pg_stat_activity", Signal{}},
+		{"select pg_cancel_backend(1), 2", Signal{}},
+		{"select pg_cancel_backend(1); select 1", Signal{}},
+		{"select 1; select pg_cancel_backend(1)", Signal{}},
+		{"select pg_terminate_backend($1, 1000)", Signal{}},
+		{"select myschema.pg_cancel_backend(1)", Signal{}},
+		{"select pg_cancel_backend( '1216176256' )", Signal{Func: "pg_cancel_backend", PID: 1216176256}},
+		{"select pg_cancel_backend(E'1')", Signal{}},
+		{"select pg_cancel_backend('1x')", Signal{}},
+		{"select 1", Signal{}},
+	}
+	for _, tc := range cases {
+		if got := Classify(tc.sql, nil).Signal; got != tc.want {
+			t.Errorf("Classify(%q).Signal = %+v, want %+v", tc.sql, got, tc.want)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package txmode
 import (
 	"bytes"
 	"fmt"
+	"os"
 	"strings"
 	"unsafe"
 
@@ -186,8 +187,20 @@ scan:
 			t.trackClose(body, &w, total)
 		case 'E':
 			unsynced = 1
+			if c := t.call; c != nil && whole {
+				if portal, _, ok := wire.CString(body); ok && string(portal) == c.portal {
+					var reply []byte
+					if !c.result {
+						reply = signalWarning(reply, c.pid)
+					}
+					w.Cut(f.R + total)
+					t.resp.push(Entry{synth: signalReply(reply, c.fn, c.result, false, true, resultFormat(c.formats))})
+					break
+				}
+			}
 			t.resp.push(Entry{msg: 'E'})
 		case 'S':
+			t.call = nil
 			t.resp.push(Entry{msg: 'S'})
 			requests++
 			unsynced = 0
@@ -240,12 +253,26 @@ func (t *Tracker) trackQuery(body []byte, st *ServerState, w *wire.Batch, total 
 		sql = sql[:len(sql)-1]
 	}
 	res := classify.Classify(bytesString(sql), t.classifyTracked)
+	if strings.Contains(string(sql), "backend") {
+		fmt.Fprintf(os.Stderr, "DEBUG %q %+v\n", sql, res.Signal)
+	}
 	if res.Statements == 1 && len(res.Deallocate) == 1 && t.TxStatus != 'E' {
 		if t.dropStmt(res.Deallocate[0]) {
 			w.Cut(w.F.R + total)
 			t.resp.push(Entry{synth: wire.AppendCommandComplete(nil, "DEALLOCATE"), ready: true})
 			return false
 		}
+	}
+	if sig := res.Signal; sig.Param == 0 && t.answersSignal(sig, sig.PID) {
+		// pg_cancel_backend of a PID the proxy minted: answered here (signal.go).
+		ok := t.signal(sig.Func, sig.PID)
+		w.Cut(w.F.R + total)
+		var reply []byte
+		if !ok {
+			reply = signalWarning(reply, sig.PID)
+		}
+		t.resp.push(Entry{synth: signalReply(reply, sig.Func, ok, true, true, 0), ready: true})
+		return false
 	}
 	if name, foreign := t.foreignDeallocate(res.Deallocate); foreign {
 		// Another client's shared statement: the server must not lose it. The server raises
@@ -333,6 +360,7 @@ func (t *Tracker) trackParse(body []byte, st *ServerState, w *wire.Batch, total 
 		}
 		t.unnamedCommits = res.CommitsAlone
 		t.unnamedEffect = effect
+		t.unnamedSignal = res.Signal
 		t.unnamedSeq++
 		st.unnamedBy, st.unnamedSeq = t, t.unnamedSeq
 		t.resp.push(Entry{msg: 'P', unnamed: true})
@@ -456,6 +484,25 @@ func (t *Tracker) trackBind(body []byte, st *ServerState, w *wire.Batch, total i
 		}
 		return 0, false, wire.Errorf("malformed Bind message")
 	}
+	t.call = nil
+	sig := t.unnamedSignal
+	if len(name) != 0 {
+		if cs, ok := t.stmts[string(name)]; ok {
+			sig = cs.ps.signal
+		} else {
+			sig = classify.Signal{}
+		}
+	}
+	if sig.Func != "" && sig.Param > 0 && len(body) == total-5 {
+		if pid, formats, ok := bindArgs(body, sig.Param); ok && t.answersSignal(sig, pid) {
+			// pg_cancel_backend($1) of a PID the proxy minted: this portal is answered
+			// here, its Describe and Execute too (signal.go).
+			t.call = &signalCall{portal: string(portal), fn: sig.Func, pid: pid, result: t.signal(sig.Func, pid), formats: formats}
+			w.Cut(w.F.R + total)
+			t.resp.push(Entry{synth: []byte{'2', 0, 0, 0, 4}})
+			return 0, false, nil
+		}
+	}
 	if len(name) == 0 {
 		t.ensureUnnamed(st, w)
 		t.resp.push(Entry{msg: 'B', commits: t.unnamedCommits})
@@ -520,6 +567,11 @@ func (t *Tracker) trackDescribe(body []byte, st *ServerState, w *wire.Batch, tot
 		return wire.Errorf("malformed Describe message")
 	}
 	if body[0] != 'S' {
+		if c := t.call; c != nil && string(name) == c.portal {
+			w.Cut(w.F.R + total)
+			t.resp.push(Entry{synth: signalReply(nil, c.fn, c.result, true, false, resultFormat(c.formats))})
+			return nil
+		}
 		t.resp.push(Entry{msg: 'D', portal: true})
 		return nil
 	}

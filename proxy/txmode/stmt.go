@@ -28,6 +28,9 @@ type Stmt struct {
 	commits bool
 	// effect is what executing the statement does to prepared statements.
 	effect Effect
+	// signal is set when the statement is a call of pg_cancel_backend or pg_terminate_backend
+	// of its parameter (signal.go).
+	signal classify.Signal
 	// valid is set once a server accepted the Parse: later Parses of the same text can be
 	// answered by the proxy without a server.
 	valid atomic.Bool
@@ -98,7 +101,9 @@ func (r *Registry) get(query, paramTypes []byte, effect Effect) *Stmt {
 	parse = append(parse, paramTypes...)
 	// The key is a view of the Parse message, which is never modified: the text is held once.
 	key := bytesString(parse[keyStart:])
-	st := &Stmt{name: name, parse: parse, key: key, refs: 1, commits: classify.Classify(bytesString(query), nil).CommitsAlone, effect: effect}
+	st := &Stmt{name: name, parse: parse, key: key, refs: 1, effect: effect}
+	res := classify.Classify(bytesString(query), nil)
+	st.commits, st.signal = res.CommitsAlone, res.Signal
 	r.byKey[key] = st
 	r.bytes += len(parse)
 	return st

@@ -21,6 +21,14 @@ type Tracker struct {
 	// of any other pins the client. classifyTracked is what the classifier is given: tracked,
 	// noting the custom parameters the client changes (customParams), which pg_settings does
 	// not list and must be read back by name.
+	// signalTarget and minted decide calls of pg_cancel_backend for minted PIDs (signal.go);
+	// signals are the calls to carry out; call is one being answered through the extended
+	// protocol; unnamedSignal is the unnamed statement's call, if it is one.
+	signalTarget    SignalTarget
+	minted          func(pid int64) bool
+	signals         []Signal
+	call            *signalCall
+	unnamedSignal   classify.Signal
 	tracked         func(name string) bool
 	classifyTracked func(name string) bool
 	customParams    []string
@@ -141,11 +149,15 @@ type Events struct {
 	Retire bool
 	// Wake asks to wake whoever waits for a reply (a statement's shape is in).
 	Wake bool
+	// Signals are SQL calls of pg_cancel_backend/pg_terminate_backend of minted PIDs, answered
+	// by the tracker, for the caller to carry out; valid until the tracker's next call.
+	Signals []Signal
 }
 
 // TakeEvents returns the events of the calls since the last TakeEvents.
 func (t *Tracker) TakeEvents() Events {
-	e := Events{Pinned: t.newPin, Resend: t.resend, RerunReason: t.rerunReason, Retire: t.retire, Wake: t.wake}
+	e := Events{Pinned: t.newPin, Resend: t.resend, RerunReason: t.rerunReason, Retire: t.retire, Wake: t.wake, Signals: t.signals}
+	t.signals = t.signals[:0]
 	t.newPin, t.rerunReason, t.retire, t.wake = "", "", false, false
 	t.resend = keepScratch(t.resend[:0])
 	return e
