@@ -307,7 +307,7 @@ func (t *Tracker) trackQuery(body []byte, st *ServerState, w *wire.Batch, total 
 	}
 	// A simple Query destroys the unnamed statement, on the server and so for the client.
 	st.unnamedBy = nil
-	t.unnamedParse = t.unnamedParse[:0]
+	t.forgetUnnamed()
 	t.resp.push(Entry{msg: 'Q', single: res.Statements == 1, plain: res.Plain, commits: res.CommitsAlone})
 	return true
 }
@@ -607,7 +607,7 @@ func (t *Tracker) trackClose(body []byte, w *wire.Batch, total int) {
 	}
 	name, _, _ := wire.CString(body[1:])
 	if len(name) == 0 {
-		t.unnamedParse = t.unnamedParse[:0]
+		t.forgetUnnamed()
 		t.resp.push(Entry{msg: 'C'})
 		return
 	}
@@ -636,7 +636,7 @@ func (t *Tracker) dropStmt(name string) bool {
 // DropStatements forgets every statement the client prepared.
 func (t *Tracker) DropStatements() {
 	t.dropNamedStmts()
-	t.unnamedParse = t.unnamedParse[:0]
+	t.forgetUnnamed()
 }
 
 // pin keeps the client on its current server for the rest of its session.

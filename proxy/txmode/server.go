@@ -291,7 +291,7 @@ func (t *Tracker) failEntry(e *Entry, st *ServerState) {
 		}
 		if !e.swallow {
 			// The client's own Parse failed: like PostgreSQL, it has no unnamed statement now.
-			t.unnamedParse = t.unnamedParse[:0]
+			t.forgetUnnamed()
 		}
 		return
 	}

@@ -214,3 +214,10 @@ func (t *Tracker) noteTracked(name string) bool {
 // CustomParams returns the custom parameters ("a.b") the client has changed: pg_settings does
 // not list them, so they are read back by name.
 func (t *Tracker) CustomParams() []string { return t.customParams }
+
+// forgetUnnamed forgets the client's unnamed statement, as PostgreSQL does after a simple Query,
+// a Close of it or a failed Parse.
+func (t *Tracker) forgetUnnamed() {
+	t.unnamedParse = t.unnamedParse[:0]
+	t.unnamedCommits, t.unnamedEffect, t.unnamedSignal = false, Effect{}, classify.Signal{}
+}
