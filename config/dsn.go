@@ -69,6 +69,9 @@ func parseDSN(s string) (*dsn, error) {
 	return &dsn{pairs: pairs}, nil
 }
 
+// errAuthorityAt refuses a URL whose user name or password holds a raw '@'.
+var errAuthorityAt = errors.New("the URL's user:password@host part has more than one '@': percent-encode an '@' in the user name or password as %40")
+
 func parseURL(s string) (*dsn, error) {
 	d := &dsn{isURL: true}
 	prefix := "postgres://"
@@ -77,6 +80,15 @@ func parseURL(s string) (*dsn, error) {
 	}
 	d.prefix = prefix
 	p := s[len(prefix):]
+	authority := p
+	if i := strings.IndexAny(p, "/?"); i >= 0 {
+		authority = p[:i]
+	}
+	if strings.Count(authority, "@") > 1 {
+		// libpq would take the first '@' as the end of the password and the rest of the
+		// password as part of the host name, where no redaction finds it.
+		return nil, errAuthorityAt
+	}
 	// Like libpq, only a '/' ends the search for the userinfo terminator.
 	if i := strings.IndexAny(p, "@/"); i >= 0 && p[i] == '@' {
 		d.hasUserinfo = true
@@ -457,6 +469,12 @@ func RedactDSN(dsn string) string {
 	d, err := parseDSN(dsn)
 	if err == nil {
 		return d.redacted()
+	}
+	if isURLForm(dsn) {
+		// An unparseable URL: where its password ends is unknown, so nothing after the
+		// scheme is shown.
+		prefix, _, _ := strings.Cut(dsn, "://")
+		return prefix + "://" + redacted + "@..."
 	}
 	// Unparseable keyword/value string: keep only what precedes the first
 	// thing that may be a password.

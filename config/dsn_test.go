@@ -20,7 +20,8 @@ func TestRedactDSN(t *testing.T) {
 			"postgresql://app:xxxxx@h1:5432,h2:5433/app"},
 		{"postgres://app@[::1]:5432/app?password=hunter2&sslpassword=hunter2&application_name=x",
 			"postgres://app@[::1]:5432/app?password=xxxxx&sslpassword=xxxxx&application_name=x"},
-		{"postgres://app:hun@ter2@db/app", "postgres://app:xxxxx@ter2@db/app"},
+		// A raw '@' in the password: refused by validation, and nothing of it shown.
+		{"postgres://app:hun@ter2@db/app", "postgres://xxxxx@..."},
 		{"postgres://db.example.com/app", "postgres://db.example.com/app"},
 		{"host=db.example.com user=app password=hunter2 dbname=app",
 			"host=db.example.com user=app password=xxxxx dbname=app"},

@@ -120,6 +120,7 @@ func TestValidateCases(t *testing.T) {
 		{"route without upstream", func(c *Config) { c.DatabaseURL = ""; c.Routes = []Route{{Database: "x"}} }, "routes[0].dsn: is empty and database_url is not set"},
 		{"no database_url and no routes is fine", func(c *Config) { c.DatabaseURL = "" }, ""},
 		{"route bad dsn", func(c *Config) { c.Routes = []Route{{Database: "x", DSN: "host=h password='s3cr3t"}} }, "routes[0].dsn: cannot parse"},
+		{"raw @ in a URL password", func(c *Config) { c.DatabaseURL = "postgres://app:s3cr@tPass@db/app" }, "percent-encode an '@' in the user name or password as %40"},
 		{"route star upstream", func(c *Config) { c.Routes = []Route{{Database: "*", UpstreamUser: "*"}} }, `routes[0].upstream_user: must be a user name, not "*"`},
 		{"route negative pool", func(c *Config) { c.Routes = []Route{{Database: "*", PoolSize: -1}} }, "routes[0].pool_size: must not be negative"},
 		{"kv database_url", func(c *Config) { c.DatabaseURL = "host=db.example.com port=5432 user=app password='p w'" }, ""},
@@ -163,7 +164,7 @@ func TestValidateCases(t *testing.T) {
 			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
 				t.Errorf("error %v, want %q", err, tt.wantErr)
 			}
-			if err != nil && strings.Contains(err.Error(), "s3cr3t") {
+			if err != nil && (strings.Contains(err.Error(), "s3cr3t") || strings.Contains(err.Error(), "s3cr") || strings.Contains(err.Error(), "tPass")) {
 				t.Errorf("error leaks a password: %v", err)
 			}
 		})

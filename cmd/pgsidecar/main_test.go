@@ -180,6 +180,16 @@ func TestConfigSubcommands(t *testing.T) {
 			t.Errorf("error output lacks %q:\n%s", want, errOut.String())
 		}
 	}
+	// A raw '@' in a URL's password: refused, with the advice, and no part of the password.
+	out.Reset()
+	errOut.Reset()
+	rawAt := []string{"DATABASE_URL=postgres://app:s3cr@tPass@db/app", "PGSIDECAR_PROFILE=production"}
+	if code := run(context.Background(), []string{"config", "check"}, rawAt, &out, &errOut, nil); code != exitBadUsage {
+		t.Fatalf("config check of a raw '@' URL: exit %d, want %d", code, exitBadUsage)
+	}
+	if got := out.String() + errOut.String(); !strings.Contains(got, "%40") || strings.Contains(got, "s3cr") || strings.Contains(got, "tPass") {
+		t.Errorf("config check output for a raw '@' URL:\n%s", got)
+	}
 }
 
 // A misspelt subcommand or a stray argument must stop with a usage error, not start a proxy
