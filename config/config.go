@@ -72,14 +72,17 @@ type Config struct {
 	IdleTransactionTimeout time.Duration
 	ClientIdleTimeout      time.Duration
 	ClientLoginTimeout     time.Duration
-	TCPKeepAlive           bool
-	TCPKeepIdle            time.Duration
-	TCPKeepInterval        time.Duration
-	TCPKeepCount           int
-	TCPUserTimeout         time.Duration
-	DNSMaxTTL              time.Duration
-	MaxMessageSize         int
-	MaxPreparedStatements  int
+	// ClientWriteTimeout ends a client a write to which stays blocked this long (it reads
+	// nothing); 0 = never.
+	ClientWriteTimeout    time.Duration
+	TCPKeepAlive          bool
+	TCPKeepIdle           time.Duration
+	TCPKeepInterval       time.Duration
+	TCPKeepCount          int
+	TCPUserTimeout        time.Duration
+	DNSMaxTTL             time.Duration
+	MaxMessageSize        int
+	MaxPreparedStatements int
 	// MaxClientPreparedStatements bounds the named prepared statements one client may hold in
 	// transaction mode; a Parse beyond it fails with 53400. 0 = no limit.
 	MaxClientPreparedStatements int
@@ -181,6 +184,7 @@ func Defaults(profile string) Config {
 		IdleTransactionTimeout:      0,
 		ClientIdleTimeout:           0,
 		ClientLoginTimeout:          60 * time.Second,
+		ClientWriteTimeout:          60 * time.Second,
 		MaxMessageSize:              1 << 30,
 		MaxPreparedStatements:       200,
 		MaxClientPreparedStatements: 1000,
@@ -271,6 +275,7 @@ type printed struct {
 	IdleTransactionTimeout      string         `yaml:"idle_transaction_timeout"`
 	ClientIdleTimeout           string         `yaml:"client_idle_timeout"`
 	ClientLoginTimeout          string         `yaml:"client_login_timeout"`
+	ClientWriteTimeout          string         `yaml:"client_write_timeout"`
 	TCPKeepAlive                bool           `yaml:"tcp_keepalive"`
 	TCPKeepIdle                 string         `yaml:"tcp_keepidle"`
 	TCPKeepInterval             string         `yaml:"tcp_keepintvl"`
@@ -347,6 +352,7 @@ func (c *Config) printable() printed {
 		IdleTransactionTimeout:      d(c.IdleTransactionTimeout),
 		ClientIdleTimeout:           d(c.ClientIdleTimeout),
 		ClientLoginTimeout:          d(c.ClientLoginTimeout),
+		ClientWriteTimeout:          d(c.ClientWriteTimeout),
 		TCPKeepAlive:                c.TCPKeepAlive,
 		TCPKeepIdle:                 d(c.TCPKeepIdle),
 		TCPKeepInterval:             d(c.TCPKeepInterval),

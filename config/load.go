@@ -73,6 +73,7 @@ var settings = []setting{
 	{"retry_max_delay", kindDuration, func(c *Config) any { return &c.RetryMaxDelay }, `cap of the exponential backoff between dial attempts and request re-sends; 0 means 2s (default 2s)`},
 	{"idle_transaction_timeout", kindDuration, func(c *Config) any { return &c.IdleTransactionTimeout }, `disconnect a client idle in a transaction this long; 0 off (default 0)`},
 	{"client_idle_timeout", kindDuration, func(c *Config) any { return &c.ClientIdleTimeout }, `disconnect a client idle this long; 0 off (default 0)`},
+	{"client_write_timeout", kindDuration, func(c *Config) any { return &c.ClientWriteTimeout }, `end a client a write to which stays blocked this long (it reads nothing); 0 never (default 60s)`},
 	{"client_login_timeout", kindDuration, func(c *Config) any { return &c.ClientLoginTimeout }, `time a client has to complete startup and authentication; 0 none (default 60s)`},
 	{"tcp_keepalive", kindBool, func(c *Config) any { return &c.TCPKeepAlive }, `TCP keepalive probes on client and server sockets (default true)`},
 	{"tcp_keepidle", kindDuration, func(c *Config) any { return &c.TCPKeepIdle }, `idle time before the first keepalive probe, whole seconds; 0 = Go's 15s (default 30s)`},

@@ -167,6 +167,7 @@ func (c *Config) Validate() error {
 		{"idle_transaction_timeout", c.IdleTransactionTimeout},
 		{"client_idle_timeout", c.ClientIdleTimeout},
 		{"client_login_timeout", c.ClientLoginTimeout},
+		{"client_write_timeout", c.ClientWriteTimeout},
 		{"tcp_keepidle", c.TCPKeepIdle},
 		{"tcp_keepintvl", c.TCPKeepInterval},
 		{"tcp_user_timeout", c.TCPUserTimeout},

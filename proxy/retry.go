@@ -380,11 +380,21 @@ func (s *session) queryTimedOut() {
 		return
 	}
 	if cancelled {
-		s.log.Warn("server did not answer a cancelled query; closing its connection")
 		s.mu.Lock()
 		s.abandoned = true
 		s.mu.Unlock()
 		_ = srv.Close()
+		if s.wmu.TryLock() {
+			s.wmu.Unlock()
+			s.log.Warn("server did not answer a cancelled query; closing its connection")
+			return
+		}
+		// A write to the client holds wmu: the client is not reading its result, which is
+		// why the reply never arrived. It is closed, so that the write fails, the session
+		// ends and the server's slot is freed now, not when the client reads again.
+		s.log.Warn("client does not read its result; closing it and its server connection")
+		_ = s.conn.SetWriteDeadline(time.Now())
+		_ = s.conn.Close()
 		return
 	}
 	s.log.Info("query_timeout reached: cancelling the server query", "query_timeout", s.srv.cfg.QueryTimeout)

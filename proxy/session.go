@@ -348,7 +348,10 @@ func (s *session) startup() (ok bool, err error) {
 	_ = s.conn.SetDeadline(time.Time{})
 	s.cio = s.conn
 	if raw := rawio.New(s.conn); raw != nil {
+		raw.SetWriteTimeout(s.srv.cfg.ClientWriteTimeout)
 		s.cio = raw
+	} else if d := s.srv.cfg.ClientWriteTimeout; d > 0 {
+		s.cio = &writeTimeoutConn{Conn: s.conn, timeout: d}
 	}
 	loggedIn = true
 	s.log.Debug("client logged in")
@@ -511,9 +514,12 @@ func (s *session) shutdownIfIdle() {
 // abort tells the client why and closes its connection at once; a client that does not read
 // gets only a moment to take the error.
 func (s *session) abort(e *pgconn.PgError) {
+	// The deadline unblocks a relay write that holds wmu; set again once wmu is had, as that
+	// write may have cleared it (client_write_timeout).
 	_ = s.conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 	buf := wire.AppendErrorResponse(nil, e)
 	s.wmu.Lock()
+	_ = s.conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 	_, _ = s.conn.Write(buf)
 	s.wmu.Unlock()
 	_ = s.conn.Close()
@@ -558,4 +564,18 @@ func (s *session) carryOutSignals(signals []txmode.Signal) {
 			target.abort(&pgconn.PgError{Severity: "FATAL", Code: retry.CodeAdminShutdown, Message: "terminating connection due to administrator command"})
 		}
 	}
+}
+
+// writeTimeoutConn is a client connection that is not plain TCP (TLS) with client_write_timeout:
+// every write gets the deadline.
+type writeTimeoutConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (c *writeTimeoutConn) Write(b []byte) (int, error) {
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+	n, err := c.Conn.Write(b)
+	_ = c.Conn.SetWriteDeadline(time.Time{})
+	return n, err
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -23,6 +24,11 @@ import (
 // arguments in the struct so that the callbacks, bound once, allocate nothing per call.
 type Conn struct {
 	rc syscall.RawConn
+	tc *net.TCPConn
+	// writeTimeout bounds how long a Write may stay blocked (0: no bound); writeOnceFn makes
+	// the one attempt that needs no deadline.
+	writeTimeout time.Duration
+	writeOnceFn  func(fd uintptr) bool
 
 	rbuf    []byte
 	rn      int
@@ -45,9 +51,13 @@ func New(conn net.Conn) *Conn {
 	if err != nil {
 		return nil
 	}
-	r := &Conn{rc: rc}
+	r := &Conn{rc: rc, tc: tc}
 	r.readFn = r.doRead
 	r.writeFn = r.doWrite
+	r.writeOnceFn = func(fd uintptr) bool {
+		r.doWrite(fd)
+		return true // no wait for the poller: the caller sets a deadline first
+	}
 	return r
 }
 
@@ -106,13 +116,29 @@ func (r *Conn) doWrite(fd uintptr) bool {
 	return true
 }
 
+// SetWriteTimeout bounds how long a Write may wait for the peer to take its bytes: a Write
+// that would block gets a write deadline d from then on (0: none). A Write that does not block
+// costs no deadline.
+func (r *Conn) SetWriteTimeout(d time.Duration) { r.writeTimeout = d }
+
 // Write writes all of p like net.Conn.Write (deadlines set on the conn apply).
 func (r *Conn) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
 	r.wbuf, r.wn, r.werr = p, 0, 0
-	err := r.rc.Write(r.writeFn)
+	if r.writeTimeout > 0 {
+		if err := r.rc.Write(r.writeOnceFn); err != nil || r.werr != 0 || r.wn == len(p) {
+			return r.finishWrite(err)
+		}
+		_ = r.tc.SetWriteDeadline(time.Now().Add(r.writeTimeout))
+		defer func() { _ = r.tc.SetWriteDeadline(time.Time{}) }()
+	}
+	return r.finishWrite(r.rc.Write(r.writeFn))
+}
+
+// finishWrite returns Write's result after the poller's err.
+func (r *Conn) finishWrite(err error) (int, error) {
 	n := r.wn
 	r.wbuf = nil
 	if err != nil {

@@ -111,6 +111,17 @@ func TestNoAllocs(t *testing.T) {
 	if allocs != 0 {
 		t.Fatalf("%v allocations per round trip, want 0", allocs)
 	}
+	ra.SetWriteTimeout(time.Minute) // a write that does not block costs no deadline either
+	if allocs := testing.AllocsPerRun(200, func() {
+		if _, err := ra.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(rb, buf[:len(msg)]); err != nil {
+			t.Fatal(err)
+		}
+	}); allocs != 0 {
+		t.Fatalf("%v allocations per round trip with a write timeout, want 0", allocs)
+	}
 }
 
 func BenchmarkRoundTrip(b *testing.B) {
@@ -153,5 +164,28 @@ func BenchmarkRoundTrip(b *testing.B) {
 		if _, err := io.ReadFull(r, buf[:len(msg)]); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestWriteTimeout: a Write to a peer that reads nothing fails after the write timeout, and
+// writes that do not block are unaffected (no deadline is left behind).
+func TestWriteTimeout(t *testing.T) {
+	a, b := pair(t)
+	r := New(a)
+	r.SetWriteTimeout(200 * time.Millisecond)
+	if _, err := r.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(b, buf); err != nil || string(buf) != "hello" {
+		t.Fatalf("read %q, %v", buf, err)
+	}
+	start := time.Now()
+	_, err := r.Write(make([]byte, 64<<20))
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("blocked write: %v, want a deadline error", err)
+	}
+	if d := time.Since(start); d < 150*time.Millisecond || d > 5*time.Second {
+		t.Errorf("blocked write failed after %v, want about 200ms", d)
 	}
 }
