@@ -88,6 +88,8 @@ type session struct {
 	upstream config.Upstream
 	// rereading is closed once the parameters the client changed have been read back.
 	rereading chan struct{}
+	// loggedIn is set once the login is over (see shutdownIfIdle).
+	loggedIn bool
 	// retrying holds off clientToServer while the last batch moves to a new server.
 	retrying bool
 	// retryErr is why a retry could not get another server; the client is told.
@@ -161,6 +163,10 @@ func (s *session) relay() {
 	defer s.end()
 	defer s.srv.clients.Add(-1)
 	defer s.srv.unregisterCancelKey(s)
+	if s.srv.draining.Load() {
+		// Logged in while the proxy began shutting down, after it told the idle clients.
+		s.shutdownIfIdle()
+	}
 	cause := s.protect("client loop", s.clientToServer)
 	if err := s.protect("session cleanup", func() error { s.finish(cause); return nil }); err != nil {
 		s.destroyServerAfterPanic()
@@ -243,7 +249,10 @@ func (s *session) startup() (ok bool, err error) {
 			if err := tc.HandshakeContext(s.ctx); err != nil {
 				return false, fmt.Errorf("tls handshake: %w", err)
 			}
+			// Under the lock: Shutdown may abort a session still logging in.
+			s.mu.Lock()
 			s.conn = tc
+			s.mu.Unlock()
 			continue
 		case codeGSSENCRequest:
 			if gssAsked {
@@ -354,6 +363,9 @@ func (s *session) startup() (ok bool, err error) {
 		s.cio = &writeTimeoutConn{Conn: s.conn, timeout: d}
 	}
 	loggedIn = true
+	s.mu.Lock()
+	s.loggedIn = true
+	s.mu.Unlock()
 	s.log.Debug("client logged in")
 	return true, nil
 }
@@ -502,7 +514,9 @@ func (s *session) awaitCancels() {
 // it; busy clients finish their transaction first.
 func (s *session) shutdownIfIdle() {
 	s.mu.Lock()
-	idle := s.server == nil && s.txPooling && s.pool != nil
+	// A login in progress writes txPooling and pool without the lock: they are read only once
+	// loggedIn, set under it after them, says the login is over.
+	idle := s.loggedIn && s.server == nil && s.txPooling
 	s.mu.Unlock()
 	if !idle {
 		return
@@ -514,15 +528,18 @@ func (s *session) shutdownIfIdle() {
 // abort tells the client why and closes its connection at once; a client that does not read
 // gets only a moment to take the error.
 func (s *session) abort(e *pgconn.PgError) {
+	s.mu.Lock()
+	conn := s.conn // a login in progress may be switching it to TLS
+	s.mu.Unlock()
 	// The deadline unblocks a relay write that holds wmu; set again once wmu is had, as that
 	// write may have cleared it (client_write_timeout).
-	_ = s.conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	_ = conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 	buf := wire.AppendErrorResponse(nil, e)
 	s.wmu.Lock()
-	_ = s.conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-	_, _ = s.conn.Write(buf)
+	_ = conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	_, _ = conn.Write(buf)
 	s.wmu.Unlock()
-	_ = s.conn.Close()
+	_ = conn.Close()
 }
 
 // trackerLimitsOf returns the limits of cfg for a client of route up.
