@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/pool"
+	"github.com/pgsidecar/pgsidecar/proxy/classify"
 	"github.com/pgsidecar/pgsidecar/proxy/txmode"
 )
 
@@ -214,7 +215,17 @@ func (s *session) rereadParams(c *pool.Conn) error {
 	key := paramsKeyOf(params)
 	s.mu.Lock()
 	s.Params, s.ParamsKey = params, key
+	pin := s.Pinned == "" && s.txPooling && classify.UnsafeEncoding(params["client_encoding"])
+	if pin {
+		// The client switched to an encoding the classifier cannot read: it keeps the next
+		// server it gets (see session.startup).
+		s.Pinned = classify.ClientEncoding
+	}
 	s.mu.Unlock()
+	if pin {
+		s.srv.metrics.pinned(string(classify.ClientEncoding))
+		s.log.Info("client pinned to its server connection", "reason", string(classify.ClientEncoding))
+	}
 	st := stateOf(c)
 	st.Params, st.ParamsKey = maps.Clone(params), key
 	return nil

@@ -349,6 +349,12 @@ func (s *session) startup() (ok bool, err error) {
 		s.Pinned = classify.SetUntracked
 		s.srv.metrics.pinned(string(s.Pinned))
 	}
+	if s.Pinned == "" && classify.UnsafeEncoding(s.Params["client_encoding"]) {
+		// In these encodings a character's second byte can be a quote or a backslash, so the
+		// classifier cannot tell where a string ends: the client keeps its server.
+		s.Pinned = classify.ClientEncoding
+		s.srv.metrics.pinned(string(s.Pinned))
+	}
 	s.srv.registerCancelKey(s)
 	if err := s.sendWelcome(reportedParams(params, s.Params)); err != nil {
 		s.srv.unregisterCancelKey(s)

@@ -1,13 +1,16 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgsidecar/pgsidecar/config"
 )
@@ -162,5 +165,57 @@ func TestSetLocalAndRolledBackSet(t *testing.T) {
 		if i%2 == 1 {
 			mustExec(t, busy, "commit")
 		}
+	}
+}
+
+// TestUnsafeClientEncodingPins: a client whose encoding lets a quote or backslash byte end a
+// multi-byte character (SJIS, BIG5, ...) cannot be classified reliably: it is pinned, whether
+// it logs in with that encoding or switches to it later.
+func TestUnsafeClientEncodingPins(t *testing.T) {
+	c := cluster(t)
+	p := startProxy(t, c, nil)
+	query := func(rc *rawClient, sql string) {
+		t.Helper()
+		rc.send(&pgproto3.Query{String: sql})
+		for {
+			typ, body := rc.recv()
+			if typ == 'E' {
+				t.Fatalf("%s: %s", sql, describeMsg(typ, body))
+			}
+			if typ == 'Z' {
+				return
+			}
+		}
+	}
+
+	// Logged in with SJIS.
+	conn, err := net.DialTimeout("tcp", p.addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	rc := &rawClient{t: t, conn: conn, r: bufio.NewReader(conn)}
+	rc.send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30,
+		Parameters: map[string]string{"user": "postgres", "database": "postgres", "client_encoding": "SJIS"}})
+	for typ, _ := rc.recv(); typ != 'Z'; typ, _ = rc.recv() {
+	}
+	query(rc, "select 1")
+	if got := txPins(t, p, "client_encoding"); got != 1 {
+		t.Errorf("after a login with SJIS: pins{client_encoding} = %v, want 1", got)
+	}
+
+	// Switched to BIG5 with SET: pinned from the next transaction on.
+	rc2 := rawConnect(t, p)
+	query(rc2, "SET client_encoding = 'BIG5'")
+	query(rc2, "select 1")
+	if got := txPins(t, p, "client_encoding"); got != 2 {
+		t.Errorf("after SET client_encoding = BIG5: pins{client_encoding} = %v, want 2", got)
+	}
+	// A UTF8 client is not pinned.
+	rc3 := rawConnect(t, p)
+	query(rc3, "SET client_encoding = 'UTF8'")
+	query(rc3, "select 1")
+	if got := txPins(t, p, "client_encoding"); got != 2 {
+		t.Errorf("after SET client_encoding = UTF8: pins{client_encoding} = %v, want 2", got)
 	}
 }

@@ -32,7 +32,30 @@ const (
 	// tracked callback rejects, or a set_config(name, v, false) of one,
 	// including one whose name or is_local argument is not a literal.
 	SetUntracked Reason = "set_untracked"
+	// ClientEncoding is a client encoding in which the byte of a backslash or a quote can be
+	// the second byte of a character (SJIS, BIG5, GBK, GB18030, UHC, JOHAB,
+	// SHIFT_JIS_2004): the classifier, which reads bytes, cannot find where a string ends.
+	ClientEncoding Reason = "client_encoding"
 )
+
+// UnsafeEncoding reports whether a client_encoding value names an encoding whose multi-byte
+// characters can contain the bytes of ASCII quotes and backslashes (PostgreSQL's client-only
+// encodings): SQL in it is not classified reliably (see ClientEncoding).
+func UnsafeEncoding(name string) bool {
+	n := strings.Map(func(r rune) rune {
+		if r == '-' || r == '_' || r == ' ' {
+			return -1
+		}
+		return r
+	}, strings.ToLower(name))
+	switch n {
+	case "sjis", "shiftjis", "mskanji", "windows932", "win932", "shiftjis2004",
+		"big5", "windows950", "win950", "gbk", "windows936", "win936", "cp936",
+		"gb18030", "uhc", "windows949", "win949", "johab":
+		return true
+	}
+	return false
+}
 
 // Result describes one SQL string.
 type Result struct {

@@ -564,3 +564,15 @@ func TestClassifySignal(t *testing.T) {
 		}
 	}
 }
+
+func TestUnsafeEncoding(t *testing.T) {
+	for name, want := range map[string]bool{
+		"SJIS": true, "Shift_JIS": true, "BIG5": true, "gbk": true, "GB18030": true, "UHC": true,
+		"JOHAB": true, "SHIFT_JIS_2004": true, "WIN932": true,
+		"UTF8": false, "utf-8": false, "LATIN1": false, "EUC_JP": false, "SQL_ASCII": false, "": false,
+	} {
+		if got := UnsafeEncoding(name); got != want {
+			t.Errorf("UnsafeEncoding(%q) = %v, want %v", name, got, want)
+		}
+	}
+}
