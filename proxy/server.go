@@ -20,6 +20,7 @@ import (
 	"github.com/pgsidecar/pgsidecar/internal/retry"
 	"github.com/pgsidecar/pgsidecar/internal/tcpopt"
 	"github.com/pgsidecar/pgsidecar/pool"
+	"github.com/pgsidecar/pgsidecar/proxy/auth"
 	"github.com/pgsidecar/pgsidecar/proxy/txmode"
 )
 
@@ -68,6 +69,8 @@ type Server struct {
 
 	// stmts names the prepared statements shared by transaction-mode clients.
 	stmts txmode.Registry
+	// creds keeps the SCRAM credentials of the users' plain-text passwords.
+	creds auth.Credentials
 	// settable keeps each route's replayed parameters (settable.go).
 	settable settableCache
 	// hooks are set by tests only.
@@ -94,6 +97,16 @@ func New(opts Options) (*Server, error) {
 		byPID:    make(map[uint32]*session),
 	}
 	s.stmts.Max = opts.Config.MaxPreparedStatementBytes
+	if method, err := auth.ParseMethod(opts.Config.AuthType); err == nil && method != auth.Trust {
+		// Derived now, so that no login pays for it (see auth.Credentials).
+		users := make(map[string]string, len(opts.Config.Users))
+		for _, u := range opts.Config.Users {
+			users[u.Name] = u.Password
+		}
+		if err := s.creds.Prepare(users); err != nil {
+			return nil, fmt.Errorf("prepare scram credentials: %w", err)
+		}
+	}
 	if c := opts.Config.TLS; c.CertFile != "" {
 		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
 		if err != nil {

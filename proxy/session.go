@@ -311,7 +311,7 @@ func (s *session) startup() (ok bool, err error) {
 		return false, err
 	}
 	secret, found := s.srv.cfg.UserSecret(s.user)
-	if err := auth.Authenticate(s.conn, method, s.user, secret, found); err != nil {
+	if err := auth.AuthenticateWith(s.conn, method, s.user, secret, found, &s.srv.creds); err != nil {
 		s.sendStartupError(err)
 		return false, fmt.Errorf("authenticate %q: %w", s.user, err)
 	}

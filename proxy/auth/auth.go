@@ -51,16 +51,22 @@ const maxBodyLen = 64 << 10
 // nothing after them. It returns nil when the client is authenticated; see the
 // package documentation for the errors it returns.
 func Authenticate(rw io.ReadWriter, method Method, user, secret string, found bool) error {
+	return AuthenticateWith(rw, method, user, secret, found, nil)
+}
+
+// AuthenticateWith is Authenticate with the SCRAM credentials of plain-text passwords taken
+// from creds (nil: derived at every login).
+func AuthenticateWith(rw io.ReadWriter, method Method, user, secret string, found bool, creds *Credentials) error {
 	switch method {
 	case Trust:
 		return nil
 	case MD5:
 		if found && isSCRAMVerifier(secret) {
-			return authSCRAM(rw, user, secret, found)
+			return authSCRAM(rw, user, secret, found, creds)
 		}
 		return authMD5(rw, user, secret, found)
 	case SCRAMSHA256:
-		return authSCRAM(rw, user, secret, found)
+		return authSCRAM(rw, user, secret, found, creds)
 	}
 	return fmt.Errorf("auth: unknown method %q: %w", method,
 		newPgError(retry.CodeInvalidAuthorization, fmt.Sprintf("authentication method not supported for user %q", user)))

@@ -137,7 +137,7 @@ func userSalt(user string) []byte {
 // authSCRAM runs the SASL SCRAM-SHA-256 exchange. An unknown user, an MD5
 // secret or a malformed verifier runs the exchange with mock credentials and
 // fails.
-func authSCRAM(rw io.ReadWriter, user, secret string, found bool) error {
+func authSCRAM(rw io.ReadWriter, user, secret string, found bool, creds *Credentials) error {
 	var cred scram.StoredCredentials
 	var doomed string // why authentication fails whatever the client sends
 	switch {
@@ -153,7 +153,7 @@ func authSCRAM(rw io.ReadWriter, user, secret string, found bool) error {
 	case isMD5Secret(secret):
 		doomed = fmt.Sprintf("user %q has an MD5 secret, which cannot be used for SCRAM-SHA-256", user)
 	default:
-		c, err := deriveCredentials(secret, userSalt(user))
+		c, err := creds.scramFor(user, secret)
 		if err != nil {
 			doomed = fmt.Sprintf("user %q: %v", user, err)
 			break

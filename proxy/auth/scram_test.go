@@ -143,3 +143,32 @@ func TestParseVerifierErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestCredentialsPrepared(t *testing.T) {
+	var c Credentials
+	if err := c.Prepare(map[string]string{"a": "pw-a", "v": "SCRAM-SHA-256$4096:c2FsdA==$a2V5:a2V5"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.lookup("v"); ok {
+		t.Error("a SCRAM verifier needs no derived credentials")
+	}
+	want, err := deriveCredentials("pw-a", userSalt("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.scramFor("a", "pw-a")
+	if err != nil || string(got.StoredKey) != string(want.StoredKey) {
+		t.Fatalf("prepared credentials differ: %v", err)
+	}
+	// A password changed since Prepare is derived anew, never the old credentials.
+	other, err := c.scramFor("a", "pw-b")
+	if err != nil || string(other.StoredKey) == string(want.StoredKey) {
+		t.Fatalf("a changed password got the old credentials: %v", err)
+	}
+	if err := c.Prepare(map[string]string{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.lookup("a"); ok {
+		t.Error("a removed user's credentials are kept")
+	}
+}
