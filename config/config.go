@@ -72,6 +72,9 @@ type Config struct {
 	IdleTransactionTimeout time.Duration
 	ClientIdleTimeout      time.Duration
 	ClientLoginTimeout     time.Duration
+	// MaxLoginsInProgress bounds the connections still logging in; beyond it the oldest login
+	// in progress is closed to make room.
+	MaxLoginsInProgress int
 	// ClientWriteTimeout ends a client a write to which stays blocked this long (it reads
 	// nothing); 0 = never.
 	ClientWriteTimeout    time.Duration
@@ -183,7 +186,8 @@ func Defaults(profile string) Config {
 		RetryMaxDelay:               2 * time.Second,
 		IdleTransactionTimeout:      0,
 		ClientIdleTimeout:           0,
-		ClientLoginTimeout:          60 * time.Second,
+		ClientLoginTimeout:          15 * time.Second,
+		MaxLoginsInProgress:         100,
 		ClientWriteTimeout:          60 * time.Second,
 		MaxMessageSize:              1 << 30,
 		MaxPreparedStatements:       200,
@@ -276,6 +280,7 @@ type printed struct {
 	ClientIdleTimeout           string         `yaml:"client_idle_timeout"`
 	ClientLoginTimeout          string         `yaml:"client_login_timeout"`
 	ClientWriteTimeout          string         `yaml:"client_write_timeout"`
+	MaxLoginsInProgress         int            `yaml:"max_logins_in_progress"`
 	TCPKeepAlive                bool           `yaml:"tcp_keepalive"`
 	TCPKeepIdle                 string         `yaml:"tcp_keepidle"`
 	TCPKeepInterval             string         `yaml:"tcp_keepintvl"`
@@ -353,6 +358,7 @@ func (c *Config) printable() printed {
 		ClientIdleTimeout:           d(c.ClientIdleTimeout),
 		ClientLoginTimeout:          d(c.ClientLoginTimeout),
 		ClientWriteTimeout:          d(c.ClientWriteTimeout),
+		MaxLoginsInProgress:         c.MaxLoginsInProgress,
 		TCPKeepAlive:                c.TCPKeepAlive,
 		TCPKeepIdle:                 d(c.TCPKeepIdle),
 		TCPKeepInterval:             d(c.TCPKeepInterval),

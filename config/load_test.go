@@ -185,7 +185,7 @@ func TestProfileDefaults(t *testing.T) {
 					c.QueryWaitTimeout != 30*time.Second || c.ServerIdleTimeout != 10*time.Minute ||
 					c.ServerLifetime != time.Hour || c.ServerCheckDelay != 30*time.Second ||
 					c.ServerResetQuery != "DISCARD ALL" || c.IdleTransactionTimeout != 0 ||
-					c.ClientIdleTimeout != 0 || c.ClientLoginTimeout != 60*time.Second ||
+					c.ClientIdleTimeout != 0 || c.ClientLoginTimeout != 15*time.Second ||
 					c.MaxMessageSize != 1<<30 || c.MaxPreparedStatements != 200 || c.AuthType != "trust" ||
 					c.AuthTrustRemote || c.LogLevel != "info" || c.DatabaseURL != "" || c.TLS != (TLS{}) {
 					t.Errorf("shared defaults wrong: %#v", c)

@@ -213,6 +213,9 @@ func (c *Config) Validate() error {
 	if c.MaxPreparedStatementBytes < 0 {
 		add("max_prepared_statement_bytes", "must not be negative, got %d", c.MaxPreparedStatementBytes)
 	}
+	if c.MaxLoginsInProgress < 1 {
+		add("max_logins_in_progress", "must be at least 1, got %d", c.MaxLoginsInProgress)
+	}
 	if c.MaxRequestsInFlight < 16 {
 		add("max_requests_in_flight", "must be at least 16, got %d", c.MaxRequestsInFlight)
 	}

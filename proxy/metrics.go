@@ -12,6 +12,8 @@ type Metrics struct {
 	pins             *prometheus.CounterVec
 	retries          *prometheus.CounterVec
 	panics           prometheus.Counter
+	authFailures     prometheus.Counter
+	loginsEvicted    prometheus.Counter
 }
 
 // NewMetrics creates the proxy's metrics and registers them on reg.
@@ -42,7 +44,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Namespace: "pgsidecar", Name: "panics_total",
 		Help: "Panics recovered in client sessions; each closed its session alone. Any is a bug worth reporting.",
 	})
-	reg.MustRegister(m.clientsConnected, m.clientsTotal, m.transactions, m.pins, m.retries, m.panics)
+	m.authFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "pgsidecar", Name: "auth_failures_total",
+		Help: "Client logins refused for a wrong password or an unknown user (repeated ones from one address are answered ever more slowly).",
+	})
+	m.loginsEvicted = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "pgsidecar", Name: "logins_evicted_total",
+		Help: "Logins in progress closed to make room under max_logins_in_progress (a flood of connections that do not log in).",
+	})
+	reg.MustRegister(m.clientsConnected, m.clientsTotal, m.transactions, m.pins, m.retries, m.panics, m.authFailures, m.loginsEvicted)
 	return m
 }
 
@@ -89,4 +99,18 @@ func (m *Metrics) panicked() {
 		return
 	}
 	m.panics.Inc()
+}
+
+func (m *Metrics) authFailed() {
+	if m == nil {
+		return
+	}
+	m.authFailures.Inc()
+}
+
+func (m *Metrics) loginEvicted() {
+	if m == nil {
+		return
+	}
+	m.loginsEvicted.Inc()
 }

@@ -69,6 +69,10 @@ type Server struct {
 
 	// stmts names the prepared statements shared by transaction-mode clients.
 	stmts txmode.Registry
+	// logins are the sessions still logging in, oldest first (guarded by mu; logins.go);
+	// failedLogins throttles failed logins per client address.
+	logins       loginQueue
+	failedLogins failedLogins
 	// creds keeps the SCRAM credentials of the users' plain-text passwords.
 	creds auth.Credentials
 	// settable keeps each route's replayed parameters (settable.go).

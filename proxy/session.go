@@ -133,8 +133,10 @@ func (s *session) closeConn() {
 
 func (s *session) run() {
 	s.srv.metrics.clientConnected()
+	s.srv.beginLogin(s)
 	err := s.protect("login", func() error {
 		ok, err := s.startup()
+		s.srv.endLogin(s)
 		if err != nil {
 			s.logEnd("login failed", err)
 		}
@@ -149,6 +151,7 @@ func (s *session) run() {
 	if err == nil {
 		return
 	}
+	s.srv.endLogin(s) // also after a panic in the login
 	if errPanic(err) {
 		s.sendError(clientError(err))
 	}
@@ -312,10 +315,16 @@ func (s *session) startup() (ok bool, err error) {
 	}
 	secret, found := s.srv.cfg.UserSecret(s.user)
 	if err := auth.AuthenticateWith(s.conn, method, s.user, secret, found, &s.srv.creds); err != nil {
+		if authFailure(err) {
+			s.loginFailed(s.ctx)
+		}
 		s.sendStartupError(err)
 		return false, fmt.Errorf("authenticate %q: %w", s.user, err)
 	}
 
+	if method != auth.Trust {
+		s.srv.failedLogins.succeeded(clientHost(s.conn.RemoteAddr()))
+	}
 	if err := s.bindPool(); err != nil {
 		s.sendStartupError(err)
 		return false, err
