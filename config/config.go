@@ -149,7 +149,18 @@ type Route struct {
 type TLS struct {
 	CertFile string
 	KeyFile  string
+	// Mode is the clients' TLS: TLSDisable (never, even with a certificate), TLSAllow (when
+	// the client asks; the default with a certificate) or TLSRequire (a plaintext login is
+	// refused with 28000, as PostgreSQL's hostssl refuses it). "" = allow.
+	Mode string
 }
+
+// Client TLS modes (TLS.Mode).
+const (
+	TLSDisable = "disable"
+	TLSAllow   = "allow"
+	TLSRequire = "require"
+)
 
 // Defaults returns the built-in defaults of profile:
 //
@@ -323,6 +334,7 @@ type printedRoute struct {
 type printedTLS struct {
 	CertFile string `yaml:"cert_file"`
 	KeyFile  string `yaml:"key_file"`
+	Mode     string `yaml:"mode"`
 }
 
 func redactSecret(s string) string {
@@ -375,7 +387,7 @@ func (c *Config) printable() printed {
 		SessionState:                c.SessionState,
 		AuthType:                    c.AuthType,
 		AuthTrustRemote:             c.AuthTrustRemote,
-		TLS:                         printedTLS{CertFile: c.TLS.CertFile, KeyFile: c.TLS.KeyFile},
+		TLS:                         printedTLS{CertFile: c.TLS.CertFile, KeyFile: c.TLS.KeyFile, Mode: c.TLS.Mode},
 		LogLevel:                    c.LogLevel,
 		LogFormat:                   c.LogFormat,
 	}

@@ -94,6 +94,7 @@ var settings = []setting{
 	{"auth_trust_remote", kindBool, func(c *Config) any { return &c.AuthTrustRemote }, `allow auth_type trust on non-loopback listen addresses (default false)`},
 	{"tls.cert_file", kindString, func(c *Config) any { return &c.TLS.CertFile }, `PEM certificate for client TLS; with --tls-key-file (default none: no TLS)`},
 	{"tls.key_file", kindString, func(c *Config) any { return &c.TLS.KeyFile }, `PEM private key for client TLS; with --tls-cert-file (default none: no TLS)`},
+	{"tls.mode", kindString, func(c *Config) any { return &c.TLS.Mode }, `client TLS: "disable", "allow" (when the client asks) or "require" (a plaintext login gets 28000; needs a certificate) (default "allow")`},
 	{"log_level", kindString, func(c *Config) any { return &c.LogLevel }, `"debug", "info", "warn" or "error" (default "info")`},
 	{"log_format", kindString, func(c *Config) any { return &c.LogFormat }, `"text" or "json" (default text local, json production and edge)`},
 }

@@ -268,11 +268,11 @@ func TestTLSEnvAndFlags(t *testing.T) {
 		}
 	}
 	c := mustLoad(t, nil, []string{"PGSIDECAR_TLS_CERT_FILE=" + cert, "PGSIDECAR_TLS_KEY_FILE=" + key})
-	if c.TLS != (TLS{cert, key}) {
+	if c.TLS != (TLS{CertFile: cert, KeyFile: key}) {
 		t.Errorf("TLS from env = %+v", c.TLS)
 	}
 	c = mustLoad(t, []string{"--tls-cert-file", cert, "--tls-key-file", key}, nil)
-	if c.TLS != (TLS{cert, key}) {
+	if c.TLS != (TLS{CertFile: cert, KeyFile: key}) {
 		t.Errorf("TLS from flags = %+v", c.TLS)
 	}
 	_, err := load(t, []string{"--tls-cert-file", cert}, nil)

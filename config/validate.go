@@ -286,6 +286,15 @@ func (c *Config) Validate() error {
 	case c.TLS.KeyFile == "":
 		add("tls.key_file", "must be set when tls.cert_file is set")
 	}
+	switch c.TLS.Mode {
+	case "", TLSDisable, TLSAllow:
+	case TLSRequire:
+		if c.TLS.CertFile == "" {
+			add("tls.mode", "is %q but tls.cert_file and tls.key_file are not set", TLSRequire)
+		}
+	default:
+		add("tls.mode", "must be %q, %q or %q, got %q", TLSDisable, TLSAllow, TLSRequire, c.TLS.Mode)
+	}
 	for _, f := range []struct{ key, path string }{{"tls.cert_file", c.TLS.CertFile}, {"tls.key_file", c.TLS.KeyFile}} {
 		if f.path == "" {
 			continue

@@ -150,8 +150,10 @@ func TestValidateCases(t *testing.T) {
 			c.Routes = []Route{{Database: "x", DSN: "host=h1,h2 password=s3cr3t load_balance_hosts=yes"}}
 		}, `routes[0].dsn: load_balance_hosts: must be "disable" or "random", got "yes"`},
 		{"tls key only", func(c *Config) { c.TLS.KeyFile = "testdata/full.yaml" }, "tls.cert_file: must be set when tls.key_file is set"},
-		{"tls dir", func(c *Config) { c.TLS = TLS{"testdata", "testdata/full.yaml"} }, `tls.cert_file: "testdata" is a directory`},
-		{"tls ok", func(c *Config) { c.TLS = TLS{"testdata/full.yaml", "testdata/full.yaml"} }, ""},
+		{"tls dir", func(c *Config) { c.TLS = TLS{CertFile: "testdata", KeyFile: "testdata/full.yaml"} }, `tls.cert_file: "testdata" is a directory`},
+		{"tls ok", func(c *Config) { c.TLS = TLS{CertFile: "testdata/full.yaml", KeyFile: "testdata/full.yaml"} }, ""},
+		{"tls require without a certificate", func(c *Config) { c.TLS.Mode = TLSRequire }, `tls.mode: is "require" but tls.cert_file`},
+		{"tls mode unknown", func(c *Config) { c.TLS.Mode = "prefer" }, `tls.mode: must be "disable", "allow" or "require"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -111,7 +111,7 @@ func New(opts Options) (*Server, error) {
 			return nil, fmt.Errorf("prepare scram credentials: %w", err)
 		}
 	}
-	if c := opts.Config.TLS; c.CertFile != "" {
+	if c := opts.Config.TLS; c.CertFile != "" && c.Mode != config.TLSDisable {
 		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
 		if err != nil {
 			return nil, fmt.Errorf("load tls certificate: %w", err)

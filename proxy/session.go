@@ -277,6 +277,17 @@ func (s *session) startup() (ok bool, err error) {
 		break
 	}
 
+	if s.srv.cfg.TLS.Mode == config.TLSRequire {
+		s.mu.Lock()
+		_, secure := s.conn.(*tls.Conn)
+		s.mu.Unlock()
+		if !secure {
+			// As PostgreSQL's hostssl: no entry for an unencrypted connection.
+			err := &startupError{code: retry.CodeInvalidAuthorization, msg: fmt.Sprintf("pgsidecar: connections of user %q must use TLS (tls.mode=require), no encryption", st.get("user"))}
+			s.sendStartupError(err)
+			return false, err
+		}
+	}
 	if n := s.srv.clients.Add(1); n > int64(s.srv.cfg.MaxClientConn) {
 		s.srv.clients.Add(-1)
 		err := &startupError{code: retry.CodeTooManyConnections, msg: fmt.Sprintf("sorry, too many clients already (max_client_conn=%d)", s.srv.cfg.MaxClientConn)}
