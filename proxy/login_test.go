@@ -4,6 +4,7 @@ package proxy
 // lib/pq) and raw TCP connections.
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -1060,4 +1061,40 @@ func TestLoginShutdown(t *testing.T) {
 		t.Fatal("client still usable after Shutdown")
 	}
 	t.Logf("busy client after shutdown: %v", err)
+}
+
+// TestTLSCertificateReload: after the certificate files change, new TLS logins get the new
+// certificate, and a connection made before goes on.
+func TestTLSCertificateReload(t *testing.T) {
+	c := cluster(t)
+	dir := t.TempDir()
+	certFile, keyFile := writeSelfSignedCert(t, dir)
+	p := startProxy(t, c, func(cfg *config.Config) { cfg.TLS.CertFile, cfg.TLS.KeyFile = certFile, keyFile })
+	peerCert := func(conn *pgx.Conn) []byte {
+		t.Helper()
+		tc, ok := conn.PgConn().Conn().(*tls.Conn)
+		if !ok {
+			t.Fatalf("connection is %T, want TLS", conn.PgConn().Conn())
+		}
+		return tc.ConnectionState().PeerCertificates[0].Raw
+	}
+	tlsURL := "postgres://postgres@" + p.addr + "/postgres?sslmode=require"
+	old, err := pgxConnect(t, tlsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldCert := peerCert(old)
+	writeSelfSignedCert(t, dir) // a new key and certificate, in place
+	waitFor(t, testCtx(t), 10*time.Second, "new logins to get the new certificate", func() error {
+		conn, err := pgxConnect(t, tlsURL)
+		if err != nil {
+			return err
+		}
+		defer conn.Close(context.Background())
+		if bytes.Equal(peerCert(conn), oldCert) {
+			return errors.New("still the old certificate")
+		}
+		return nil
+	})
+	stillWorks(t, old)
 }

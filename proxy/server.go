@@ -73,6 +73,8 @@ type Server struct {
 	// failedLogins throttles failed logins per client address.
 	logins       loginQueue
 	failedLogins failedLogins
+	// certs serves and reloads the client TLS certificate (nil without TLS).
+	certs *certReloader
 	// creds keeps the SCRAM credentials of the users' plain-text passwords.
 	creds auth.Credentials
 	// settable keeps each route's replayed parameters (settable.go).
@@ -112,11 +114,12 @@ func New(opts Options) (*Server, error) {
 		}
 	}
 	if c := opts.Config.TLS; c.CertFile != "" && c.Mode != config.TLSDisable {
-		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		r, err := newCertReloader(c.CertFile, c.KeyFile, s.log)
 		if err != nil {
-			return nil, fmt.Errorf("load tls certificate: %w", err)
+			return nil, err
 		}
-		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		s.certs = r
+		s.tls = &tls.Config{GetCertificate: r.getCertificate, MinVersion: tls.VersionTLS12}
 	}
 	return s, nil
 }
@@ -125,6 +128,9 @@ func New(opts Options) (*Server, error) {
 // until Shutdown's deadline passes.
 func (s *Server) Start(ctx context.Context) error {
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	if s.certs != nil {
+		s.certs.watch(s.ctx)
+	}
 	// Accepted sockets get the tcp_* options (tcpopt) whole; Go's own keepalive setup on
 	// accept would only be overwritten, at four system calls per connection.
 	lc := net.ListenConfig{KeepAlive: -1}
@@ -141,6 +147,13 @@ func (s *Server) Start(ctx context.Context) error {
 		go s.acceptLoop(ln)
 	}
 	return nil
+}
+
+// stopCertWatch waits for the certificate watcher to end (s.cancel was called).
+func (s *Server) stopCertWatch() {
+	if s.certs != nil {
+		s.certs.stop()
+	}
 }
 
 // Addrs returns the bound listen addresses (useful with port 0).
@@ -313,6 +326,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-done:
 		s.cancel()
 		s.relays.stop()
+		s.stopCertWatch()
 		return nil
 	case <-ctx.Done():
 	}
@@ -324,5 +338,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	<-done
 	s.relays.stop()
+	s.stopCertWatch()
 	return fmt.Errorf("shutdown: sessions closed at deadline: %w", context.Cause(ctx))
 }
