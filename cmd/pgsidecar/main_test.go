@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os/exec"
 	"path/filepath"
@@ -15,8 +16,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
+	"github.com/pgsidecar/pgsidecar/config"
 	"github.com/pgsidecar/pgsidecar/internal/pgtest"
 )
 
@@ -262,5 +266,24 @@ func TestLocalClusterWithoutDatabaseURL(t *testing.T) {
 	}
 	if code := stop(); code != exitOK {
 		t.Fatalf("exit code %d", code)
+	}
+}
+
+func TestWarnUnverifiedUpstreams(t *testing.T) {
+	cfg := config.Defaults(config.ProfileProduction)
+	cfg.DatabaseURL = "postgres://app@db.internal/app?sslmode=require"
+	var logs bytes.Buffer
+	reg := prometheus.NewRegistry()
+	warnUnverifiedUpstreams(&cfg, slog.New(slog.NewTextHandler(&logs, nil)), reg)
+	if !strings.Contains(logs.String(), "verify-full") || !strings.Contains(logs.String(), "upstream=database_url") {
+		t.Errorf("no warning logged: %s", logs.String())
+	}
+	n, err := testutil.GatherAndCount(reg, "pgsidecar_upstream_tls_unverified")
+	if err != nil || n != 1 {
+		t.Fatalf("metric: %d series, %v", n, err)
+	}
+	mfs, _ := reg.Gather()
+	if v := mfs[0].GetMetric()[0].GetGauge().GetValue(); v != 1 {
+		t.Errorf("pgsidecar_upstream_tls_unverified = %v, want 1", v)
 	}
 }

@@ -142,6 +142,7 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, stdout 
 	pools := pool.NewSet()
 	defer pools.Close()
 	reg.MustRegister(pool.NewCollector(pools))
+	warnUnverifiedUpstreams(cfg, logger, reg)
 
 	// Upstream health probing: readiness follows the default upstream. The
 	// interval is the prober's 5s default, not server_check_delay (that one
@@ -269,4 +270,20 @@ func startLocalCluster(ctx context.Context, logger *slog.Logger) (*pgcluster.Clu
 		return nil, fmt.Errorf("start local postgresql: %w", err)
 	}
 	return c, nil
+}
+
+// warnUnverifiedUpstreams logs, in the production profile, each upstream reached over the
+// network without verifying its server (sslmode below verify-full), and reports how many there
+// are in pgsidecar_upstream_tls_unverified.
+func warnUnverifiedUpstreams(cfg *config.Config, logger *slog.Logger, reg prometheus.Registerer) {
+	names := cfg.UnverifiedUpstreams()
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "pgsidecar", Name: "upstream_tls_unverified",
+		Help: "Upstreams the production profile reaches over the network with an sslmode below verify-full (the server is not verified).",
+	})
+	g.Set(float64(len(names)))
+	reg.MustRegister(g)
+	for _, name := range names {
+		logger.Warn("upstream reached over the network without verifying the server: use sslmode=verify-full", "upstream", name)
+	}
 }
