@@ -16,6 +16,7 @@ import (
 
 	"github.com/pgsidecar/pgsidecar/config"
 	"github.com/pgsidecar/pgsidecar/pool"
+	"github.com/pgsidecar/pgsidecar/proxy/txmode"
 	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
 
@@ -123,6 +124,8 @@ func FuzzTxMode(f *testing.F) {
 		var fromClient, toServer, rerun []byte
 		scanClient := func() bool {
 			defer func() { toServer = append(toServer, server.take()...) }()
+			// What decides whether a server is taken, also when one is attached.
+			_ = txmode.NeedsServer(cf)
 			for {
 				b, attach := s.scanTracked(cf)
 				if attach {

@@ -3,7 +3,6 @@ package txmode
 import (
 	"bytes"
 	"fmt"
-	"os"
 	"strings"
 	"unsafe"
 
@@ -54,6 +53,9 @@ func NeedsServer(f *wire.Frames) bool {
 		r += f.Remaining // the rest of a message being dropped
 	}
 	for {
+		if r >= f.W {
+			return false // the rest of a dropped message, or nothing, is all that is buffered
+		}
 		typ, length, ok := wire.HeaderOf(f.Buf[r:f.W])
 		if !ok {
 			return false
@@ -253,9 +255,6 @@ func (t *Tracker) trackQuery(body []byte, st *ServerState, w *wire.Batch, total 
 		sql = sql[:len(sql)-1]
 	}
 	res := classify.Classify(bytesString(sql), t.classifyTracked)
-	if strings.Contains(string(sql), "backend") {
-		fmt.Fprintf(os.Stderr, "DEBUG %q %+v\n", sql, res.Signal)
-	}
 	if res.Statements == 1 && len(res.Deallocate) == 1 && t.TxStatus != 'E' {
 		if t.dropStmt(res.Deallocate[0]) {
 			w.Cut(w.F.R + total)

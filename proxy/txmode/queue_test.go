@@ -1,6 +1,10 @@
 package txmode
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/pgsidecar/pgsidecar/proxy/wire"
+)
 
 // TestRespQueueBounded: a client that always keeps one request in flight never lets the
 // reply queue empty; its storage must still follow what is in flight.
@@ -28,5 +32,18 @@ func TestRespQueueBounded(t *testing.T) {
 	}
 	if cap(q.e) > respQueueKeep {
 		t.Errorf("an empty queue keeps %d entries of storage", cap(q.e))
+	}
+}
+
+// TestNeedsServerDroppedTail: the rest of a message being dropped may lie beyond what is
+// buffered (found by a COPY test: it panicked).
+func TestNeedsServerDroppedTail(t *testing.T) {
+	f := wire.Frames{Buf: make([]byte, 16), W: 10, Remaining: 35000, Dropping: true}
+	if NeedsServer(&f) {
+		t.Error("a dropped message's tail needs a server")
+	}
+	f = wire.Frames{Buf: []byte{'H', 0, 0, 0, 4, 'Q', 0, 0, 0, 5, 0}, W: 11}
+	if !NeedsServer(&f) {
+		t.Error("a Query after a Flush needs none")
 	}
 }
