@@ -198,7 +198,7 @@ func Defaults(profile string) Config {
 		IdleTransactionTimeout:      0,
 		ClientIdleTimeout:           0,
 		ClientLoginTimeout:          15 * time.Second,
-		MaxLoginsInProgress:         100,
+		MaxLoginsInProgress:         1000,
 		ClientWriteTimeout:          60 * time.Second,
 		MaxMessageSize:              1 << 30,
 		MaxPreparedStatements:       200,

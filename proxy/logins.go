@@ -10,27 +10,42 @@ import (
 
 // Logins in progress are bounded (max_logins_in_progress): a flood of connections that never
 // finish logging in (slowloris) must not hold the proxy's memory, nor keep a legitimate client
-// out. At the bound, the oldest login in progress is closed to make room, so that a flood
-// evicts itself while a client that logs in promptly gets through.
+// out. At the bound, the oldest login in progress is closed to make room if it has taken
+// longer than loginEvictAge (a prompt client logs in within milliseconds); otherwise the new
+// connection is refused. So a flood cannot hold the slots for long, while a burst of clients
+// that log in promptly is never cut.
+
+// loginEvictAge is how long a login must have been in progress before it may be closed to make
+// room for a new one.
+const loginEvictAge = time.Second
 
 // loginQueue is the sessions still logging in, oldest first. Guarded by Server.mu.
 type loginQueue []*session
 
-// beginLogin records that sess is logging in, closing the oldest login in progress if that
-// makes more than max_logins_in_progress.
-func (s *Server) beginLogin(sess *session) {
+// beginLogin records that sess is logging in, making room at max_logins_in_progress by closing
+// the oldest login in progress if it is old enough. It reports false, and records nothing, when
+// there is no room: the caller refuses the connection.
+func (s *Server) beginLogin(sess *session) bool {
+	now := time.Now()
 	s.mu.Lock()
-	s.logins = append(s.logins, sess)
 	var victim *session
-	if max := s.cfg.MaxLoginsInProgress; max > 0 && len(s.logins) > max {
+	if max := s.cfg.MaxLoginsInProgress; max > 0 && len(s.logins) >= max {
+		if now.Sub(s.logins[0].loginStart) < loginEvictAge {
+			s.mu.Unlock()
+			s.metrics.loginEvicted()
+			return false
+		}
 		victim = s.logins[0]
 		s.logins = slices.Delete(s.logins, 0, 1)
 	}
+	sess.loginStart = now
+	s.logins = append(s.logins, sess)
 	s.mu.Unlock()
 	if victim != nil {
 		s.metrics.loginEvicted()
 		victim.closeLogin()
 	}
+	return true
 }
 
 // endLogin records that sess is no longer logging in.

@@ -50,7 +50,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	})
 	m.loginsEvicted = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "pgsidecar", Name: "logins_evicted_total",
-		Help: "Logins in progress closed to make room under max_logins_in_progress (a flood of connections that do not log in).",
+		Help: "Connections closed or refused at max_logins_in_progress: a login in progress for over a second closed to make room, or a new connection refused (53300) when none was that old.",
 	})
 	reg.MustRegister(m.clientsConnected, m.clientsTotal, m.transactions, m.pins, m.retries, m.panics, m.authFailures, m.loginsEvicted)
 	return m

@@ -88,8 +88,10 @@ type session struct {
 	upstream config.Upstream
 	// rereading is closed once the parameters the client changed have been read back.
 	rereading chan struct{}
-	// loggedIn is set once the login is over (see shutdownIfIdle).
-	loggedIn bool
+	// loggedIn is set once the login is over (see shutdownIfIdle); loginStart is when it began
+	// (guarded by Server.mu, see beginLogin).
+	loggedIn   bool
+	loginStart time.Time
 	// retrying holds off clientToServer while the last batch moves to a new server.
 	retrying bool
 	// retryErr is why a retry could not get another server; the client is told.
@@ -133,7 +135,11 @@ func (s *session) closeConn() {
 
 func (s *session) run() {
 	s.srv.metrics.clientConnected()
-	s.srv.beginLogin(s)
+	if !s.srv.beginLogin(s) {
+		s.sendStartupError(&startupError{code: retry.CodeTooManyConnections, msg: fmt.Sprintf("pgsidecar: too many connections logging in (max_logins_in_progress=%d)", s.srv.cfg.MaxLoginsInProgress)})
+		s.end()
+		return
+	}
 	err := s.protect("login", func() error {
 		ok, err := s.startup()
 		s.srv.endLogin(s)
