@@ -136,17 +136,20 @@ func (s *session) closeConn() {
 func (s *session) run() {
 	s.srv.metrics.clientConnected()
 	if !s.srv.beginLogin(s) {
-		s.sendStartupError(&startupError{code: retry.CodeTooManyConnections, msg: fmt.Sprintf("pgsidecar: too many connections logging in (max_logins_in_progress=%d)", s.srv.cfg.MaxLoginsInProgress)})
+		// A flood is on: answer and close at once, without lingering for the error to be
+		// read, so that refused connections hold nothing.
+		_ = s.conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		_, _ = s.conn.Write(wire.AppendErrorResponse(nil, fatal(retry.CodeTooManyConnections, fmt.Sprintf("pgsidecar: too many connections logging in (max_logins_in_progress=%d)", s.srv.cfg.MaxLoginsInProgress))))
 		s.end()
 		return
 	}
 	err := s.protect("login", func() error {
 		ok, err := s.startup()
-		s.srv.endLogin(s)
 		if err != nil {
 			s.logEnd("login failed", err)
 		}
 		if ok {
+			s.srv.endLogin(s)
 			// The relay runs on a new goroutine: login (TLS, SCRAM, logging) grew this
 			// one's stack, and an idle client should hold as little memory as possible.
 			go s.relay()
@@ -157,11 +160,13 @@ func (s *session) run() {
 	if err == nil {
 		return
 	}
-	s.srv.endLogin(s) // also after a panic in the login
 	if errPanic(err) {
 		s.sendError(clientError(err))
 	}
 	s.end()
+	// Only now: a refused client's connection lingers in end until its error is read, and
+	// counts as a login in progress meanwhile, so that a flood of bad logins stays bounded.
+	s.srv.endLogin(s)
 }
 
 // errNotLoggedIn ends a session whose login did not succeed (already logged and answered).
