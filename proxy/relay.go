@@ -221,6 +221,12 @@ func (s *session) attach() error {
 	if err != nil {
 		return err
 	}
+	s.attachConn(c)
+	return nil
+}
+
+// attachConn attaches server c to the session and starts relaying its output to the client.
+func (s *session) attachConn(c *pool.Conn) {
 	done := make(chan struct{})
 	s.mu.Lock()
 	s.server = c
@@ -234,7 +240,6 @@ func (s *session) attach() error {
 	s.loopErr = nil
 	s.mu.Unlock()
 	s.srv.relays.start(relayTask{s: s, c: c, done: done})
-	return nil
 }
 
 // upstreamError is a failure to get a server connection; the client is shown it.

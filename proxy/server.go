@@ -239,13 +239,19 @@ func (s *Server) removeSession(sess *session) {
 }
 
 // registerCancelKey mints the BackendKeyData a client sees and maps it to sess.
-func (s *Server) registerCancelKey(sess *session) {
+func (s *Server) registerCancelKey(sess *session, serverPID uint32) {
 	var b [8]byte
 	s.cancelMu.Lock()
 	defer s.cancelMu.Unlock()
 	for {
 		_, _ = rand.Read(b[:])
 		pid := mintedPID(binary.BigEndian.Uint32(b[:4]))
+		if serverPID != 0 {
+			// A session-mode client keeps its server for good: it is told that server's real
+			// PID, so that pg_backend_pid(), pg_stat_activity and pg_terminate_backend agree
+			// with what it was told. The secret is still the proxy's.
+			pid, serverPID = serverPID, 0
+		}
 		if _, taken := s.byPID[pid]; taken {
 			continue
 		}

@@ -386,9 +386,27 @@ func (s *session) startup() (ok bool, err error) {
 		s.Pinned = classify.ClientEncoding
 		s.srv.metrics.pinned(string(s.Pinned))
 	}
-	s.srv.registerCancelKey(s)
+	var sessionServer *pool.Conn
+	if !s.txPooling {
+		// Session mode: the client's server for good, given at login, so that the client can
+		// be told its real PID.
+		c, err := s.loginServer()
+		if err != nil {
+			s.sendStartupError(err)
+			return false, err
+		}
+		sessionServer = c
+	}
+	var serverPID uint32
+	if sessionServer != nil {
+		serverPID = sessionServer.PID
+	}
+	s.srv.registerCancelKey(s, serverPID)
 	if err := s.sendWelcome(reportedParams(params, s.Params)); err != nil {
 		s.srv.unregisterCancelKey(s)
+		if sessionServer != nil {
+			s.pool.Release(sessionServer)
+		}
 		return false, fmt.Errorf("send login response: %w", err)
 	}
 	_ = s.conn.SetDeadline(time.Time{})
@@ -403,6 +421,9 @@ func (s *session) startup() (ok bool, err error) {
 	s.mu.Lock()
 	s.loggedIn = true
 	s.mu.Unlock()
+	if sessionServer != nil {
+		s.attachConn(sessionServer)
+	}
 	s.log.Debug("client logged in")
 	return true, nil
 }
@@ -632,4 +653,21 @@ func (c *writeTimeoutConn) Write(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
 	_ = c.Conn.SetWriteDeadline(time.Time{})
 	return n, err
+}
+
+// loginServer takes a session-mode client's server at login, within query_wait_timeout, with
+// the client's parameters applied.
+func (s *session) loginServer() (*pool.Conn, error) {
+	c, err := s.pool.AcquireWithin(s.ctx, s.srv.cfg.QueryWaitTimeout)
+	if err != nil {
+		if errors.Is(err, pool.ErrWaitTimeout) {
+			return nil, &startupError{code: retry.CodeConnectionFailure, msg: fmt.Sprintf("pgsidecar: no server connection became free within query_wait_timeout (%s)", s.srv.cfg.QueryWaitTimeout)}
+		}
+		return nil, &upstreamError{err: err}
+	}
+	if err := s.syncParams(s.ctx, c); err != nil {
+		s.pool.Destroy(c)
+		return nil, &upstreamError{err: fmt.Errorf("apply session parameters: %w", err)}
+	}
+	return c, nil
 }
