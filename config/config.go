@@ -75,6 +75,9 @@ type Config struct {
 	// MaxLoginsInProgress bounds the connections still logging in; beyond it the oldest login
 	// in progress is closed to make room.
 	MaxLoginsInProgress int
+	// MaxPools bounds the pools made for (database, user) pairs that are not configured routes
+	// (see Upstream.Configured); a client asking for one more is refused with 53300.
+	MaxPools int
 	// ClientWriteTimeout ends a client a write to which stays blocked this long (it reads
 	// nothing); 0 = never.
 	ClientWriteTimeout    time.Duration
@@ -199,6 +202,7 @@ func Defaults(profile string) Config {
 		ClientIdleTimeout:           0,
 		ClientLoginTimeout:          15 * time.Second,
 		MaxLoginsInProgress:         1000,
+		MaxPools:                    100,
 		ClientWriteTimeout:          60 * time.Second,
 		MaxMessageSize:              1 << 30,
 		MaxPreparedStatements:       200,
@@ -292,6 +296,7 @@ type printed struct {
 	ClientLoginTimeout          string         `yaml:"client_login_timeout"`
 	ClientWriteTimeout          string         `yaml:"client_write_timeout"`
 	MaxLoginsInProgress         int            `yaml:"max_logins_in_progress"`
+	MaxPools                    int            `yaml:"max_pools"`
 	TCPKeepAlive                bool           `yaml:"tcp_keepalive"`
 	TCPKeepIdle                 string         `yaml:"tcp_keepidle"`
 	TCPKeepInterval             string         `yaml:"tcp_keepintvl"`
@@ -371,6 +376,7 @@ func (c *Config) printable() printed {
 		ClientLoginTimeout:          d(c.ClientLoginTimeout),
 		ClientWriteTimeout:          d(c.ClientWriteTimeout),
 		MaxLoginsInProgress:         c.MaxLoginsInProgress,
+		MaxPools:                    c.MaxPools,
 		TCPKeepAlive:                c.TCPKeepAlive,
 		TCPKeepIdle:                 d(c.TCPKeepIdle),
 		TCPKeepInterval:             d(c.TCPKeepInterval),

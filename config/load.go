@@ -76,6 +76,7 @@ var settings = []setting{
 	{"client_write_timeout", kindDuration, func(c *Config) any { return &c.ClientWriteTimeout }, `end a client a write to which stays blocked this long (it reads nothing); 0 never (default 60s)`},
 	{"client_login_timeout", kindDuration, func(c *Config) any { return &c.ClientLoginTimeout }, `time a client has to complete startup and authentication; 0 none (default 15s)`},
 	{"max_logins_in_progress", kindInt, func(c *Config) any { return &c.MaxLoginsInProgress }, `connections still logging in; at the bound the oldest login in progress, if over a second old, is closed to make room, else the new connection is refused with 53300; at least 1 (default 1000)`},
+	{"max_pools", kindInt, func(c *Config) any { return &c.MaxPools }, `pools for (database, user) pairs that are not configured routes; one more is refused with 53300; at least 1 (default 100)`},
 	{"tcp_keepalive", kindBool, func(c *Config) any { return &c.TCPKeepAlive }, `TCP keepalive probes on client and server sockets (default true)`},
 	{"tcp_keepidle", kindDuration, func(c *Config) any { return &c.TCPKeepIdle }, `idle time before the first keepalive probe, whole seconds; 0 = Go's 15s (default 30s)`},
 	{"tcp_keepintvl", kindDuration, func(c *Config) any { return &c.TCPKeepInterval }, `time between keepalive probes, whole seconds; 0 = Go's 15s (default 10s)`},

@@ -35,6 +35,11 @@ type Upstream struct {
 	// read-write or primary: a server that refuses a write as read-only
 	// (25006) has been demoted and is no longer the one the route wants.
 	WantsPrimary bool
+	// Configured reports whether the operator named this pair: a route with a database other
+	// than "*" and a user other than "" or "*", or database_url's own database and user.
+	// Other pairs are chosen by clients; their pools are bounded by max_pools and dropped
+	// when idle and failing.
+	Configured bool
 }
 
 // String returns a description of u without its password.
@@ -45,6 +50,45 @@ func (u Upstream) String() string {
 
 // GoString makes %#v redact like String.
 func (u Upstream) GoString() string { return u.String() }
+
+// ConfiguredUpstreams resolves every (database, user) pair the configuration names (see
+// Upstream.Configured), once each: database_url's own database and user, and every route whose
+// database and user are both given. A pair whose first matching route is another one is
+// skipped, as clients asking for it get that route.
+func (c *Config) ConfiguredUpstreams() ([]Upstream, error) {
+	type pair struct{ database, user string }
+	var pairs []pair
+	if c.DatabaseURL != "" {
+		if d, err := parseDSN(c.DatabaseURL); err == nil {
+			user, _ := d.get("user")
+			db, ok := d.get("database")
+			if !ok {
+				db = user
+			}
+			if user != "" {
+				pairs = append(pairs, pair{db, user})
+			}
+		}
+	}
+	for _, r := range c.Routes {
+		if r.Database != "*" && r.User != "" && r.User != "*" {
+			pairs = append(pairs, pair{r.Database, r.User})
+		}
+	}
+	var ups []Upstream
+	seen := make(map[string]bool)
+	for _, p := range pairs {
+		up, err := c.Resolve(p.database, p.user)
+		if err != nil {
+			return nil, err
+		}
+		if up.Configured && !seen[up.Key] {
+			seen[up.Key] = true
+			ups = append(ups, up)
+		}
+	}
+	return ups, nil
+}
 
 // Route returns the first route matching the client's database and user: its
 // Database equal to database or "*", and its User equal to user, "" or "*".
@@ -80,7 +124,7 @@ func (c *Config) Route(database, user string) (r Route, ok bool) {
 // upstream must accept the user without a password (trust, a .pgpass file
 // or PGPASSWORD read by pgconn) or refuse the login.
 func (c *Config) Resolve(database, user string) (Upstream, error) {
-	r, _ := c.Route(database, user)
+	r, routed := c.Route(database, user)
 	up := Upstream{
 		Database: database,
 		User:     user,
@@ -137,6 +181,16 @@ func (c *Config) Resolve(database, user string) (Upstream, error) {
 	up.HasPassword = password != ""
 	tsa, _ := d.get("target_session_attrs")
 	up.WantsPrimary = tsa == "read-write" || tsa == "primary"
+	if routed {
+		up.Configured = r.Database != "*" && r.User != "" && r.User != "*"
+	} else {
+		dsnUser, _ := d.get("user")
+		dsnDB, ok := d.get("database")
+		if !ok {
+			dsnDB = dsnUser // PostgreSQL's default
+		}
+		up.Configured = dsnUser != "" && dsnDB == database && dsnUser == user
+	}
 	up.ConnString = d.withLogin(up.Database, up.User, password)
 	return up, nil
 }

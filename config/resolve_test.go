@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -287,5 +288,56 @@ func TestSplitLoadBalanceHosts(t *testing.T) {
 		if err != nil || conn != tt.wantConn || mode != tt.wantMode {
 			t.Errorf("SplitLoadBalanceHosts(%s) = %q, %q, %v; want %q, %q", RedactDSN(tt.dsn), RedactDSN(conn), mode, err, RedactDSN(tt.wantConn), tt.wantMode)
 		}
+	}
+}
+
+// Configured marks the pairs an operator named, whose pools are kept; the rest are chosen by
+// clients.
+func TestResolveConfigured(t *testing.T) {
+	c := resolveConfig()
+	c.Routes = append(c.Routes, Route{Database: "named", User: "alice", DSN: "host=h sslmode=disable"})
+	for _, tt := range []struct {
+		database, user string
+		want           bool
+	}{
+		{"postgres", "admin", true},   // database_url's own database and user
+		{"app", "admin", false},       // another database on the default route
+		{"postgres", "alice", false},  // another user
+		{"named", "alice", true},      // a route naming both
+		{"reporting", "alice", false}, // a route for any user
+		{"anything", "batch", false},  // a wildcard database
+		{"legacy", "zed", false},      // a wildcard user
+	} {
+		up, err := c.Resolve(tt.database, tt.user)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if up.Configured != tt.want {
+			t.Errorf("Resolve(%q, %q).Configured = %v, want %v", tt.database, tt.user, up.Configured, tt.want)
+		}
+	}
+	c.DatabaseURL = "postgres://owner@db.example.com/?sslmode=disable"
+	if up, _ := c.Resolve("owner", "owner"); !up.Configured {
+		t.Error("a database_url without a database names the user's own")
+	}
+}
+
+func TestConfiguredUpstreams(t *testing.T) {
+	c := resolveConfig()
+	c.Routes = append(c.Routes,
+		Route{Database: "named", User: "alice", DSN: "host=h sslmode=disable"},
+		Route{Database: "named", User: "alice", DSN: "host=shadowed sslmode=disable"}, // never matches
+		Route{Database: "reporting", User: "zed"},                                     // shadowed by the first route, for any user
+	)
+	ups, err := c.ConfiguredUpstreams()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, up := range ups {
+		got = append(got, up.Database+"/"+up.User)
+	}
+	if want := []string{"postgres/admin", "analytics/admin", "named/alice"}; !slices.Equal(got, want) {
+		t.Errorf("ConfiguredUpstreams = %q, want %q", got, want)
 	}
 }

@@ -213,6 +213,9 @@ func (c *Config) Validate() error {
 	if c.MaxPreparedStatementBytes < 0 {
 		add("max_prepared_statement_bytes", "must not be negative, got %d", c.MaxPreparedStatementBytes)
 	}
+	if c.MaxPools < 1 {
+		add("max_pools", "must be at least 1, got %d", c.MaxPools)
+	}
 	if c.MaxLoginsInProgress < 1 {
 		add("max_logins_in_progress", "must be at least 1, got %d", c.MaxLoginsInProgress)
 	}

@@ -14,6 +14,7 @@ type Collector struct {
 	dials, dialErrors, closes    *prometheus.Desc
 	dialRetries, checkFailures   *prometheus.Desc
 	idleDropped, retired         *prometheus.Desc
+	transactions                 *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*Collector)(nil)
@@ -41,13 +42,15 @@ func NewCollector(set *Set) *Collector {
 		idleDropped: d("idle_dropped_total", "Idle server connections closed at once after an upstream failure."),
 		retired: d("server_retired_total",
 			"Server connections retired because their address left the DNS answer or was retired by the proxy; closed at once when idle, else at release."),
+		transactions: prometheus.NewDesc("pgsidecar_transactions_total",
+			"Server connections handed back to the pool after a transaction in transaction mode, by upstream database and user.", labels, nil),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.servers, c.waiting, c.size, c.acquires, c.waits, c.waitSeconds, c.dials, c.dialErrors, c.closes,
-		c.dialRetries, c.checkFailures, c.idleDropped, c.retired} {
+		c.dialRetries, c.checkFailures, c.idleDropped, c.retired, c.transactions} {
 		ch <- d
 	}
 }
@@ -80,6 +83,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		t.CheckFailures += s.CheckFailures
 		t.IdleDropped += s.IdleDropped
 		t.Retired += s.Retired
+		t.Transactions += s.Transactions
 	}
 	for _, k := range order {
 		s, db, user := sums[k], k.db, k.user
@@ -97,5 +101,6 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.checkFailures, prometheus.CounterValue, float64(s.CheckFailures), db, user)
 		ch <- prometheus.MustNewConstMetric(c.idleDropped, prometheus.CounterValue, float64(s.IdleDropped), db, user)
 		ch <- prometheus.MustNewConstMetric(c.retired, prometheus.CounterValue, float64(s.Retired), db, user)
+		ch <- prometheus.MustNewConstMetric(c.transactions, prometheus.CounterValue, float64(s.Transactions), db, user)
 	}
 }

@@ -18,12 +18,12 @@ import (
 )
 
 // metricsPerPool is how many series the collector exports for each pool.
-const metricsPerPool = 14
+const metricsPerPool = 15
 
 func TestCollector(t *testing.T) {
 	defer leakCheck(t)()
 	c := cluster(t)
-	set := pool.NewSet()
+	set := pool.NewSet(pool.SetOptions{})
 	defer set.Close()
 	col := pool.NewCollector(set)
 	reg := prometheus.NewRegistry()
@@ -33,7 +33,7 @@ func TestCollector(t *testing.T) {
 		t.Errorf("empty set: %d series, want 0", n)
 	}
 
-	p := set.Get(pool.Config{
+	p := join(t, set, pool.Config{
 		Key:        "metrics/appdb/appuser",
 		Database:   "appdb",
 		User:       "appuser",
@@ -142,7 +142,7 @@ pgsidecar_pool_server_connections{database="appdb",state="idle",user="appuser"} 
 	}
 
 	// A second pool adds its own series.
-	set.Get(pool.Config{Key: "metrics/otherdb/appuser", Database: "otherdb", User: "appuser",
+	join(t, set, pool.Config{Key: "metrics/otherdb/appuser", Database: "otherdb", User: "appuser",
 		ConnConfig: connConfig(t, c, "postgres", appName()), Size: 1})
 	if n := testutil.CollectAndCount(col); n != 2*metricsPerPool {
 		t.Errorf("two pools: %d series, want %d", n, 2*metricsPerPool)
@@ -207,14 +207,14 @@ func closedPortConfig(t *testing.T) *pgconn.Config {
 // different keys and the same labels. A scrape must still succeed.
 func TestCollectorSameDatabaseUserTwoUpstreams(t *testing.T) {
 	defer leakCheck(t)()
-	set := pool.NewSet()
+	set := pool.NewSet(pool.SetOptions{})
 	defer set.Close()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(pool.NewCollector(set))
 
 	cc := closedPortConfig(t)
-	set.Get(pool.Config{Key: "host=primary dbname=appdb user=appuser", Database: "appdb", User: "appuser", ConnConfig: cc, Size: 4})
-	set.Get(pool.Config{Key: "host=replica dbname=appdb user=appuser", Database: "appdb", User: "appuser", ConnConfig: cc, Size: 2})
+	join(t, set, pool.Config{Key: "host=primary dbname=appdb user=appuser", Database: "appdb", User: "appuser", ConnConfig: cc, Size: 4})
+	join(t, set, pool.Config{Key: "host=replica dbname=appdb user=appuser", Database: "appdb", User: "appuser", ConnConfig: cc, Size: 2})
 	if _, err := reg.Gather(); err != nil {
 		t.Errorf("Gather with two pools for appdb/appuser: %v", err)
 	}
@@ -224,12 +224,12 @@ func TestCollectorSameDatabaseUserTwoUpstreams(t *testing.T) {
 // to clients", so an Acquire that hands out nothing (dial refused, pool closed) must not count.
 func TestCollectorAcquiresCountsHanded(t *testing.T) {
 	defer leakCheck(t)()
-	set := pool.NewSet()
+	set := pool.NewSet(pool.SetOptions{})
 	defer set.Close()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(pool.NewCollector(set))
 
-	p := set.Get(pool.Config{Key: "refused", Database: "appdb", User: "appuser", ConnConfig: closedPortConfig(t), Size: 1,
+	p := join(t, set, pool.Config{Key: "refused", Database: "appdb", User: "appuser", ConnConfig: closedPortConfig(t), Size: 1,
 		Retry: retry.Backoff{MaxAttempts: 1}})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -81,6 +81,9 @@ type Config struct {
 	DNSMaxTTL time.Duration
 	// LookupTimeout bounds one lookup; 0 = 5s. A dial's lookups are also bounded by its context.
 	LookupTimeout time.Duration
+	// Keep marks the pool of a configured route: a Set keeps it until Close, and it does not
+	// count toward SetOptions.MaxPools.
+	Keep bool
 }
 
 // defaultMaxConcurrentDials is MaxConcurrentDials when the Config leaves it 0.
@@ -107,6 +110,7 @@ type Stat struct {
 	CheckFailures uint64 // idle connections found dead by the CheckDelay check
 	IdleDropped   uint64 // idle connections closed by DropIdle
 	Retired       uint64 // connections retired: by RetireAddr or Retire, or their address left DNS
+	Transactions  uint64 // transactions counted by CountTransaction
 }
 
 // Pool keeps server connections to one upstream database as one user. Acquire hands out an idle
@@ -139,6 +143,11 @@ type Pool struct {
 	lastErr  error     // the last dial's error; nil after a success
 	failures int       // retryable dial failures in a row
 	nextDial time.Time // while failures > 0, no dial attempt starts before this
+	// refusals counts the non-retryable dial failures in a row (a wrong password, no such
+	// database); while there are any, fillMin waits until nextFill, backing off, instead of
+	// dialing at every tick an upstream that will refuse again.
+	refusals int
+	nextFill time.Time
 	// recovered is closed when a dial succeeds after failures, waking dialers waiting for their
 	// turn; nil while no dial is failing.
 	recovered chan struct{}
@@ -157,8 +166,12 @@ type Pool struct {
 	expiry   *time.Timer
 	expiryAt time.Time
 
+	// users counts the Set.Join calls not yet matched by Leave; guarded by the Set's mu.
+	users int
+
 	acquires, waits, waitNanos, dials, dialErrors, closes atomic.Uint64
 	dialRetries, checkFailures, idleDropped, retired      atomic.Uint64
+	transactions                                          atomic.Uint64
 }
 
 type waiter struct {
@@ -612,6 +625,7 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 	switch {
 	case err == nil:
 		p.lastErr, p.failures, p.nextDial = nil, 0, time.Time{}
+		p.refusals, p.nextFill = 0, time.Time{}
 		if p.recovered != nil {
 			close(p.recovered)
 			p.recovered = nil
@@ -632,6 +646,8 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 		// The upstream answered (a wrong password, no such database): it is up, but this pool
 		// cannot log in, which readiness should know.
 		p.lastErr = err
+		p.refusals++
+		p.nextFill = time.Now().Add(refusalDelay(p.refusals))
 	}
 	return c, err
 }
@@ -820,6 +836,18 @@ func (p *Pool) retireGone(addrs []string) {
 	}
 }
 
+// CountTransaction counts a transaction run on one of the pool's connections; the proxy calls it
+// when a transaction-mode client hands its server back.
+func (p *Pool) CountTransaction() { p.transactions.Add(1) }
+
+// unwanted reports whether the pool is not worth keeping once unused: its upstream never
+// accepted a login, or its last dial failed and it holds no connection.
+func (p *Pool) unwanted() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.params == nil || p.lastErr != nil && p.open == 0
+}
+
 // Healthy reports whether the pool's last dial succeeded (or none was made yet): false while the
 // upstream is down, refusing, or rejecting this pool's login.
 func (p *Pool) Healthy() bool {
@@ -892,6 +920,7 @@ func (p *Pool) Stat() Stat {
 	s.CheckFailures = p.checkFailures.Load()
 	s.IdleDropped = p.idleDropped.Load()
 	s.Retired = p.retired.Load()
+	s.Transactions = p.transactions.Load()
 	return s
 }
 
@@ -985,8 +1014,9 @@ func (p *Pool) evictIdle(now time.Time) {
 func (p *Pool) fillMin() {
 	for {
 		p.mu.Lock()
+		now := time.Now()
 		if p.closed || p.open >= p.cfg.MinSize || len(p.waiters) > 0 || !p.canDialLocked() ||
-			p.dialTurnLocked(time.Now()) > 0 {
+			now.Before(p.nextFill) || p.dialTurnLocked(now) > 0 {
 			p.mu.Unlock()
 			return
 		}
@@ -1006,4 +1036,16 @@ func (p *Pool) fillMin() {
 		}
 		p.Release(c) // closes it if the pool closed meanwhile
 	}
+}
+
+// refusalDelay is how long fillMin waits after the nth refusal in a row: 2s, 4s, 8s ... up to a
+// minute, each drawn from its upper half so that pools refused together spread out. A client's
+// own acquire still dials at once.
+func refusalDelay(n int) time.Duration {
+	d := 2 * time.Second
+	for i := 1; i < n && d < time.Minute; i++ {
+		d *= 2
+	}
+	d = min(d, time.Minute)
+	return d/2 + time.Duration(rand.Int64N(int64(d/2)))
 }

@@ -882,25 +882,39 @@ func TestExecThenRawRelay(t *testing.T) {
 	}
 }
 
+// join is Set.Join of a fixed config, failing the test on error.
+func join(t *testing.T, s *pool.Set, cfg pool.Config) *pool.Pool {
+	t.Helper()
+	p, err := s.Join(cfg.Key, func() (pool.Config, error) { return cfg, nil })
+	if err != nil {
+		t.Fatalf("Join(%q): %v", cfg.Key, err)
+	}
+	return p
+}
+
 func TestSet(t *testing.T) {
 	defer leakCheck(t)()
 	cc, err := pgconn.ParseConfig("postgres://u@127.0.0.1:1/db?sslmode=disable")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := pool.NewSet()
+	s := pool.NewSet(pool.SetOptions{MaxPools: 2})
 	cfg := func(key string) pool.Config {
 		return pool.Config{Key: key, Database: "db_" + key, User: "u", ConnConfig: cc, Size: 2}
 	}
-	b := s.Get(cfg("b"))
-	a := s.Get(cfg("a"))
-	if a == nil || b == nil || a == b {
-		t.Fatalf("Get: a=%p b=%p, want two distinct pools", a, b)
+	b := join(t, s, cfg("b"))
+	a := join(t, s, cfg("a"))
+	if a == b {
+		t.Fatalf("Join: a=%p b=%p, want two distinct pools", a, b)
 	}
-	again := s.Get(pool.Config{Key: "a", Database: "other", ConnConfig: cc, Size: 9})
-	if again != a {
-		t.Errorf("second Get for key a returned another pool")
+	again, err := s.Join("a", func() (pool.Config, error) {
+		t.Error("Join of an existing key built a config")
+		return pool.Config{}, nil
+	})
+	if err != nil || again != a {
+		t.Errorf("second Join for key a = %p, %v; want %p", again, err, a)
 	}
+	s.Leave(again)
 	if a.Key() != "a" || b.Key() != "b" {
 		t.Errorf("keys %q %q, want a b", a.Key(), b.Key())
 	}
@@ -922,20 +936,108 @@ func TestSet(t *testing.T) {
 		t.Errorf("Stats[0] = %+v, want the first config of key a (db_a, size 2)", stats[0])
 	}
 
-	s.Close()
-	if p := s.Get(cfg("a")); p != nil {
-		t.Errorf("Get after Close returned %p, want nil", p)
+	// max_pools: a third client-chosen pool is refused; a configured route's is not.
+	if p, err := s.Join("c", func() (pool.Config, error) { return cfg("c"), nil }); !errors.Is(err, pool.ErrTooManyPools) || p != nil {
+		t.Errorf("third Join = %p, %v; want ErrTooManyPools", p, err)
 	}
-	if p := s.Get(cfg("d")); p != nil {
-		t.Errorf("Get of a new key after Close returned %p, want nil", p)
+	kept := cfg("kept")
+	kept.Keep = true
+	k := join(t, s, kept)
+	if s.Len() != 3 {
+		t.Errorf("Len %d, want 3", s.Len())
 	}
+	// A config that cannot be built is the caller's error, and makes no pool.
+	boom := errors.New("boom")
+	if _, err := s.Join("bad", func() (pool.Config, error) { return pool.Config{}, boom }); !errors.Is(err, boom) {
+		t.Errorf("Join with a failing config: %v, want boom", err)
+	}
+
+	// Pools that never connected go when their last user leaves; the configured one stays.
+	s.Leave(a)
 	if _, ok := s.Lookup("a"); ok {
+		t.Error("pool a, never connected, kept after its last user left")
+	}
+	if _, err := a.Acquire(context.Background()); !errors.Is(err, pool.ErrClosed) {
+		t.Errorf("removed pool: Acquire %v, want ErrClosed", err)
+	}
+	s.Leave(k)
+	if _, ok := s.Lookup("kept"); !ok {
+		t.Error("configured pool removed")
+	}
+	// Room again under max_pools.
+	c := join(t, s, cfg("c"))
+
+	s.Close()
+	if p, err := s.Join("a", func() (pool.Config, error) { return cfg("a"), nil }); p != nil || !errors.Is(err, pool.ErrClosed) {
+		t.Errorf("Join after Close = %p, %v; want ErrClosed", p, err)
+	}
+	if _, ok := s.Lookup("b"); ok {
 		t.Error("Lookup after Close found a pool")
 	}
-	for _, p := range []*pool.Pool{a, b} {
+	for _, p := range []*pool.Pool{b, c, k} {
 		if _, err := p.Acquire(context.Background()); !errors.Is(err, pool.ErrClosed) {
 			t.Errorf("pool %s after Set.Close: Acquire %v, want ErrClosed", p.Key(), err)
 		}
 	}
 	s.Close() // idempotent
+}
+
+// TestSetDropsFailingPools: pools of client-chosen pairs are kept only while their upstream
+// accepts logins. One whose database is missing goes with its last user; one that connected is
+// kept while unused, until its upstream starts refusing it and it holds no connection. A
+// min_pool_size pool that is refused backs off instead of dialing at every tick.
+func TestSetDropsFailingPools(t *testing.T) {
+	defer leakCheck(t)()
+	c := cluster(t)
+	ctx := t.Context()
+	admin, err := pgconn.Connect(ctx, c.DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(context.Background())
+	exec := func(sql string) {
+		t.Helper()
+		if _, err := admin.Exec(ctx, sql).ReadAll(); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	exec("DROP DATABASE IF EXISTS setdrop")
+	exec("CREATE DATABASE setdrop")
+
+	s := pool.NewSet(pool.SetOptions{SweepInterval: 100 * time.Millisecond})
+	defer s.Close()
+	missing := join(t, s, pool.Config{Key: "missing", ConnConfig: connConfig(t, c, "no_such_db", appName()), Size: 1})
+	if _, err := missing.Acquire(ctx); err == nil {
+		t.Fatal("Acquire on a missing database succeeded")
+	}
+	s.Leave(missing)
+	if s.Len() != 0 {
+		t.Fatalf("%d pools after the only user of a refused pool left, want 0", s.Len())
+	}
+
+	p := join(t, s, pool.Config{Key: "setdrop", ConnConfig: connConfig(t, c, "setdrop", appName()), Size: 1, MinSize: 1, Lifetime: time.Second})
+	p.Release(acquire(t, p))
+	s.Leave(p)
+	time.Sleep(300 * time.Millisecond)
+	if _, ok := s.Lookup("setdrop"); !ok {
+		t.Fatal("a working pool was dropped when its last user left")
+	}
+	// The database goes: its connection reaches its lifetime, and the refill is refused.
+	exec("DROP DATABASE setdrop WITH (FORCE)")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if _, ok := s.Lookup("setdrop"); !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("an unused pool whose database was dropped is still kept: %+v", p.Stat())
+		}
+	}
+
+	// A min_pool_size pool whose database is missing, kept by its user: the refill backs off.
+	refused := join(t, s, pool.Config{Key: "refused", ConnConfig: connConfig(t, c, "no_such_db", appName()), Size: 2, MinSize: 1})
+	defer s.Leave(refused)
+	time.Sleep(5 * time.Second)
+	if n := refused.Stat().Dials; n == 0 || n > 3 {
+		t.Errorf("%d dials in 5s to a missing database, want 1 to 3", n)
+	}
 }

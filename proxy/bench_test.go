@@ -18,7 +18,9 @@ import (
 func benchSession(tb testing.TB) (*session, *wire.Frames) {
 	tb.Helper()
 	cfg := config.Defaults("local")
-	srv, err := New(Options{Config: &cfg, Pools: pool.NewSet(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	pools := pool.NewSet(pool.SetOptions{})
+	tb.Cleanup(pools.Close)
+	srv, err := New(Options{Config: &cfg, Pools: pools, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -84,7 +84,7 @@ func startProxy(t testing.TB, c *pgtest.Cluster, mutate func(*config.Config)) *t
 	}
 	logger := slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: level}))
 	reg := prometheus.NewRegistry()
-	pools := pool.NewSet()
+	pools := pool.NewSet(pool.SetOptions{MaxPools: cfg.MaxPools})
 	srv, err := New(Options{Config: &cfg, Pools: pools, Logger: logger, Metrics: NewMetrics(reg)})
 	if err != nil {
 		t.Fatal(err)

@@ -8,7 +8,6 @@ import (
 type Metrics struct {
 	clientsConnected prometheus.Gauge
 	clientsTotal     prometheus.Counter
-	transactions     *prometheus.CounterVec
 	pins             *prometheus.CounterVec
 	retries          *prometheus.CounterVec
 	panics           prometheus.Counter
@@ -27,10 +26,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "pgsidecar", Name: "client_connections_total",
 			Help: "Client connections accepted.",
 		}),
-		transactions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "pgsidecar", Name: "transactions_total",
-			Help: "Server connections handed back to the pool after a transaction in transaction mode, by upstream database and user.",
-		}, []string{"database", "user"}),
 	}
 	m.pins = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "pgsidecar", Name: "client_pins_total",
@@ -52,7 +47,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Namespace: "pgsidecar", Name: "logins_evicted_total",
 		Help: "Connections closed or refused at max_logins_in_progress: a login in progress for over a second closed to make room, or a new connection refused (53300) when none was that old.",
 	})
-	reg.MustRegister(m.clientsConnected, m.clientsTotal, m.transactions, m.pins, m.retries, m.panics, m.authFailures, m.loginsEvicted)
+	reg.MustRegister(m.clientsConnected, m.clientsTotal, m.pins, m.retries, m.panics, m.authFailures, m.loginsEvicted)
 	return m
 }
 
@@ -69,15 +64,6 @@ func (m *Metrics) clientDisconnected() {
 		return
 	}
 	m.clientsConnected.Dec()
-}
-
-// transactionsFor returns the transaction counter of one pool's labels; a session keeps it, so
-// counting a transaction costs no label lookup. Nil when m is nil.
-func (m *Metrics) transactionsFor(database, user string) prometheus.Counter {
-	if m == nil {
-		return nil
-	}
-	return m.transactions.WithLabelValues(database, user)
 }
 
 func (m *Metrics) pinned(reason string) {

@@ -350,8 +350,10 @@ func TestRouteMapping(t *testing.T) {
 	if db != "postgres" || user != "route_owner" {
 		t.Fatalf("routed to %s/%s, want postgres/route_owner", db, user)
 	}
+	// database_url's own pool, made at start, and the route's.
 	stats := p.pools.Stats()
-	if len(stats) != 1 || stats[0].Size != 2 || stats[0].Database != "postgres" || stats[0].User != "route_owner" {
-		t.Fatalf("pool stats %+v, want one pool of size 2 for postgres/route_owner", stats)
+	if len(stats) != 2 || stats[1].Size != 2 || stats[1].Database != "postgres" || stats[1].User != "route_owner" ||
+		stats[0].User != "postgres" || stats[0].Acquires != 0 {
+		t.Fatalf("pool stats %+v, want the unused default pool and one of size 2 for postgres/route_owner", stats)
 	}
 }

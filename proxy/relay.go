@@ -477,9 +477,7 @@ func (s *session) released(srv *pool.Conn, reread chan struct{}) {
 	if st, ok := srv.Tag.(*txmode.ServerState); ok {
 		st.Relaying.Store(false)
 	}
-	if s.txCounter != nil {
-		s.txCounter.Inc()
-	}
+	s.pool.CountTransaction()
 	if reread != nil {
 		err := s.rereadParams(srv)
 		s.mu.Lock()

@@ -128,6 +128,9 @@ func New(opts Options) (*Server, error) {
 // until Shutdown's deadline passes.
 func (s *Server) Start(ctx context.Context) error {
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	if err := s.openConfiguredPools(); err != nil {
+		return err
+	}
 	if s.certs != nil {
 		s.certs.watch(s.ctx)
 	}
@@ -145,6 +148,24 @@ func (s *Server) Start(ctx context.Context) error {
 	for _, ln := range s.listeners {
 		s.acceptWG.Add(1)
 		go s.acceptLoop(ln)
+	}
+	return nil
+}
+
+// openConfiguredPools creates the pools of the routes the configuration names, before any
+// client asks, so that min_pool_size connections are opened at start and the pools are kept
+// whatever their upstream says.
+func (s *Server) openConfiguredPools() error {
+	ups, err := s.cfg.ConfiguredUpstreams()
+	if err != nil {
+		return fmt.Errorf("configured routes: %w", err)
+	}
+	for _, up := range ups {
+		p, err := s.pools.Join(up.Key, func() (pool.Config, error) { return s.poolConfig(up) })
+		if err != nil {
+			return fmt.Errorf("pool for %s: %w", up.Key, err)
+		}
+		s.pools.Leave(p)
 	}
 	return nil
 }

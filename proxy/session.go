@@ -17,7 +17,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgsidecar/pgsidecar/config"
 	"github.com/pgsidecar/pgsidecar/internal/rawio"
@@ -46,10 +45,8 @@ type session struct {
 
 	user, database string
 	pool           *pool.Pool
-	// txCounter counts this client's pooled transactions (nil without metrics).
-	txCounter prometheus.Counter
-	txPooling bool
-	maxMsg    int
+	txPooling      bool
+	maxMsg         int
 
 	cancelPID uint32
 	cancelKey [4]byte
@@ -205,6 +202,10 @@ func (s *session) destroyServerAfterPanic() {
 func (s *session) end() {
 	s.closeConn()
 	s.cancel()
+	if s.pool != nil {
+		// After finish: the session holds none of the pool's connections any more.
+		s.srv.pools.Leave(s.pool)
+	}
 	s.srv.metrics.clientDisconnected()
 	s.srv.removeSession(s)
 }
@@ -438,40 +439,47 @@ func (s *session) bindPool() error {
 	s.Tracker.Init(&s.srv.stmts, trackerLimitsOf(s.srv.cfg, up))
 	s.Tracker.SetSignalTarget(s.maySignal, isMintedPID)
 	s.upstream = up
-	s.txCounter = s.srv.metrics.transactionsFor(up.Database, up.User)
 	s.maxMsg = s.srv.cfg.MaxMessageSize
-	if p, ok := s.srv.pools.Lookup(up.Key); ok {
-		s.pool = p
-		return nil
+	p, err := s.srv.pools.Join(up.Key, func() (pool.Config, error) { return s.srv.poolConfig(up) })
+	switch {
+	case errors.Is(err, pool.ErrTooManyPools):
+		return &startupError{code: retry.CodeTooManyConnections, msg: fmt.Sprintf("pgsidecar: no pool for database %q and user %q: %v; raise max_pools or configure a route", s.database, s.user, err)}
+	case errors.Is(err, pool.ErrClosed):
+		return &startupError{code: retry.CodeAdminShutdown, msg: "pgsidecar is shutting down"}
+	case err != nil:
+		return err
 	}
+	s.pool = p
+	return nil
+}
+
+// poolConfig is the configuration of up's pool.
+func (srv *Server) poolConfig(up config.Upstream) (pool.Config, error) {
 	cc, err := pgconn.ParseConfig(up.ConnString)
 	if err != nil {
-		return &startupError{code: retry.CodeConnectionFailure, msg: fmt.Sprintf("pgsidecar: invalid upstream connection string for %s: %v", up.Key, redactedParseError(err))}
+		return pool.Config{}, &startupError{code: retry.CodeConnectionFailure, msg: fmt.Sprintf("pgsidecar: invalid upstream connection string for %s: %v", up.Key, redactedParseError(err))}
 	}
-	s.pool = s.srv.pools.Get(pool.Config{
+	return pool.Config{
 		Key:            up.Key,
 		Database:       up.Database,
 		User:           up.User,
 		ConnConfig:     cc,
 		Size:           up.PoolSize,
 		MinSize:        up.MinPoolSize,
-		IdleTimeout:    s.srv.cfg.ServerIdleTimeout,
-		Lifetime:       s.srv.cfg.ServerLifetime,
-		ConnectTimeout: s.srv.cfg.ConnectTimeout,
+		IdleTimeout:    srv.cfg.ServerIdleTimeout,
+		Lifetime:       srv.cfg.ServerLifetime,
+		ConnectTimeout: srv.cfg.ConnectTimeout,
 		// While the upstream is down, dials are retried with backoff for as long as the client
 		// is willing to wait (query_wait_timeout), so clients ride through restarts.
-		Retry:      retry.Backoff{Initial: s.srv.cfg.RetryDelay, Max: s.srv.cfg.RetryMaxDelay},
-		CheckDelay: s.srv.cfg.ServerCheckDelay,
+		Retry:      retry.Backoff{Initial: srv.cfg.RetryDelay, Max: srv.cfg.RetryMaxDelay},
+		CheckDelay: srv.cfg.ServerCheckDelay,
 		// Keepalive and TCP_USER_TIMEOUT on server sockets, as on client sockets.
-		TCP: new(s.srv.cfg.TCPOptions()),
+		TCP: new(srv.cfg.TCPOptions()),
 		// libpq's load_balance_hosts, which Resolve took out of ConnString for pgconn.
 		LoadBalanceHosts: up.LoadBalanceHosts == "random",
-		DNSMaxTTL:        s.srv.cfg.DNSMaxTTL,
-	})
-	if s.pool == nil {
-		return &startupError{code: retry.CodeAdminShutdown, msg: "pgsidecar is shutting down"}
-	}
-	return nil
+		DNSMaxTTL:        srv.cfg.DNSMaxTTL,
+		Keep:             up.Configured,
+	}, nil
 }
 
 // redactedParseError drops pgconn's copy of the connection string, which holds the password.

@@ -139,7 +139,7 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, stdout 
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	pools := pool.NewSet()
+	pools := pool.NewSet(pool.SetOptions{MaxPools: cfg.MaxPools})
 	defer pools.Close()
 	reg.MustRegister(pool.NewCollector(pools))
 	warnUnverifiedUpstreams(cfg, logger, reg)
