@@ -166,6 +166,9 @@ type Pool struct {
 	expiry   *time.Timer
 	expiryAt time.Time
 
+	// demotions remembers the last Demoted check of each address; guarded by mu.
+	demotions map[string]demotionCheck
+
 	// users counts the Set.Join calls not yet matched by Leave; guarded by the Set's mu.
 	users int
 

@@ -297,6 +297,7 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}, f *wire.Fra
 			var status byte
 			var perr, werr error
 			if st != nil {
+				s.checkDemotion(f, srv, st)
 				ready, status, perr, werr = s.relayTrackedAndWrite(f, st)
 			} else {
 				start := f.R
@@ -379,6 +380,20 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}, f *wire.Fra
 			return
 		}
 	}
+}
+
+// checkDemotion confirms, before the tracker sees it, that a read-only error (25006) from a
+// route that wants a primary comes from a server that is no longer one, with a fresh
+// connection to the server's address; a read-only transaction or session on a healthy
+// primary is the client's own business. Done without the session's locks: it dials.
+func (s *session) checkDemotion(f *wire.Frames, srv *pool.Conn, st *txmode.ServerState) {
+	if !s.upstream.WantsPrimary || !wire.HasErrorCode(f.Buf[f.R:f.W], retry.CodeReadOnlySQLTransaction) {
+		return
+	}
+	demoted := srv.Params["in_hot_standby"] == "on" || s.pool.Demoted(s.ctx, srv.Addr())
+	s.mu.Lock()
+	st.Demoted = demoted
+	s.mu.Unlock()
 }
 
 // relayTrackedAndWrite matches the server's buffered replies to requests and writes what the

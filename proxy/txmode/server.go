@@ -91,9 +91,10 @@ func (t *Tracker) ScanServer(f *wire.Frames, st *ServerState, writing, closing b
 				}
 				break
 			}
-			readOnly := t.lim.WantsPrimary && code == retry.CodeReadOnlySQLTransaction
+			readOnly := t.lim.WantsPrimary && code == retry.CodeReadOnlySQLTransaction && st.Demoted
 			if readOnly {
-				// The route wants a primary and this server refuses writes: it was demoted.
+				// The route wants a primary and this server refuses writes, and a fresh
+				// connection confirmed it is not one any more: it was demoted.
 				// Every connection to it goes (this one when released), and new ones are
 				// dialled to whichever host target_session_attrs accepts now.
 				t.retire = true

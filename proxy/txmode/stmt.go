@@ -153,6 +153,11 @@ type ServerState struct {
 	Params map[string]string
 	// ParamsKey is paramsKeyOf(params), set with it.
 	ParamsKey string
+
+	// Demoted is set by the proxy when a fresh connection to this server's address failed the
+	// route's target_session_attrs check: only then does a read-only error (25006) mean that the
+	// server is no longer the primary the route wants.
+	Demoted bool
 }
 
 // NewServerState returns the state of a server connection the tracker knows nothing of yet.

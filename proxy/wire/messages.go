@@ -128,3 +128,19 @@ func HasReadyForQuery(b []byte) bool {
 		f.R += 1 + length
 	}
 }
+
+// HasErrorCode reports whether the complete messages at the start of b include an
+// ErrorResponse with SQLSTATE code.
+func HasErrorCode(b []byte, code string) bool {
+	f := Frames{Buf: b, W: len(b)}
+	for {
+		typ, length, ok := f.Header()
+		if !ok || length < 4 || f.W-f.R < 1+length {
+			return false
+		}
+		if typ == 'E' && string(ErrorField(b[f.R+5:f.R+1+length], 'C')) == code {
+			return true
+		}
+		f.R += 1 + length
+	}
+}
