@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"sync/atomic"
 	"syscall"
@@ -48,6 +49,9 @@ type Conn struct {
 	raw *rawio.Conn
 	// peek checks the idle connection before reuse; set on first use.
 	peek *peeker
+	// cancelTLS is the TLS configuration the connection was made with (nil without TLS): a
+	// cancel request carries the secret key, so it goes over TLS too.
+	cancelTLS *tls.Config
 
 	// Tag is the holder's per-connection state (the proxy keeps which statements are prepared
 	// on the server here). The pool never reads it; it lives and dies with the connection.
@@ -226,16 +230,23 @@ func (c *Conn) Exec(ctx context.Context, sql string) error {
 }
 
 // CancelRequest asks the server to cancel the query this connection is running, over a new
-// connection to the same address, as libpq does.
+// connection to the same address, as libpq does; over TLS when this connection uses TLS (as
+// libpq 17 does), with the same verification.
 func (c *Conn) CancelRequest(ctx context.Context) error {
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, c.RemoteAddr().Network(), c.RemoteAddr().String())
+	raw, err := d.DialContext(ctx, c.RemoteAddr().Network(), c.RemoteAddr().String())
 	if err != nil {
 		return fmt.Errorf("dial for cancel: %w", err)
 	}
-	defer conn.Close()
+	conn := raw
+	defer func() { _ = conn.Close() }()
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
+	}
+	if c.cancelTLS != nil {
+		if conn, err = startTLS(ctx, raw, c.cancelTLS); err != nil {
+			return fmt.Errorf("cancel over TLS: %w", err)
+		}
 	}
 	msg, err := (&pgproto3.CancelRequest{ProcessID: c.PID, SecretKey: c.SecretKey}).Encode(nil)
 	if err != nil {
@@ -249,6 +260,59 @@ func (c *Conn) CancelRequest(ctx context.Context) error {
 	var b [1]byte
 	_, _ = conn.Read(b[:])
 	return nil
+}
+
+// startTLS negotiates TLS on a new connection to a server (SSLRequest, then the handshake). A
+// server that declines is an error: the caller's secret must not go in plain text.
+func startTLS(ctx context.Context, conn net.Conn, cfg *tls.Config) (net.Conn, error) {
+	sslRequest := []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}
+	if _, err := conn.Write(sslRequest); err != nil {
+		return nil, fmt.Errorf("send SSLRequest: %w", err)
+	}
+	var answer [1]byte
+	if _, err := io.ReadFull(conn, answer[:]); err != nil {
+		return nil, fmt.Errorf("read SSLRequest answer: %w", err)
+	}
+	if answer[0] != 'S' {
+		return nil, fmt.Errorf("the server declined TLS (answered %q)", answer[0])
+	}
+	tc := tls.Client(conn, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("TLS handshake: %w", err)
+	}
+	return tc, nil
+}
+
+// tlsConfigOf returns a copy of the TLS configuration that nc, a connection cc made, was
+// established with (nil for a plain connection): the one of cc's hosts whose server name it
+// used.
+func tlsConfigOf(cc *pgconn.Config, nc net.Conn) *tls.Config {
+	tc, ok := nc.(*tls.Conn)
+	if !ok {
+		return nil
+	}
+	name := tc.ConnectionState().ServerName
+	var first *tls.Config
+	configs := []*tls.Config{cc.TLSConfig}
+	for _, fb := range cc.Fallbacks {
+		configs = append(configs, fb.TLSConfig)
+	}
+	for _, cfg := range configs {
+		if cfg == nil {
+			continue
+		}
+		if cfg.ServerName == name {
+			return cfg.Clone()
+		}
+		if first == nil {
+			first = cfg
+		}
+	}
+	if first == nil {
+		// Not made from cc's settings; verify as strictly as Go does by default.
+		return &tls.Config{ServerName: name}
+	}
+	return first.Clone()
 }
 
 // QueryRows runs sql (simple protocol) while the proxy relays nothing and returns the text

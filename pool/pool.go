@@ -698,6 +698,7 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 		created:   now,
 		lastUsed:  now,
 		held:      true,
+		cancelTLS: tlsConfigOf(cc, hc.Conn),
 	}
 	if p.cfg.Lifetime > 0 {
 		c.lifetime = p.cfg.Lifetime - time.Duration(rand.Int64N(int64(p.cfg.Lifetime)/10+1))

@@ -7,16 +7,20 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
+	"io"
 	"math/big"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -254,6 +258,46 @@ func TestUpstreamTLSVerifyFull(t *testing.T) {
 		}
 	})
 
+	t.Run("cancel over TLS", func(t *testing.T) {
+		// A relay in front of the upstream records how every connection to it starts.
+		fwd := upRecordingRelay(t, c.Port())
+		p := startProxy(t, c, func(cfg *config.Config) {
+			cfg.DatabaseURL = "postgres://postgres@localhost:" + strconv.Itoa(fwd.port) + "/postgres?sslmode=verify-full&sslrootcert=" + url.QueryEscape(caFile)
+		})
+		ctx := testCtx(t)
+		conn := p.connect(t, pgx.QueryExecModeSimpleProtocol)
+		done := make(chan error, 1)
+		go func() {
+			_, err := conn.Exec(ctx, "select pg_sleep(30)")
+			done <- err
+		}()
+		time.Sleep(300 * time.Millisecond)
+		if err := conn.PgConn().CancelRequest(ctx); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-done:
+			if pe, ok := errors.AsType[*pgconn.PgError](err); !ok || pe.Code != "57014" {
+				t.Fatalf("cancelled query: %v, want 57014", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the cancel did not reach the query")
+		}
+		starts := fwd.starts()
+		tlsStarts := 0
+		for _, s := range starts {
+			switch s {
+			case "ssl":
+				tlsStarts++
+			case "cancel":
+				t.Error("a cancel request went to the upstream in plain text")
+			}
+		}
+		if tlsStarts < 2 {
+			t.Errorf("connection starts %q: want the server connection and the cancel over TLS", starts)
+		}
+	})
+
 	t.Run("disable", func(t *testing.T) {
 		// Control: the same query says false without TLS, so true above is meaningful.
 		p := startProxy(t, c, upstream("sslmode=disable"))
@@ -406,4 +450,75 @@ func TestRouteUnknownUserPassword(t *testing.T) {
 		}
 		stillWorks(t, conn)
 	})
+}
+
+// upRelay forwards TCP connections to a local port and records how each one started.
+type upRelay struct {
+	port int
+	mu   sync.Mutex
+	seen []string // "ssl", "cancel", "startup" or "other", in order
+}
+
+func (r *upRelay) starts() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.seen)
+}
+
+// upRecordingRelay starts an upRelay to 127.0.0.1:target, closed at the end of the test.
+func upRecordingRelay(t testing.TB, target int) *upRelay {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &upRelay{port: ln.Addr().(*net.TCPAddr).Port}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() { r.relay(c, target) })
+		}
+	})
+	return r
+}
+
+func (r *upRelay) relay(c net.Conn, target int) {
+	defer c.Close()
+	var head [8]byte
+	if _, err := io.ReadFull(c, head[:]); err != nil {
+		return
+	}
+	kind := "other"
+	switch binary.BigEndian.Uint32(head[4:]) {
+	case 80877103:
+		kind = "ssl"
+	case 80877102:
+		kind = "cancel"
+	case 196608:
+		kind = "startup"
+	}
+	r.mu.Lock()
+	r.seen = append(r.seen, kind)
+	r.mu.Unlock()
+	up, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(target))
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	if _, err := up.Write(head[:]); err != nil {
+		return
+	}
+	go func() {
+		_, _ = io.Copy(up, c)
+		_ = up.(*net.TCPConn).CloseWrite()
+	}()
+	_, _ = io.Copy(c, up)
 }
