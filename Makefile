@@ -55,8 +55,12 @@ bench: bench-go bench-pgbench
 bench-go:
 	$(GO) test -run='^$$' -bench=. -benchmem $(PKGS)
 
-# pgbench through pgsidecar, directly and through PgBouncer, side by side from one run.
+# pgbench through pgsidecar, directly and through PgBouncer, side by side from one run; the
+# last scenario holds 10,000 idle clients (max_client_conn raised for it) and reports the memory
+# each costs.
+BENCH_SCENARIOS ?= select:16 select:64 select:256 tpcb:64 select_prepared:64 connect_storm:16 idle_memory:10000
 bench-pgbench: build
+	SCENARIOS='$(BENCH_SCENARIOS)' MAX_CLIENT_CONN=12000 \
 	PROXY_NAME=pgsidecar \
 	PROXY_CMD='$(CURDIR)/$(BIN) --listen {listen_host}:{listen_port} --http-listen= --database-url postgres://{user}@{upstream_host}:{upstream_port}/{dbname}?sslmode=disable --pool-size {pool_size} --max-client-conn {max_client_conn} --log-level warn' \
 	bash $(PGBENCH_COMPARE)
