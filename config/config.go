@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -50,28 +51,33 @@ const redacted = "xxxxx"
 // Config holds secrets (DatabaseURL, user and route passwords). Its String,
 // GoString and Print methods redact them; never log fields individually.
 type Config struct {
-	Profile                string
-	Listen                 []string
-	HTTPListen             string
-	DatabaseURL            string
-	PoolMode               string
-	PoolSize               int
-	MinPoolSize            int
-	MaxClientConn          int
-	QueryWaitTimeout       time.Duration
-	QueryWaitNotice        time.Duration
-	ServerIdleTimeout      time.Duration
-	ServerLifetime         time.Duration
-	ServerCheckDelay       time.Duration
-	ServerResetQuery       string
-	ConnectTimeout         time.Duration
-	QueryTimeout           time.Duration
-	Retries                int
-	RetryDelay             time.Duration
-	RetryMaxDelay          time.Duration
-	IdleTransactionTimeout time.Duration
-	ClientIdleTimeout      time.Duration
-	ClientLoginTimeout     time.Duration
+	Profile    string
+	Listen     []string
+	HTTPListen string
+	// HTTPQuit serves POST /quitquitquit, which drains and stops the process like SIGTERM.
+	HTTPQuit bool
+	// ShutdownDelay is how long a stopping pgsidecar keeps accepting and serving after readiness
+	// turned false; ShutdownTimeout then bounds how long open transactions may take to finish.
+	ShutdownDelay, ShutdownTimeout time.Duration
+	DatabaseURL                    string
+	PoolMode                       string
+	PoolSize                       int
+	MinPoolSize                    int
+	MaxClientConn                  int
+	QueryWaitTimeout               time.Duration
+	QueryWaitNotice                time.Duration
+	ServerIdleTimeout              time.Duration
+	ServerLifetime                 time.Duration
+	ServerCheckDelay               time.Duration
+	ServerResetQuery               string
+	ConnectTimeout                 time.Duration
+	QueryTimeout                   time.Duration
+	Retries                        int
+	RetryDelay                     time.Duration
+	RetryMaxDelay                  time.Duration
+	IdleTransactionTimeout         time.Duration
+	ClientIdleTimeout              time.Duration
+	ClientLoginTimeout             time.Duration
 	// MaxLoginsInProgress bounds the connections still logging in; beyond it the oldest login
 	// in progress is closed to make room.
 	MaxLoginsInProgress int
@@ -183,6 +189,8 @@ func Defaults(profile string) Config {
 		Profile:                     profile,
 		Listen:                      []string{"127.0.0.1:6432"},
 		HTTPListen:                  "127.0.0.1:9930",
+		ShutdownDelay:               0,
+		ShutdownTimeout:             5 * time.Second,
 		PoolMode:                    PoolModeTransaction,
 		PoolSize:                    10,
 		MinPoolSize:                 0,
@@ -229,6 +237,9 @@ func Defaults(profile string) Config {
 	}
 	switch profile {
 	case ProfileProduction:
+		// 5 s for endpoints to stop routing here, 20 s for transactions: within Kubernetes'
+		// default 30 s grace period.
+		c.ShutdownDelay, c.ShutdownTimeout = 5*time.Second, 20*time.Second
 		c.PoolSize = 50
 		c.ConnectTimeout = 10 * time.Second
 		c.QueryTimeout = 30 * time.Second
@@ -236,6 +247,7 @@ func Defaults(profile string) Config {
 		c.RetryDelay = time.Second
 		c.LogFormat = "json"
 	case ProfileEdge:
+		c.ShutdownDelay, c.ShutdownTimeout = 5*time.Second, 20*time.Second
 		c.PoolSize = 100
 		c.ConnectTimeout = 5 * time.Second
 		c.QueryTimeout = 15 * time.Second
@@ -275,6 +287,9 @@ type printed struct {
 	Profile                     string         `yaml:"profile"`
 	Listen                      []string       `yaml:"listen"`
 	HTTPListen                  string         `yaml:"http_listen"`
+	HTTPQuit                    bool           `yaml:"http_quit"`
+	ShutdownDelay               string         `yaml:"shutdown_delay"`
+	ShutdownTimeout             string         `yaml:"shutdown_timeout"`
 	DatabaseURL                 string         `yaml:"database_url"`
 	PoolMode                    string         `yaml:"pool_mode"`
 	PoolSize                    int            `yaml:"pool_size"`
@@ -355,6 +370,9 @@ func (c *Config) printable() printed {
 		Profile:                     c.Profile,
 		Listen:                      c.Listen,
 		HTTPListen:                  c.HTTPListen,
+		HTTPQuit:                    c.HTTPQuit,
+		ShutdownDelay:               d(c.ShutdownDelay),
+		ShutdownTimeout:             d(c.ShutdownTimeout),
 		DatabaseURL:                 RedactDSN(c.DatabaseURL),
 		PoolMode:                    c.PoolMode,
 		PoolSize:                    c.PoolSize,
@@ -468,3 +486,26 @@ func (r Route) String() string {
 
 // GoString makes %#v redact like String.
 func (r Route) GoString() string { return r.String() }
+
+// RestartOnly names the settings that differ between c and next and that a running pgsidecar
+// cannot change (a reload keeps their old values until a restart): what its listeners, HTTP
+// server, process and readiness prober were started with.
+func (c *Config) RestartOnly(next *Config) []string {
+	var names []string
+	add := func(name string, changed bool) {
+		if changed {
+			names = append(names, name)
+		}
+	}
+	add("profile", c.Profile != next.Profile)
+	add("listen", !slices.Equal(c.Listen, next.Listen))
+	add("http_listen", c.HTTPListen != next.HTTPListen)
+	add("http_quit", c.HTTPQuit != next.HTTPQuit)
+	add("tls", c.TLS != next.TLS)
+	add("log_format", c.LogFormat != next.LogFormat)
+	add("max_procs", c.MaxProcs != next.MaxProcs)
+	add("max_procs_queued", c.MaxProcsQueued != next.MaxProcsQueued)
+	add("tcp options (tcp_*) of client sockets", c.TCPOptions() != next.TCPOptions())
+	add("database_url, for the readiness prober", c.DatabaseURL != next.DatabaseURL)
+	return names
+}

@@ -29,14 +29,92 @@ const (
 )
 
 // setting describes one scalar (or string list) key: its name in the file,
-// its type, where it lives in Config and its flag help text. users and
+// its type, where it lives in Config and its documentation. users and
 // routes are not settings: they are lists of records (see decodeUsers and
 // decodeRoutes).
 type setting struct {
 	name  string // file key; "." separates nesting ("tls.cert_file")
 	kind  kind
 	field func(*Config) any // pointer to the Config field
-	usage string
+	// doc is the key's documentation (Markdown), written once: README's key table is
+	// generated from it (TestREADMEKeys), and the flag's help is its first sentence.
+	doc string
+}
+
+// docDefaults are the Default column of README's key table where the profiles' values alone
+// do not say it.
+var docDefaults = map[string]string{
+	"profile":                      "detected (see above)",
+	"tls.mode":                     "`allow`",
+	"max_message_size":             "`1073741824` (1 GiB)",
+	"max_prepared_statement_bytes": "`67108864` (64 MiB)",
+}
+
+// usage is the flag help: the doc's first sentence without Markdown, and the defaults.
+func (s setting) usage() string {
+	text := s.doc
+	if i := strings.Index(text, ". "); i >= 0 {
+		text = text[:i]
+	}
+	text = strings.TrimSuffix(strings.ReplaceAll(text, "`", ""), ".")
+	def := strings.ReplaceAll(s.defaultDoc(), "`", "")
+	return fmt.Sprintf("%s (default %s) (env %s)", text, def, s.envName())
+}
+
+// defaultDoc describes the key's default in every profile: "`10`", or "10 local, 50
+// production, 100 edge" when they differ.
+func (s setting) defaultDoc() string {
+	if d, ok := docDefaults[s.name]; ok {
+		return d
+	}
+	profiles := []string{ProfileLocal, ProfileProduction, ProfileEdge}
+	vals := make([]string, len(profiles))
+	for i, p := range profiles {
+		c := Defaults(p)
+		vals[i] = formatDefault(s.field(&c))
+	}
+	switch {
+	case vals[0] == vals[1] && vals[1] == vals[2]:
+		return "`" + vals[0] + "`"
+	case vals[1] == vals[2]:
+		return fmt.Sprintf("%s local, %s production and edge", vals[0], vals[1])
+	}
+	return fmt.Sprintf("%s local, %s production, %s edge", vals[0], vals[1], vals[2])
+}
+
+// formatDefault writes a default value as README shows it.
+func formatDefault(v any) string {
+	switch v := v.(type) {
+	case *string:
+		if *v == "" {
+			return `""`
+		}
+		return *v
+	case *int:
+		return strconv.Itoa(*v)
+	case *bool:
+		return strconv.FormatBool(*v)
+	case *time.Duration:
+		d := *v
+		switch {
+		case d == 0:
+			return "0"
+		case d%time.Hour == 0:
+			return fmt.Sprintf("%dh", d/time.Hour)
+		case d%time.Minute == 0 && d > time.Minute:
+			return fmt.Sprintf("%dm", d/time.Minute)
+		case d%time.Second == 0:
+			return fmt.Sprintf("%ds", d/time.Second)
+		}
+		return fmt.Sprintf("%dms", d/time.Millisecond)
+	case *[]string:
+		quoted := make([]string, len(*v))
+		for i, s := range *v {
+			quoted[i] = strconv.Quote(s)
+		}
+		return "[" + strings.Join(quoted, ", ") + "]"
+	}
+	return fmt.Sprint(v)
 }
 
 // flagName is the flag for the key: "tls.cert_file" -> "tls-cert-file".
@@ -52,52 +130,61 @@ func (s setting) envName() string {
 
 // settings lists every key except users and routes, in documentation order.
 var settings = []setting{
-	{"profile", kindString, func(c *Config) any { return &c.Profile }, `defaults profile: "local", "production" or "edge" (default: production if KUBERNETES_SERVICE_HOST is set, else local)`},
-	{"listen", kindList, func(c *Config) any { return &c.Listen }, `client listen addresses, comma-separated host:port (default "127.0.0.1:6432")`},
-	{"http_listen", kindString, func(c *Config) any { return &c.HTTPListen }, `HTTP (health, metrics) listen address; "" disables (default "127.0.0.1:9930")`},
-	{"database_url", kindString, func(c *Config) any { return &c.DatabaseURL }, `default upstream, postgres:// URL or keyword/value DSN (default $DATABASE_URL)`},
-	{"pool_mode", kindString, func(c *Config) any { return &c.PoolMode }, `"transaction" or "session" (default "transaction")`},
-	{"pool_size", kindInt, func(c *Config) any { return &c.PoolSize }, `server connections per route (default 10 local, 50 production, 100 edge)`},
-	{"min_pool_size", kindInt, func(c *Config) any { return &c.MinPoolSize }, `server connections kept open per route (default 0)`},
-	{"max_client_conn", kindInt, func(c *Config) any { return &c.MaxClientConn }, `maximum client connections in total (default 1000)`},
-	{"query_wait_timeout", kindDuration, func(c *Config) any { return &c.QueryWaitTimeout }, `how long a client waits for a server connection; 0 waits forever (default 30s)`},
-	{"query_wait_notice", kindDuration, func(c *Config) any { return &c.QueryWaitNotice }, `send a waiting client a NOTICE after it waited this long for a server connection; 0 never (default 0)`},
-	{"server_idle_timeout", kindDuration, func(c *Config) any { return &c.ServerIdleTimeout }, `close server connections idle this long; 0 never (default 10m)`},
-	{"server_lifetime", kindDuration, func(c *Config) any { return &c.ServerLifetime }, `close server connections older than this once released; 0 never (default 1h)`},
-	{"server_check_delay", kindDuration, func(c *Config) any { return &c.ServerCheckDelay }, `check a server connection idle longer than this before reuse; 0 always (default 30s)`},
-	{"server_reset_query", kindString, func(c *Config) any { return &c.ServerResetQuery }, `query run on a server connection released in session mode; "" none (default "DISCARD ALL")`},
-	{"connect_timeout", kindDuration, func(c *Config) any { return &c.ConnectTimeout }, `upstream dial and login timeout per attempt (default 5s local, 10s production, 5s edge)`},
-	{"query_timeout", kindDuration, func(c *Config) any { return &c.QueryTimeout }, `cancel a request's server query after this; 0 none (default 60s local, 30s production, 15s edge)`},
-	{"retries", kindInt, func(c *Config) any { return &c.Retries }, `transaction mode: times a request refused by a terminating server is sent to another server; 0 never (default 2 local, 3 production, 5 edge)`},
-	{"retry_delay", kindDuration, func(c *Config) any { return &c.RetryDelay }, `first delay between upstream dial attempts, exponential with jitter; 0 means 100ms (default 500ms local, 1s production, 200ms edge)`},
-	{"retry_max_delay", kindDuration, func(c *Config) any { return &c.RetryMaxDelay }, `cap of the exponential backoff between dial attempts and request re-sends; 0 means 2s (default 2s)`},
-	{"idle_transaction_timeout", kindDuration, func(c *Config) any { return &c.IdleTransactionTimeout }, `disconnect a client idle in a transaction this long; 0 off (default 0)`},
-	{"client_idle_timeout", kindDuration, func(c *Config) any { return &c.ClientIdleTimeout }, `disconnect a client idle this long; 0 off (default 0)`},
-	{"client_write_timeout", kindDuration, func(c *Config) any { return &c.ClientWriteTimeout }, `end a client a write to which stays blocked this long (it reads nothing); 0 never (default 60s)`},
-	{"client_login_timeout", kindDuration, func(c *Config) any { return &c.ClientLoginTimeout }, `time a client has to complete startup and authentication; 0 none (default 15s)`},
-	{"max_logins_in_progress", kindInt, func(c *Config) any { return &c.MaxLoginsInProgress }, `connections still logging in; at the bound the oldest login in progress, if over a second old, is closed to make room, else the new connection is refused with 53300; at least 1 (default 1000)`},
-	{"max_pools", kindInt, func(c *Config) any { return &c.MaxPools }, `pools for (database, user) pairs that are not configured routes; one more is refused with 53300; at least 1 (default 100)`},
-	{"tcp_keepalive", kindBool, func(c *Config) any { return &c.TCPKeepAlive }, `TCP keepalive probes on client and server sockets (default true)`},
-	{"tcp_keepidle", kindDuration, func(c *Config) any { return &c.TCPKeepIdle }, `idle time before the first keepalive probe, whole seconds; 0 = Go's 15s (default 30s)`},
-	{"tcp_keepintvl", kindDuration, func(c *Config) any { return &c.TCPKeepInterval }, `time between keepalive probes, whole seconds; 0 = Go's 15s (default 10s)`},
-	{"tcp_keepcnt", kindInt, func(c *Config) any { return &c.TCPKeepCount }, `unanswered keepalive probes before a connection is dropped; 0 = Go's 9 (default 3)`},
-	{"tcp_user_timeout", kindDuration, func(c *Config) any { return &c.TCPUserTimeout }, `TCP_USER_TIMEOUT (Linux): drop a connection whose sent data stays unacknowledged this long; 0 = kernel default, off (default 60s)`},
-	{"dns_max_ttl", kindDuration, func(c *Config) any { return &c.DNSMaxTTL }, `how long an upstream host name's addresses are used before they are looked up again; 0 = on every dial (default 15s)`},
-	{"max_message_size", kindInt, func(c *Config) any { return &c.MaxMessageSize }, `largest protocol message accepted, in bytes, at least 1024 (default 1073741824)`},
-	{"max_procs", kindInt, func(c *Config) any { return &c.MaxProcs }, `threads running Go code (GOMAXPROCS); 0 = Go's default, the CPU count or container CPU limit (default 1)`},
-	{"max_procs_queued", kindInt, func(c *Config) any { return &c.MaxProcsQueued }, `threads running Go code while clients queue deep for servers (at most the CPU count or container CPU limit); 0 = always max_procs (default 2)`},
-	{"session_state", kindString, func(c *Config) any { return &c.SessionState }, `transaction mode, for SQL that leaves state on the server (LISTEN, session advisory locks, temp tables, ...): "pin" the client to its server, or "refuse" the statement with an error (default "pin")`},
-	{"max_prepared_statements", kindInt, func(c *Config) any { return &c.MaxPreparedStatements }, `prepared statements kept per server connection in transaction mode, least recently used closed first; 0 = no limit (default 200)`},
-	{"max_client_prepared_statements", kindInt, func(c *Config) any { return &c.MaxClientPreparedStatements }, `named prepared statements one client may hold in transaction mode; more fail with 53400; 0 = no limit (default 1000)`},
-	{"max_prepared_statement_bytes", kindInt, func(c *Config) any { return &c.MaxPreparedStatementBytes }, `bytes of statement text the shared prepared-statement registry holds in transaction mode; a new statement beyond it fails with 53400; 0 = no limit (default 67108864)`},
-	{"max_requests_in_flight", kindInt, func(c *Config) any { return &c.MaxRequestsInFlight }, `requests one transaction-mode client may have awaiting replies; at the limit it is read no further until replies drain; at least 16 (default 1000)`},
-	{"auth_type", kindString, func(c *Config) any { return &c.AuthType }, `client authentication: "trust", "md5" or "scram-sha-256" (default "trust")`},
-	{"auth_trust_remote", kindBool, func(c *Config) any { return &c.AuthTrustRemote }, `allow auth_type trust on non-loopback listen addresses (default false)`},
-	{"tls.cert_file", kindString, func(c *Config) any { return &c.TLS.CertFile }, `PEM certificate for client TLS; with --tls-key-file (default none: no TLS)`},
-	{"tls.key_file", kindString, func(c *Config) any { return &c.TLS.KeyFile }, `PEM private key for client TLS; with --tls-cert-file (default none: no TLS)`},
-	{"tls.mode", kindString, func(c *Config) any { return &c.TLS.Mode }, `client TLS: "disable", "allow" (when the client asks) or "require" (a plaintext login gets 28000; needs a certificate) (default "allow")`},
-	{"log_level", kindString, func(c *Config) any { return &c.LogLevel }, `"debug", "info", "warn" or "error" (default "info")`},
-	{"log_format", kindString, func(c *Config) any { return &c.LogFormat }, `"text" or "json" (default text local, json production and edge)`},
+	{"profile", kindString, func(c *Config) any { return &c.Profile }, "`local`, `production` or `edge`. Empty means detect."},
+	{"listen", kindList, func(c *Config) any { return &c.Listen }, "Client listen addresses (`host:port`, IPv6 as `[::1]:6432`). At least one is required. Port 0 picks a free port. An empty host means every interface."},
+	{"http_listen", kindString, func(c *Config) any { return &c.HTTPListen }, "Address of the probes and metrics server. `\"\"` disables it."},
+	{"http_quit", kindBool, func(c *Config) any { return &c.HTTPQuit }, "Serve `POST /quitquitquit`: drain and exit as on SIGTERM."},
+	{"shutdown_delay", kindDuration, func(c *Config) any { return &c.ShutdownDelay }, "On SIGTERM, keep accepting and serving this long after readiness turned false (see Shutdown)."},
+	{"shutdown_timeout", kindDuration, func(c *Config) any { return &c.ShutdownTimeout }, "After `shutdown_delay`, how long open transactions and session-mode clients may take before the remaining clients get `57P01`."},
+	{"database_url", kindString, func(c *Config) any { return &c.DatabaseURL }, "Default upstream, as a `postgres://` URL or a keyword/value string. Its user logs in with its password. `\"\"` means no default upstream (in `local`, a disposable cluster is started instead). Prefer the environment: a flag shows in the process list. An `@` in a URL's user name or password must be percent-encoded (`%40`): a URL with more than one raw `@` before its host is refused, with that advice and without quoting it."},
+	{"pool_mode", kindString, func(c *Config) any { return &c.PoolMode }, "`transaction` returns the server connection after each transaction. `session` returns it when the client leaves."},
+	{"pool_size", kindInt, func(c *Config) any { return &c.PoolSize }, "Maximum server connections per route (upstream, database, user). At least 1."},
+	{"min_pool_size", kindInt, func(c *Config) any { return &c.MinPoolSize }, "Server connections kept open per pool, checked every second. The pools of configured pairs (see `max_pools`) are created at start; others at the first login. When the upstream refuses the login (a wrong password, a missing database), refilling backs off from 2 s to a minute instead of dialing every second. 0 opens connections on demand only. At most `pool_size`."},
+	{"max_client_conn", kindInt, func(c *Config) any { return &c.MaxClientConn }, "Maximum clients in total. Extra clients are refused with `53300`. An idle client costs about 7.5 KB of resident memory (10,000 idle clients measured by `make bench`; see Performance), so 10,000 fit in about 75 MB; raise the process's open-file limit with it. At least 1."},
+	{"query_wait_timeout", kindDuration, func(c *Config) any { return &c.QueryWaitTimeout }, "How long a client waits for a server connection. When it expires the client gets FATAL `08006` and is disconnected. 0 waits forever."},
+	{"query_wait_notice", kindDuration, func(c *Config) any { return &c.QueryWaitNotice }, "A client that has waited this long for a server connection gets one `NOTICE` (code `00000`, `pgsidecar: waiting for a server connection for …: N of M in use, K clients waiting …`, plus the last dial error while the upstream is failing), then keeps waiting. A client that does not take the notice within a second is disconnected (its stream would be cut mid-message). 0 = never."},
+	{"server_idle_timeout", kindDuration, func(c *Config) any { return &c.ServerIdleTimeout }, "Idle server connections beyond `min_pool_size` are closed after this. 0 never closes them."},
+	{"server_lifetime", kindDuration, func(c *Config) any { return &c.ServerLifetime }, "Server connections older than this (minus up to 10 % jitter) are closed when released or while idle. 0 means unlimited."},
+	{"server_check_delay", kindDuration, func(c *Config) any { return &c.ServerCheckDelay }, "An idle server connection unused for longer than this is checked (a non-blocking peek at its socket) before it is handed out; a dead one is closed and the next one tried. 0 = check every time; negative = never."},
+	{"server_reset_query", kindString, func(c *Config) any { return &c.ServerResetQuery }, "Run on a server connection when a session-mode client leaves. `\"\"` runs nothing."},
+	{"connect_timeout", kindDuration, func(c *Config) any { return &c.ConnectTimeout }, "Limit for one upstream dial plus login. Must be greater than 0."},
+	{"query_timeout", kindDuration, func(c *Config) any { return &c.QueryTimeout }, "A request running longer than this gets its server query cancelled (as a CancelRequest would); the client gets PostgreSQL's `57014 canceling statement due to user request` and the server connection stays usable. A server that answers neither within a further grace period (query_timeout, between 1 s and 5 s) is disconnected and the client gets `FATAL 08006` saying so, instead of waiting on a silent network; when the reason is a client that reads nothing of its result, that client is closed too, so that the server's slot is freed at once. 0 = none."},
+	{"retries", kindInt, func(c *Config) any { return &c.Retries }, "How often a request refused by a terminating server is sent to another server (transaction mode; see *Failures*). 0 = never. Dials are retried regardless, for as long as `query_wait_timeout` allows."},
+	{"retry_delay", kindDuration, func(c *Config) any { return &c.RetryDelay }, "First backoff delay between dial attempts while the upstream refuses (exponential, full jitter, capped at `retry_max_delay`). 0 = 100 ms."},
+	{"retry_max_delay", kindDuration, func(c *Config) any { return &c.RetryMaxDelay }, "Cap of the backoff between dial attempts and between re-sends of a refused request. 0 = 2 s."},
+	{"idle_transaction_timeout", kindDuration, func(c *Config) any { return &c.IdleTransactionTimeout }, "A client idle this long inside a transaction (holding its server) gets `FATAL 25P03` and is disconnected; its transaction is rolled back and the server reused. 0 = off."},
+	{"client_idle_timeout", kindDuration, func(c *Config) any { return &c.ClientIdleTimeout }, "A client idle this long outside a transaction gets `FATAL 57P05` and is disconnected. 0 = off."},
+	{"client_write_timeout", kindDuration, func(c *Config) any { return &c.ClientWriteTimeout }, "A write to a client that stays blocked this long (the client reads nothing of its result) ends that client; its server connection is closed and its slot freed. The bound is per write of at most 64 KiB, so a client that reads slowly but steadily is never cut; a write that does not block costs nothing. 0 = never."},
+	{"client_login_timeout", kindDuration, func(c *Config) any { return &c.ClientLoginTimeout }, "Time a client has to finish TLS, startup and authentication. Short, so that connections that never log in cannot hold the login slots for long. 0 = no limit."},
+	{"max_logins_in_progress", kindInt, func(c *Config) any { return &c.MaxLoginsInProgress }, "Connections still logging in. At the bound, the oldest login in progress is closed to make room if it has taken over a second (a prompt client logs in within milliseconds), otherwise the new connection is refused with `53300` (both counted in `pgsidecar_logins_evicted_total`): a flood of connections that never log in cannot hold the slots, and a burst of prompt logins is never cut. Failed logins are throttled per client address: after 3 within a minute, each further failure is answered 200 ms later than the one before, up to 2 s (`pgsidecar_auth_failures_total`). At least 1."},
+	{"max_pools", kindInt, func(c *Config) any { return &c.MaxPools }, "Pools for (database, user) pairs the configuration does not name; a login needing one more is refused with `53300`. The configuration names `database_url`'s own database and user, and every route giving both a database (not `*`) and a user (not `*`); their pools are made at start, kept until exit and not counted here. Any other pool is kept only while its upstream accepts logins: a pool whose upstream never accepted one is dropped when its last client leaves, and an unused pool whose last dial failed is dropped within a second, with its goroutine and metric series. At least 1."},
+	{"tcp_keepalive", kindBool, func(c *Config) any { return &c.TCPKeepAlive }, "TCP keepalive probes on client and server sockets: they find a peer that vanished while the connection was idle, and keep idle pooled connections known to NATs and load balancers. `false` turns them off (Go's own 15 s probes too)."},
+	{"tcp_keepidle", kindDuration, func(c *Config) any { return &c.TCPKeepIdle }, "Idle time before the first probe, rounded up to whole seconds. 0 = Go's default, 15 s. At most 32767 s."},
+	{"tcp_keepintvl", kindDuration, func(c *Config) any { return &c.TCPKeepInterval }, "Time between unanswered probes, rounded up to whole seconds. 0 = Go's default, 15 s. At most 32767 s."},
+	{"tcp_keepcnt", kindInt, func(c *Config) any { return &c.TCPKeepCount }, "Unanswered probes before the connection is dropped. 0 = Go's default, 9. At most 127. The defaults drop a silent peer after 30 s + 3 × 10 s = 1 minute."},
+	{"tcp_user_timeout", kindDuration, func(c *Config) any { return &c.TCPUserTimeout }, "`TCP_USER_TIMEOUT` (Linux; ignored elsewhere): a connection whose sent data stays unacknowledged this long is dropped, instead of after the kernel's ~15 minutes of retransmissions; with keepalive on it also bounds unanswered probes. The default equals `tcp_keepidle + tcp_keepintvl × tcp_keepcnt`, so a dead peer is found within a minute with or without data in flight. A slow query is never cut: the server's kernel acknowledges what it receives. 0 = the kernel's default (off), as in libpq and PgBouncer."},
+	{"dns_max_ttl", kindDuration, func(c *Config) any { return &c.DNSMaxTTL }, "How long the addresses of an upstream host name are used before they are looked up again, whatever the DNS TTL (PgBouncer's key and default). See *Failures*. 0 = look up on every dial."},
+	{"max_message_size", kindInt, func(c *Config) any { return &c.MaxMessageSize }, "Largest protocol message accepted, in bytes. Checked before any allocation; a larger message is a protocol error (`08P01`). At least 1024."},
+	{"max_procs", kindInt, func(c *Config) any { return &c.MaxProcs }, "GOMAXPROCS. One thread, like PgBouncer: relaying is bound by system calls, and more threads add wake-ups between threads. Raise it when one core saturates (for example many TLS clients). 0 = Go's default (CPU count or container limit)."},
+	{"max_procs_queued", kindInt, func(c *Config) any { return &c.MaxProcsQueued }, "GOMAXPROCS while clients queue deep for servers (more than four waiting per server in use, two samples in a row, sampled every 250 ms); back to `max_procs` after two seconds of a short queue. A second thread then hands freed servers to waiting clients sooner. Capped at Go's default GOMAXPROCS (the CPU count, or a container's CPU limit); 0 (or not above `max_procs`) = always `max_procs`."},
+	{"session_state", kindString, func(c *Config) any { return &c.SessionState }, "Transaction mode, for SQL that leaves state on the server (see *Pinning*): `pin` keeps the client on its server for the rest of its session; `refuse` fails the statement with `0A000` instead (a simple `Query` is failed by the server, so an explicit transaction is aborted as PostgreSQL would abort it)."},
+	{"max_prepared_statements", kindInt, func(c *Config) any { return &c.MaxPreparedStatements }, "Shared prepared statements kept per server connection (LRU) in transaction mode. 0 = no limit. Tracking cannot be turned off (drivers would break)."},
+	{"max_client_prepared_statements", kindInt, func(c *Config) any { return &c.MaxClientPreparedStatements }, "Named prepared statements one client may hold in transaction mode. A Parse beyond it fails with `ERROR 53400` (the client goes on; closing a statement makes room). Statement names longer than 1024 bytes fail with `42622`. 0 = no limit."},
+	{"max_prepared_statement_bytes", kindInt, func(c *Config) any { return &c.MaxPreparedStatementBytes }, "Bytes of statement text (each distinct text held once, however many clients prepared it) in the shared registry of transaction mode. A Parse of a new text beyond it fails with `ERROR 53400`; texts already held keep working. 0 = no limit."},
+	{"max_requests_in_flight", kindInt, func(c *Config) any { return &c.MaxRequestsInFlight }, "Requests (and replies the proxy makes itself, such as `CloseComplete`) one transaction-mode client may have queued awaiting the server. At the limit the proxy sends the server a `Flush` and reads no more from that client until half have drained, so a client that pipelines without reading holds bounded memory (about 100 bytes an entry) and is slowed, not buffered. At least 16."},
+	{"auth_type", kindString, func(c *Config) any { return &c.AuthType }, "Client authentication: `trust`, `md5` or `scram-sha-256`. With md5 or SCRAM and no `users`, nobody can log in."},
+	{"auth_trust_remote", kindBool, func(c *Config) any { return &c.AuthTrustRemote }, "Allows `trust` on listen addresses that are not loopback. Without it, that configuration is refused."},
+	{"tls.cert_file", kindString, func(c *Config) any { return &c.TLS.CertFile }, "PEM certificate for client-side TLS."},
+	{"tls.key_file", kindString, func(c *Config) any { return &c.TLS.KeyFile }, "PEM key. Set both or neither, and the files must exist. Neither means client TLS is off (`SSLRequest` is answered `N`). The files are checked every second and the certificate reloaded when they change (a renewal, an updated Secret): new logins get the new one, open connections keep theirs; a change that does not load keeps the old one and is logged."},
+	{"tls.mode", kindString, func(c *Config) any { return &c.TLS.Mode }, "Client TLS: `disable` (never offered, even with a certificate), `allow` (when the client asks), `require` (a client that does not use TLS is refused with `28000`, as PostgreSQL's `hostssl` refuses it; needs a certificate; cancel requests are still accepted in plaintext, as PostgreSQL accepts them). `\"\"` = `allow`."},
+	{"log_level", kindString, func(c *Config) any { return &c.LogLevel }, "`debug`, `info`, `warn` or `error`. Logs use `log/slog` and go to stderr."},
+	{"log_format", kindString, func(c *Config) any { return &c.LogFormat }, "`text` or `json`."},
+}
+
+// recordDocs document the keys that hold lists of records, as settings' docs do theirs.
+var recordDocs = []struct{ name, env, doc string }{
+	{"users", "`USERS`", "Client logins, `{name, password}`. See below."},
+	{"routes", "—", "Maps a client's database and user to an upstream (file only). See below."},
 }
 
 // fileOnlyKeys are list keys accepted in the file besides settings.
@@ -114,7 +201,7 @@ func NewFlagSet(name string) *pflag.FlagSet {
 	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
 	fs.String("config", "", "YAML config file (env "+EnvPrefix+"CONFIG)")
 	for _, s := range settings {
-		usage := s.usage + " (env " + s.envName() + ")"
+		usage := s.usage()
 		switch s.kind {
 		case kindString:
 			fs.String(s.flagName(), "", usage)

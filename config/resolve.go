@@ -35,6 +35,8 @@ type Upstream struct {
 	// read-write or primary: a server that refuses a write as read-only
 	// (25006) has been demoted and is no longer the one the route wants.
 	WantsPrimary bool
+	// ClientDatabase and ClientUser are the pair Resolve was asked for.
+	ClientDatabase, ClientUser string
 	// Configured reports whether the operator named this pair: a route with a database other
 	// than "*" and a user other than "" or "*", or database_url's own database and user.
 	// Other pairs are chosen by clients; their pools are bounded by max_pools and dropped
@@ -126,10 +128,12 @@ func (c *Config) Route(database, user string) (r Route, ok bool) {
 func (c *Config) Resolve(database, user string) (Upstream, error) {
 	r, routed := c.Route(database, user)
 	up := Upstream{
-		Database: database,
-		User:     user,
-		PoolSize: c.PoolSize,
-		PoolMode: c.PoolMode,
+		ClientDatabase: database,
+		ClientUser:     user,
+		Database:       database,
+		User:           user,
+		PoolSize:       c.PoolSize,
+		PoolMode:       c.PoolMode,
 	}
 	if r.UpstreamDatabase != "" {
 		up.Database = r.UpstreamDatabase

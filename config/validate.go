@@ -168,6 +168,8 @@ func (c *Config) Validate() error {
 		{"client_idle_timeout", c.ClientIdleTimeout},
 		{"client_login_timeout", c.ClientLoginTimeout},
 		{"client_write_timeout", c.ClientWriteTimeout},
+		{"shutdown_delay", c.ShutdownDelay},
+		{"shutdown_timeout", c.ShutdownTimeout},
 		{"tcp_keepidle", c.TCPKeepIdle},
 		{"tcp_keepintvl", c.TCPKeepInterval},
 		{"tcp_user_timeout", c.TCPUserTimeout},

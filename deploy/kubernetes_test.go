@@ -29,14 +29,6 @@ import (
 	"github.com/pgsidecar/pgsidecar/health"
 )
 
-// The planned defaults of shutdown_delay (keep serving while endpoints stop routing to the
-// pod) and shutdown_timeout (the drain's bound), issue 11. Replace them with the config
-// package's defaults once those settings exist.
-const (
-	shutdownDelay   = 5 * time.Second
-	shutdownTimeout = 20 * time.Second
-)
-
 // sidecarImage is the image name the base's kustomization pins.
 const sidecarImage = "ghcr.io/pgsidecar/pgsidecar"
 
@@ -212,9 +204,14 @@ func TestKustomizeBase(t *testing.T) {
 		if s := pod.TerminationGracePeriodSeconds; s != nil {
 			grace = time.Duration(*s) * time.Second
 		}
-		if need := preStop + shutdownDelay + shutdownTimeout; grace < need {
+		// The sidecar's own settings, as the binary loads them from its environment.
+		cfg := sidecarConfig(t, c)
+		if need := preStop + cfg.ShutdownDelay + cfg.ShutdownTimeout; grace < need {
 			t.Errorf("terminationGracePeriodSeconds %v < app preStop %v + shutdown_delay %v + shutdown_timeout %v",
-				grace, preStop, shutdownDelay, shutdownTimeout)
+				grace, preStop, cfg.ShutdownDelay, cfg.ShutdownTimeout)
+		}
+		if cfg.ShutdownDelay <= 0 {
+			t.Errorf("shutdown_delay %v: endpoints would still route to a sidecar that no longer accepts", cfg.ShutdownDelay)
 		}
 	})
 }
@@ -252,9 +249,9 @@ func checkSecurityContext(t *testing.T, pod *corev1.PodSpec, c *corev1.Container
 	}
 }
 
-// checkConfig loads pgsidecar's configuration from the container's environment and arguments
-// as the binary would, and checks the ports against it and the binary's defaults.
-func checkConfig(t *testing.T, pod *corev1.PodSpec, c *corev1.Container) {
+// sidecarConfig loads pgsidecar's configuration from the container's environment and
+// arguments as the binary would.
+func sidecarConfig(t *testing.T, c *corev1.Container) *config.Config {
 	t.Helper()
 	// In a pod Kubernetes sets this, which selects the production profile.
 	environ := []string{"KUBERNETES_SERVICE_HOST=10.0.0.1"}
@@ -272,6 +269,14 @@ func checkConfig(t *testing.T, pod *corev1.PodSpec, c *corev1.Container) {
 	if err != nil {
 		t.Fatalf("the manifest's configuration does not load: %v", err)
 	}
+	return cfg
+}
+
+// checkConfig checks the sidecar's configuration, as the binary loads it, against the ports
+// of the manifest and the binary's defaults.
+func checkConfig(t *testing.T, pod *corev1.PodSpec, c *corev1.Container) {
+	t.Helper()
+	cfg := sidecarConfig(t, c)
 	if cfg.Profile != config.ProfileProduction {
 		t.Errorf("profile %q in a pod, want %s", cfg.Profile, config.ProfileProduction)
 	}

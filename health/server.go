@@ -52,8 +52,9 @@ type Options struct {
 	// Nil serves an empty registry.
 	Gatherer prometheus.Gatherer
 
-	// Ready reports whether pgsidecar can serve clients (pool not
-	// exhausted, upstream reachable). It is called by /readyz and
+	// Ready reports whether pgsidecar can serve clients (its upstreams
+	// reachable; a busy pool is not a reason to take a sidecar out of its
+	// Service, as clients queue for it). It is called by /readyz and
 	// /api/health with a context that expires after 2s and must honour it.
 	// A nil return means ready; the error text is shown to HTTP clients, so
 	// it must not contain secrets (use redacted DSNs). Nil Ready means

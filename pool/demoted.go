@@ -32,7 +32,7 @@ var errOtherAddr = errors.New("not the address being checked")
 // has no such check, or the check could not be made (the connection's own failure will say
 // more). Answers are remembered for a second per address.
 func (p *Pool) Demoted(ctx context.Context, addr string) bool {
-	cc := p.cfg.ConnConfig
+	cc := p.settings().ConnConfig
 	if cc == nil || cc.ValidateConnect == nil {
 		return false
 	}
@@ -60,13 +60,14 @@ func (p *Pool) Demoted(ctx context.Context, addr string) bool {
 // checkDemoted opens a connection to addr alone, through the pool's configuration (so with
 // the TLS settings of the host that resolves to it), and runs the pool's ValidateConnect on it.
 func (p *Pool) checkDemoted(ctx context.Context, addr string) (bool, error) {
-	timeout := p.cfg.ConnectTimeout
+	cfg := p.settings()
+	timeout := cfg.ConnectTimeout
 	if timeout <= 0 {
 		timeout = demotionCheckTimeout
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cc := p.cfg.ConnConfig.Copy()
+	cc := cfg.ConnConfig.Copy()
 	validate := cc.ValidateConnect
 	cc.ValidateConnect = nil
 	if p.hosts != nil {

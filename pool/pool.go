@@ -169,8 +169,11 @@ type Pool struct {
 	// demotions remembers the last Demoted check of each address; guarded by mu.
 	demotions map[string]demotionCheck
 
-	// users counts the Set.Join calls not yet matched by Leave; guarded by the Set's mu.
-	users int
+	// users counts the Set.Join calls not yet matched by Leave; keep is Config.Keep, as
+	// Set.Reconfigure last set it; dropped is set by Set.Drop. Guarded by the Set's mu.
+	users   int
+	keep    bool
+	dropped bool
 
 	acquires, waits, waitNanos, dials, dialErrors, closes atomic.Uint64
 	dialRetries, checkFailures, idleDropped, retired      atomic.Uint64
@@ -213,6 +216,42 @@ func New(cfg Config) *Pool {
 	p.wg.Add(1)
 	go p.maintain()
 	return p
+}
+
+// settings returns a copy of the pool's configuration, which Reconfigure may change.
+func (p *Pool) settings() Config {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cfg
+}
+
+// Reconfigure applies cfg's tunable settings to the pool: ConnConfig (for new connections: a
+// changed password, say), Size, MinSize, IdleTimeout, Lifetime, ConnectTimeout, Retry and
+// CheckDelay. Its identity (Key, Database, User) and its dialing setup (TCP,
+// LoadBalanceHosts, DNSMaxTTL, LookupTimeout, MaxConcurrentDials) stay as created; Keep is the
+// Set's (Set.Reconfigure). A larger Size lets waiters dial at once; a smaller one closes idle
+// connections beyond it now and busy ones as they are released. Open connections are kept.
+func (p *Pool) Reconfigure(cfg Config) {
+	if cfg.Size < 1 {
+		cfg.Size = 1
+	}
+	p.mu.Lock()
+	p.cfg.ConnConfig = cfg.ConnConfig
+	p.cfg.Size, p.cfg.MinSize = cfg.Size, cfg.MinSize
+	p.cfg.IdleTimeout, p.cfg.Lifetime, p.cfg.ConnectTimeout = cfg.IdleTimeout, cfg.Lifetime, cfg.ConnectTimeout
+	p.cfg.Retry, p.cfg.CheckDelay = cfg.Retry, cfg.CheckDelay
+	var victims []*Conn
+	for p.open > p.cfg.Size && len(p.idle) > 0 {
+		victims = append(victims, p.idle[0])
+		p.idle[0] = nil
+		p.idle = p.idle[1:]
+		p.open--
+	}
+	p.dispatchLocked()
+	p.mu.Unlock()
+	for _, c := range victims {
+		p.closeConn(c)
+	}
 }
 
 // Key returns the pool's identity.
@@ -529,7 +568,7 @@ func (p *Pool) dialRetrying(ctx context.Context) (*Conn, error) {
 		if !retry.Classify(err).Retryable {
 			return nil, err
 		}
-		if p.cfg.Retry.Exhausted(attempt + 1) {
+		if p.settings().Retry.Exhausted(attempt + 1) {
 			if attempt == 0 {
 				return nil, err
 			}
@@ -657,13 +696,14 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 
 // connect dials, authenticates and hijacks one upstream connection.
 func (p *Pool) connect(ctx context.Context) (*Conn, error) {
-	if p.cfg.ConnectTimeout > 0 {
+	cfg := p.settings()
+	if cfg.ConnectTimeout > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, p.cfg.ConnectTimeout)
+		ctx, cancel = context.WithTimeout(ctx, cfg.ConnectTimeout)
 		defer cancel()
 	}
-	cc := p.cfg.ConnConfig.Copy()
-	if p.cfg.LoadBalanceHosts {
+	cc := cfg.ConnConfig.Copy()
+	if cfg.LoadBalanceHosts {
 		shuffleHosts(cc)
 	}
 	if p.hosts != nil {
@@ -700,8 +740,8 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 		held:      true,
 		cancelTLS: tlsConfigOf(cc, hc.Conn),
 	}
-	if p.cfg.Lifetime > 0 {
-		c.lifetime = p.cfg.Lifetime - time.Duration(rand.Int64N(int64(p.cfg.Lifetime)/10+1))
+	if cfg.Lifetime > 0 {
+		c.lifetime = cfg.Lifetime - time.Duration(rand.Int64N(int64(cfg.Lifetime)/10+1))
 	}
 	return c, nil
 }
@@ -712,8 +752,13 @@ func (c *Conn) expired(now time.Time) bool {
 
 // Release returns a clean, idle connection (ReadyForQuery 'I', nothing in flight) to the pool.
 // A connection past its lifetime, or retired while it was handed out (see RetireAddr), is
-// closed instead.
+// closed instead. A connection of another pool goes back to its own.
 func (p *Pool) Release(c *Conn) {
+	if c.pool != p && c.pool != nil {
+		// Held by a client that a reload moved to another pool meanwhile.
+		c.pool.Release(c)
+		return
+	}
 	now := time.Now()
 	c.lastUsed = now
 	// A holder may have left a deadline set (the proxy wakes its reader with one). Clearing
@@ -727,7 +772,7 @@ func (p *Pool) Release(c *Conn) {
 		panic("pool: Release of a connection that is not handed out")
 	}
 	c.held = false
-	if p.closed || c.retired || c.expired(now) {
+	if p.closed || c.retired || c.expired(now) || p.open > p.cfg.Size {
 		p.open--
 		p.dispatchLocked()
 		p.mu.Unlock()
@@ -747,8 +792,13 @@ func (p *Pool) Release(c *Conn) {
 	p.mu.Unlock()
 }
 
-// Destroy closes a connection that cannot be reused (broken, or left in an unknown state).
+// Destroy closes a connection that cannot be reused (broken, or left in an unknown state), in
+// the pool it belongs to.
 func (p *Pool) Destroy(c *Conn) {
+	if c.pool != p && c.pool != nil {
+		c.pool.Destroy(c)
+		return
+	}
 	p.mu.Lock()
 	if !c.held {
 		p.mu.Unlock()

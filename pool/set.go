@@ -77,7 +77,7 @@ func (s *Set) Join(key string, newCfg func() (Config, error)) (*Pool, error) {
 		s.dynamic++
 	}
 	p := New(cfg)
-	p.users = 1
+	p.users, p.keep = 1, cfg.Keep
 	s.pools[key] = p
 	return p, nil
 }
@@ -96,20 +96,82 @@ func (s *Set) joinLocked(key string) (*Pool, error) {
 }
 
 // Leave ends a use that Join began. The pool is closed and forgotten if it was the last user
-// and the pool is not worth keeping (see Set). The caller must hold none of its connections.
+// and the pool is not worth keeping (see Set), or was dropped by Drop. The caller must hold none
+// of its connections.
 func (s *Set) Leave(p *Pool) {
 	s.mu.Lock()
 	p.users--
-	gone := s.removeIfUnwantedLocked(p)
+	gone := s.removeIfUnwantedLocked(p) || p.dropped && p.users == 0
 	s.mu.Unlock()
 	if gone {
 		p.Close()
 	}
 }
 
+// Each calls fn for every pool, without the Set's lock.
+func (s *Set) Each(fn func(*Pool)) {
+	s.mu.Lock()
+	pools := make([]*Pool, 0, len(s.pools))
+	for _, p := range s.pools {
+		pools = append(pools, p)
+	}
+	s.mu.Unlock()
+	for _, p := range pools {
+		fn(p)
+	}
+}
+
+// Reconfigure applies cfg to the pool for its Key, if there is one: Pool.Reconfigure, and Keep.
+func (s *Set) Reconfigure(cfg Config) {
+	s.mu.Lock()
+	p, ok := s.pools[cfg.Key]
+	if ok && p.keep != cfg.Keep {
+		p.keep = cfg.Keep
+		if cfg.Keep {
+			s.dynamic--
+		} else {
+			s.dynamic++
+		}
+	}
+	s.mu.Unlock()
+	if ok {
+		p.Reconfigure(cfg)
+	}
+}
+
+// SetMaxPools changes SetOptions.MaxPools; pools beyond a lower limit stay.
+func (s *Set) SetMaxPools(n int) {
+	s.mu.Lock()
+	s.opts.MaxPools = n
+	s.mu.Unlock()
+}
+
+// Drop forgets the pool for key (a route that changed or went): a later Join makes a new one.
+// Its users keep it until they Leave; its idle connections are closed now and the others as they
+// are released; the last Leave closes it.
+func (s *Set) Drop(key string) {
+	s.mu.Lock()
+	p, ok := s.pools[key]
+	if ok {
+		delete(s.pools, key)
+		if !p.keep {
+			s.dynamic--
+		}
+		p.dropped = true
+	}
+	unused := ok && p.users == 0
+	s.mu.Unlock()
+	switch {
+	case unused:
+		p.Close()
+	case ok:
+		p.Retire(func(*Conn) bool { return true })
+	}
+}
+
 // removeIfUnwantedLocked takes p out of the Set if nobody uses it and it is not worth keeping.
 func (s *Set) removeIfUnwantedLocked(p *Pool) bool {
-	if p.users > 0 || p.cfg.Keep || s.pools[p.cfg.Key] != p || !p.unwanted() {
+	if p.users > 0 || p.keep || s.pools[p.cfg.Key] != p || !p.unwanted() {
 		return false
 	}
 	delete(s.pools, p.cfg.Key)

@@ -42,7 +42,7 @@ func benchSession(tb testing.TB) (*session, *wire.Frames) {
 	}
 	tb.Cleanup(func() { conn.Close(); ln.Close() })
 	s := &session{srv: srv, txPooling: true, maxMsg: 1 << 30}
-	s.Tracker.Init(&srv.stmts, trackerLimitsOf(srv.cfg, config.Upstream{}))
+	s.Tracker.Init(&srv.stmts, trackerLimitsOf(srv.config(), config.Upstream{}))
 	s.wrote.L = &s.mu
 	s.log = srv.log
 	s.server = &pool.Conn{Conn: conn}

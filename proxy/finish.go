@@ -67,10 +67,10 @@ func (s *session) finish(cause error) {
 		s.awaitCancels()
 	}
 	if !clean || !s.resetServer(srv, status) {
-		s.pool.Destroy(srv)
+		s.pool().Destroy(srv)
 		return
 	}
-	s.pool.Release(srv)
+	s.pool().Release(srv)
 }
 
 // resetServer makes a server that a client left fit for the next one: an open transaction is
@@ -94,7 +94,7 @@ func (s *session) resetServer(srv *pool.Conn, status byte) bool {
 		// A pinned client left state behind that only a full reset removes.
 		reset = "DISCARD ALL"
 	case !s.txPooling:
-		reset = s.srv.cfg.ServerResetQuery
+		reset = s.srv.config().ServerResetQuery
 	case dirty:
 		reset = "RESET ALL"
 	}

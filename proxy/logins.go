@@ -29,7 +29,7 @@ func (s *Server) beginLogin(sess *session) bool {
 	now := time.Now()
 	s.mu.Lock()
 	var victim *session
-	if max := s.cfg.MaxLoginsInProgress; max > 0 && len(s.logins) >= max {
+	if max := s.config().MaxLoginsInProgress; max > 0 && len(s.logins) >= max {
 		if now.Sub(s.logins[0].loginStart) < loginEvictAge {
 			s.mu.Unlock()
 			s.metrics.loginEvicted()

@@ -318,7 +318,7 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}, f *wire.Fra
 				// Already answered; the server is closing. Not released: destroyed.
 				st.Relaying.Store(false)
 				handedBack = true
-				s.pool.Destroy(srv)
+				s.pool().Destroy(srv)
 				return
 			}
 			if st != nil && s.takeRetryNeeded() {
@@ -390,7 +390,7 @@ func (s *session) checkDemotion(f *wire.Frames, srv *pool.Conn, st *txmode.Serve
 	if !s.upstream.WantsPrimary || !wire.HasErrorCode(f.Buf[f.R:f.W], retry.CodeReadOnlySQLTransaction) {
 		return
 	}
-	demoted := srv.Params["in_hot_standby"] == "on" || s.pool.Demoted(s.ctx, srv.Addr())
+	demoted := srv.Params["in_hot_standby"] == "on" || s.pool().Demoted(s.ctx, srv.Addr())
 	s.mu.Lock()
 	st.Demoted = demoted
 	s.mu.Unlock()
@@ -492,7 +492,7 @@ func (s *session) released(srv *pool.Conn, reread chan struct{}) {
 	if st, ok := srv.Tag.(*txmode.ServerState); ok {
 		st.Relaying.Store(false)
 	}
-	s.pool.CountTransaction()
+	s.pool().CountTransaction()
 	if reread != nil {
 		err := s.rereadParams(srv)
 		s.mu.Lock()
@@ -501,12 +501,12 @@ func (s *session) released(srv *pool.Conn, reread chan struct{}) {
 		close(reread)
 		if err != nil {
 			s.log.Warn("could not read back session parameters; closing the server connection", "err", err)
-			s.pool.Destroy(srv)
+			s.pool().Destroy(srv)
 			return
 		}
 	}
 	s.awaitCancels()
-	s.pool.Release(srv)
+	s.pool().Release(srv)
 	if s.srv.draining.Load() {
 		s.shutdownIfIdle()
 	}
@@ -610,7 +610,7 @@ func (s *session) loopFailed(err error, tellClient, atBoundary bool) {
 		s.wrote.Broadcast() // awaitRoom waits for replies that will not come
 	}
 	if s.abandoned {
-		err = fmt.Errorf("the server answered neither the query within query_timeout (%s) nor its cancel request, and was disconnected", s.srv.cfg.QueryTimeout)
+		err = fmt.Errorf("the server answered neither the query within query_timeout (%s) nor its cancel request, and was disconnected", s.srv.config().QueryTimeout)
 	}
 	s.mu.Unlock()
 	if closing {

@@ -61,7 +61,7 @@ func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *txmode.Ser
 	if !conflict && reason != retry.ReasonReadOnly && !wroteNothing && !closesAfterFatal(old) {
 		// A FATAL refusal that the connection's end does not follow came from something
 		// other than the server ending the session: the request may have run.
-		s.pool.Destroy(old)
+		s.pool().Destroy(old)
 		s.mu.Lock()
 		s.server = nil
 		s.retryErr = errFatalNotClosed
@@ -75,18 +75,18 @@ func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *txmode.Ser
 		// batch may well run on it again.
 		if oldReady || s.awaitReadyForQuery(old) == nil {
 			s.awaitCancels()
-			s.pool.Release(old)
+			s.pool().Release(old)
 		} else {
-			s.pool.Destroy(old)
+			s.pool().Destroy(old)
 		}
 	case retry.ReasonReadOnly:
 		// relayTracked retired the demoted server's connections already; the others are fine.
-		s.pool.Destroy(old)
+		s.pool().Destroy(old)
 	default:
-		s.pool.Destroy(old)
+		s.pool().Destroy(old)
 		// A server that shut down usually means the upstream restarted: its idle siblings are
 		// dead too, and dropping them at once saves every other client a failed attempt.
-		s.pool.DropIdle()
+		s.pool().DropIdle()
 	}
 	err := s.retryPause(attempt)
 	if err == nil {
@@ -113,7 +113,7 @@ func (s *session) retryOnNewServer(old *pool.Conn) (c *pool.Conn, st *txmode.Ser
 		s.retrying = false
 		s.wrote.Broadcast()
 		s.mu.Unlock()
-		s.pool.Release(c)
+		s.pool().Release(c)
 		return nil, nil, false
 	}
 	st.Relaying.Store(true)
@@ -155,22 +155,25 @@ func closesAfterFatal(c *pool.Conn) bool {
 // acquireServer takes a server from the pool for this client, within query_wait_timeout, with
 // the client's parameters applied.
 func (s *session) acquireServer() (*pool.Conn, error) {
-	if c := s.pool.TryAcquire(); c != nil {
+	if err := s.rebind(); err != nil {
+		return nil, err
+	}
+	if c := s.pool().TryAcquire(); c != nil {
 		if err := s.syncParams(s.ctx, c); err != nil {
-			s.pool.Destroy(c)
+			s.pool().Destroy(c)
 			return nil, &upstreamError{err: fmt.Errorf("apply session parameters: %w", err)}
 		}
 		return c, nil
 	}
-	wait := s.srv.cfg.QueryWaitTimeout
+	wait := s.srv.config().QueryWaitTimeout
 	var notice *time.Timer
-	if d := s.srv.cfg.QueryWaitNotice; d > 0 && (wait <= 0 || d < wait) {
+	if d := s.srv.config().QueryWaitNotice; d > 0 && (wait <= 0 || d < wait) {
 		s.wmu.Lock()
 		s.waitNotice = true
 		s.wmu.Unlock()
 		notice = time.AfterFunc(d, s.sendWaitNotice)
 	}
-	c, err := s.pool.AcquireWithin(s.ctx, wait)
+	c, err := s.pool().AcquireWithin(s.ctx, wait)
 	if notice != nil {
 		notice.Stop()
 		// Under wmu: once this returns, no notice can be written after a reply has begun.
@@ -181,7 +184,7 @@ func (s *session) acquireServer() (*pool.Conn, error) {
 	if err != nil {
 		if errors.Is(err, pool.ErrWaitTimeout) {
 			msg := fmt.Sprintf("pgsidecar: no server connection became free within query_wait_timeout (%s)", wait)
-			if last := s.pool.LastError(); last != nil {
+			if last := s.pool().LastError(); last != nil {
 				msg += "; last connection attempt: " + last.Error()
 			}
 			return nil, &startupError{code: retry.CodeConnectionFailure, msg: msg}
@@ -189,7 +192,7 @@ func (s *session) acquireServer() (*pool.Conn, error) {
 		return nil, &upstreamError{err: err}
 	}
 	if err := s.syncParams(s.ctx, c); err != nil {
-		s.pool.Destroy(c)
+		s.pool().Destroy(c)
 		return nil, &upstreamError{err: fmt.Errorf("apply session parameters: %w", err)}
 	}
 	return c, nil
@@ -203,7 +206,7 @@ func (s *session) retryPause(attempt int) error {
 	if attempt < 2 {
 		return nil
 	}
-	d := retry.Backoff{Initial: s.srv.cfg.RetryDelay, Max: s.srv.cfg.RetryMaxDelay}.Delay(attempt-2, nil)
+	d := retry.Backoff{Initial: s.srv.config().RetryDelay, Max: s.srv.config().RetryMaxDelay}.Delay(attempt-2, nil)
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -268,10 +271,10 @@ func (s *session) sendWaitNotice() {
 		return
 	}
 	s.waitNotice = false
-	st := s.pool.Stat()
+	st := s.pool().Stat()
 	msg := fmt.Sprintf("pgsidecar: waiting for a server connection for %s: %d of %d in use, %d clients waiting (query_wait_timeout %s)",
-		s.srv.cfg.QueryWaitNotice, st.InUse, st.Size, st.Waiting, s.srv.cfg.QueryWaitTimeout)
-	if last := s.pool.LastError(); last != nil {
+		s.srv.config().QueryWaitNotice, st.InUse, st.Size, st.Waiting, s.srv.config().QueryWaitTimeout)
+	if last := s.pool().LastError(); last != nil {
 		msg += "; last connection attempt: " + last.Error()
 	}
 	buf, _ := (&pgproto3.NoticeResponse{Severity: "NOTICE", SeverityUnlocalized: "NOTICE", Code: "00000", Message: msg}).Encode(nil)
@@ -291,7 +294,7 @@ func (s *session) retireServerLocked() {
 	if s.server == nil {
 		return
 	}
-	if n := s.pool.RetireAddr(s.server.Addr()); n > 0 {
+	if n := s.pool().RetireAddr(s.server.Addr()); n > 0 {
 		s.log.Info("upstream server turned read-only; retiring its connections", "addr", s.server.Addr(), "connections", n)
 	}
 }
@@ -338,7 +341,7 @@ func (s *session) retryFailure() error {
 func (s *session) addPendingLocked(requests int) {
 	if requests > 0 && s.Pending == 0 {
 		s.queryCancelled = nil
-		if d := s.srv.cfg.QueryTimeout; d > 0 {
+		if d := s.srv.config().QueryTimeout; d > 0 {
 			s.queryStart = time.Now()
 			if s.queryTimerAt.IsZero() {
 				s.armQueryTimerLocked(d)
@@ -397,7 +400,7 @@ func (s *session) queryTimedOut() {
 		_ = s.conn.Close()
 		return
 	}
-	s.log.Info("query_timeout reached: cancelling the server query", "query_timeout", s.srv.cfg.QueryTimeout)
+	s.log.Info("query_timeout reached: cancelling the server query", "query_timeout", s.srv.config().QueryTimeout)
 	ctx, cancel := context.WithTimeout(s.ctx, cancelTimeout)
 	defer cancel()
 	s.cancelRunningQuery(ctx)
@@ -420,7 +423,7 @@ func (s *session) queryTimerFired() (srv *pool.Conn, cancelled bool) {
 	}
 	// The hard stage is for the server that was sent the cancel, and only that one.
 	cancelled = s.queryCancelled == srv
-	d := s.srv.cfg.QueryTimeout
+	d := s.srv.config().QueryTimeout
 	if ran := time.Since(s.queryStart); !cancelled && ran < d {
 		// Armed for an earlier request; this one has time left.
 		s.armQueryTimerLocked(d - ran)

@@ -39,11 +39,14 @@ type Options struct {
 // Server accepts PostgreSQL clients on the configured listeners and relays their sessions to
 // pooled upstream connections.
 type Server struct {
-	cfg     *config.Config
+	// cfg is the configuration in force; Reload replaces it.
+	cfg     atomic.Pointer[config.Config]
 	pools   *pool.Set
 	log     *slog.Logger
 	metrics *Metrics
 	tls     *tls.Config
+	// tlsRequired is tls.mode=require, as started (the TLS settings need a restart).
+	tlsRequired bool
 	// tcp is applied to every accepted client socket (keepalive, TCP_USER_TIMEOUT).
 	tcp tcpopt.Options
 
@@ -85,6 +88,8 @@ type Server struct {
 	relays relayWorkers
 	// routes remembers resolved routes: a connection per transaction resolves one per login.
 	routes routeCache
+	// routeGen counts reloads: a client whose pool was bound before the last one rebinds.
+	routeGen atomic.Uint64
 }
 
 // New validates what the proxy needs from opts (TLS files) and returns a Server that is not
@@ -94,7 +99,6 @@ func New(opts Options) (*Server, error) {
 		return nil, errors.New("proxy: Config, Pools and Logger are required")
 	}
 	s := &Server{
-		cfg:      opts.Config,
 		pools:    opts.Pools,
 		log:      opts.Logger,
 		metrics:  opts.Metrics,
@@ -102,6 +106,8 @@ func New(opts Options) (*Server, error) {
 		sessions: make(map[*session]struct{}),
 		byPID:    make(map[uint32]*session),
 	}
+	s.cfg.Store(opts.Config)
+	s.tlsRequired = opts.Config.TLS.Mode == config.TLSRequire
 	s.stmts.Max = opts.Config.MaxPreparedStatementBytes
 	if method, err := auth.ParseMethod(opts.Config.AuthType); err == nil && method != auth.Trust {
 		// Derived now, so that no login pays for it (see auth.Credentials).
@@ -124,6 +130,9 @@ func New(opts Options) (*Server, error) {
 	return s, nil
 }
 
+// config returns the configuration in force.
+func (s *Server) config() *config.Config { return s.cfg.Load() }
+
 // Start binds every listen address and starts accepting. Sessions live until they end, or
 // until Shutdown's deadline passes.
 func (s *Server) Start(ctx context.Context) error {
@@ -137,7 +146,7 @@ func (s *Server) Start(ctx context.Context) error {
 	// Accepted sockets get the tcp_* options (tcpopt) whole; Go's own keepalive setup on
 	// accept would only be overwritten, at four system calls per connection.
 	lc := net.ListenConfig{KeepAlive: -1}
-	for _, addr := range s.cfg.Listen {
+	for _, addr := range s.config().Listen {
 		ln, err := lc.Listen(ctx, "tcp", addr)
 		if err != nil {
 			s.closeListeners()
@@ -156,7 +165,7 @@ func (s *Server) Start(ctx context.Context) error {
 // client asks, so that min_pool_size connections are opened at start and the pools are kept
 // whatever their upstream says.
 func (s *Server) openConfiguredPools() error {
-	ups, err := s.cfg.ConfiguredUpstreams()
+	ups, err := s.config().ConfiguredUpstreams()
 	if err != nil {
 		return fmt.Errorf("configured routes: %w", err)
 	}
@@ -165,6 +174,7 @@ func (s *Server) openConfiguredPools() error {
 		if err != nil {
 			return fmt.Errorf("pool for %s: %w", up.Key, err)
 		}
+		s.routes.used(up.Key, up.ClientDatabase, up.ClientUser, s.poolExists)
 		s.pools.Leave(p)
 	}
 	return nil

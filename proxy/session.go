@@ -44,9 +44,12 @@ type session struct {
 	cancel   context.CancelFunc
 
 	user, database string
-	pool           *pool.Pool
-	txPooling      bool
-	maxMsg         int
+	// poolRef is the client's pool; a reload may move the client to another (rebind).
+	poolRef atomic.Pointer[pool.Pool]
+	// routeGen is the Server's routeGen the client's pool was bound at.
+	routeGen  atomic.Uint64
+	txPooling bool
+	maxMsg    int
 
 	cancelPID uint32
 	cancelKey [4]byte
@@ -136,7 +139,7 @@ func (s *session) run() {
 		// A flood is on: answer and close at once, without lingering for the error to be
 		// read, so that refused connections hold nothing.
 		_ = s.conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-		_, _ = s.conn.Write(wire.AppendErrorResponse(nil, fatal(retry.CodeTooManyConnections, fmt.Sprintf("pgsidecar: too many connections logging in (max_logins_in_progress=%d)", s.srv.cfg.MaxLoginsInProgress))))
+		_, _ = s.conn.Write(wire.AppendErrorResponse(nil, fatal(retry.CodeTooManyConnections, fmt.Sprintf("pgsidecar: too many connections logging in (max_logins_in_progress=%d)", s.srv.config().MaxLoginsInProgress))))
 		s.end()
 		return
 	}
@@ -194,17 +197,22 @@ func (s *session) destroyServerAfterPanic() {
 	s.server = nil
 	s.mu.Unlock()
 	if srv != nil {
-		s.pool.Destroy(srv)
+		s.pool().Destroy(srv)
 	}
 }
+
+// pool returns the client's pool (nil before login bound one).
+func (s *session) pool() *pool.Pool { return s.poolRef.Load() }
+
+func (s *session) setPool(p *pool.Pool) { s.poolRef.Store(p) }
 
 // end releases what the session holds on the server side of the proxy.
 func (s *session) end() {
 	s.closeConn()
 	s.cancel()
-	if s.pool != nil {
+	if s.pool() != nil {
 		// After finish: the session holds none of the pool's connections any more.
-		s.srv.pools.Leave(s.pool)
+		s.srv.pools.Leave(s.pool())
 	}
 	s.srv.metrics.clientDisconnected()
 	s.srv.removeSession(s)
@@ -231,7 +239,7 @@ var errTerminate = errors.New("client sent Terminate")
 // startup runs the startup phase: encryption negotiation, cancel requests, authentication and
 // the initial server parameters. ok reports whether the client is logged in.
 func (s *session) startup() (ok bool, err error) {
-	if timeout := s.srv.cfg.ClientLoginTimeout; timeout > 0 {
+	if timeout := s.srv.config().ClientLoginTimeout; timeout > 0 {
 		_ = s.conn.SetDeadline(time.Now().Add(timeout))
 	}
 	var st *startup
@@ -289,7 +297,7 @@ func (s *session) startup() (ok bool, err error) {
 		break
 	}
 
-	if s.srv.cfg.TLS.Mode == config.TLSRequire {
+	if s.srv.tlsRequired {
 		s.mu.Lock()
 		_, secure := s.conn.(*tls.Conn)
 		s.mu.Unlock()
@@ -300,9 +308,9 @@ func (s *session) startup() (ok bool, err error) {
 			return false, err
 		}
 	}
-	if n := s.srv.clients.Add(1); n > int64(s.srv.cfg.MaxClientConn) {
+	if n := s.srv.clients.Add(1); n > int64(s.srv.config().MaxClientConn) {
 		s.srv.clients.Add(-1)
-		err := &startupError{code: retry.CodeTooManyConnections, msg: fmt.Sprintf("sorry, too many clients already (max_client_conn=%d)", s.srv.cfg.MaxClientConn)}
+		err := &startupError{code: retry.CodeTooManyConnections, msg: fmt.Sprintf("sorry, too many clients already (max_client_conn=%d)", s.srv.config().MaxClientConn)}
 		s.sendStartupError(err)
 		return false, err
 	}
@@ -327,16 +335,16 @@ func (s *session) startup() (ok bool, err error) {
 			return false, err
 		}
 	}
-	method, err := auth.ParseMethod(s.srv.cfg.AuthType)
+	method, err := auth.ParseMethod(s.srv.config().AuthType)
 	if err != nil {
 		return false, err
 	}
-	if method == auth.Trust && !s.loopback && !s.srv.cfg.AuthTrustRemote {
+	if method == auth.Trust && !s.loopback && !s.srv.config().AuthTrustRemote {
 		err := &startupError{code: retry.CodeInvalidAuthorization, msg: "pgsidecar: trust authentication is only allowed on loopback listeners (set auth_trust_remote to force it)"}
 		s.sendStartupError(err)
 		return false, err
 	}
-	secret, found := s.srv.cfg.UserSecret(s.user)
+	secret, found := s.srv.config().UserSecret(s.user)
 	if err := auth.AuthenticateWith(s.conn, method, s.user, secret, found, &s.srv.creds); err != nil {
 		if authFailure(err) {
 			s.loginFailed(s.ctx)
@@ -354,10 +362,10 @@ func (s *session) startup() (ok bool, err error) {
 	}
 	// The upstream may be down; the pool retries its dial for as long as a query would wait.
 	pctx, pcancel := s.ctx, context.CancelFunc(func() {})
-	if d := s.srv.cfg.QueryWaitTimeout; d > 0 {
+	if d := s.srv.config().QueryWaitTimeout; d > 0 {
 		pctx, pcancel = context.WithTimeout(s.ctx, d)
 	}
-	params, err := s.pool.ServerParams(pctx)
+	params, err := s.pool().ServerParams(pctx)
 	if err == nil && s.txPooling {
 		s.useSettableParams(pctx, params)
 	}
@@ -406,16 +414,16 @@ func (s *session) startup() (ok bool, err error) {
 	if err := s.sendWelcome(reportedParams(params, s.Params)); err != nil {
 		s.srv.unregisterCancelKey(s)
 		if sessionServer != nil {
-			s.pool.Release(sessionServer)
+			s.pool().Release(sessionServer)
 		}
 		return false, fmt.Errorf("send login response: %w", err)
 	}
 	_ = s.conn.SetDeadline(time.Time{})
 	s.cio = s.conn
 	if raw := rawio.New(s.conn); raw != nil {
-		raw.SetWriteTimeout(s.srv.cfg.ClientWriteTimeout)
+		raw.SetWriteTimeout(s.srv.config().ClientWriteTimeout)
 		s.cio = raw
-	} else if d := s.srv.cfg.ClientWriteTimeout; d > 0 {
+	} else if d := s.srv.config().ClientWriteTimeout; d > 0 {
 		s.cio = &writeTimeoutConn{Conn: s.conn, timeout: d}
 	}
 	loggedIn = true
@@ -431,25 +439,22 @@ func (s *session) startup() (ok bool, err error) {
 
 // bindPool resolves the client's route and finds or creates its pool.
 func (s *session) bindPool() error {
-	up, err := s.srv.routes.resolve(s.srv.cfg, s.database, s.user)
+	s.routeGen.Store(s.srv.routeGen.Load())
+	up, err := s.srv.routes.resolve(s.srv.config(), s.database, s.user)
 	if err != nil {
 		return &startupError{code: retry.CodeInvalidCatalogName, msg: fmt.Sprintf("pgsidecar: no upstream for database %q and user %q: %v", s.database, s.user, err)}
 	}
 	s.txPooling = up.PoolMode != "session"
-	s.Tracker.Init(&s.srv.stmts, trackerLimitsOf(s.srv.cfg, up))
+	s.Tracker.Init(&s.srv.stmts, trackerLimitsOf(s.srv.config(), up))
 	s.Tracker.SetSignalTarget(s.maySignal, isMintedPID)
 	s.upstream = up
-	s.maxMsg = s.srv.cfg.MaxMessageSize
+	s.maxMsg = s.srv.config().MaxMessageSize
 	p, err := s.srv.pools.Join(up.Key, func() (pool.Config, error) { return s.srv.poolConfig(up) })
-	switch {
-	case errors.Is(err, pool.ErrTooManyPools):
-		return &startupError{code: retry.CodeTooManyConnections, msg: fmt.Sprintf("pgsidecar: no pool for database %q and user %q: %v; raise max_pools or configure a route", s.database, s.user, err)}
-	case errors.Is(err, pool.ErrClosed):
-		return &startupError{code: retry.CodeAdminShutdown, msg: "pgsidecar is shutting down"}
-	case err != nil:
-		return err
+	if err != nil {
+		return joinError(err, s.database, s.user)
 	}
-	s.pool = p
+	s.srv.routes.used(up.Key, s.database, s.user, s.srv.poolExists)
+	s.setPool(p)
 	return nil
 }
 
@@ -466,18 +471,18 @@ func (srv *Server) poolConfig(up config.Upstream) (pool.Config, error) {
 		ConnConfig:     cc,
 		Size:           up.PoolSize,
 		MinSize:        up.MinPoolSize,
-		IdleTimeout:    srv.cfg.ServerIdleTimeout,
-		Lifetime:       srv.cfg.ServerLifetime,
-		ConnectTimeout: srv.cfg.ConnectTimeout,
+		IdleTimeout:    srv.config().ServerIdleTimeout,
+		Lifetime:       srv.config().ServerLifetime,
+		ConnectTimeout: srv.config().ConnectTimeout,
 		// While the upstream is down, dials are retried with backoff for as long as the client
 		// is willing to wait (query_wait_timeout), so clients ride through restarts.
-		Retry:      retry.Backoff{Initial: srv.cfg.RetryDelay, Max: srv.cfg.RetryMaxDelay},
-		CheckDelay: srv.cfg.ServerCheckDelay,
+		Retry:      retry.Backoff{Initial: srv.config().RetryDelay, Max: srv.config().RetryMaxDelay},
+		CheckDelay: srv.config().ServerCheckDelay,
 		// Keepalive and TCP_USER_TIMEOUT on server sockets, as on client sockets.
-		TCP: new(srv.cfg.TCPOptions()),
+		TCP: new(srv.config().TCPOptions()),
 		// libpq's load_balance_hosts, which Resolve took out of ConnString for pgconn.
 		LoadBalanceHosts: up.LoadBalanceHosts == "random",
-		DNSMaxTTL:        srv.cfg.DNSMaxTTL,
+		DNSMaxTTL:        srv.config().DNSMaxTTL,
 		Keep:             up.Configured,
 	}, nil
 }
@@ -666,15 +671,15 @@ func (c *writeTimeoutConn) Write(b []byte) (int, error) {
 // loginServer takes a session-mode client's server at login, within query_wait_timeout, with
 // the client's parameters applied.
 func (s *session) loginServer() (*pool.Conn, error) {
-	c, err := s.pool.AcquireWithin(s.ctx, s.srv.cfg.QueryWaitTimeout)
+	c, err := s.pool().AcquireWithin(s.ctx, s.srv.config().QueryWaitTimeout)
 	if err != nil {
 		if errors.Is(err, pool.ErrWaitTimeout) {
-			return nil, &startupError{code: retry.CodeConnectionFailure, msg: fmt.Sprintf("pgsidecar: no server connection became free within query_wait_timeout (%s)", s.srv.cfg.QueryWaitTimeout)}
+			return nil, &startupError{code: retry.CodeConnectionFailure, msg: fmt.Sprintf("pgsidecar: no server connection became free within query_wait_timeout (%s)", s.srv.config().QueryWaitTimeout)}
 		}
 		return nil, &upstreamError{err: err}
 	}
 	if err := s.syncParams(s.ctx, c); err != nil {
-		s.pool.Destroy(c)
+		s.pool().Destroy(c)
 		return nil, &upstreamError{err: fmt.Errorf("apply session parameters: %w", err)}
 	}
 	return c, nil

@@ -72,18 +72,18 @@ func (s *session) useSettableParams(ctx context.Context, serverParams map[string
 	key := s.upstream.Key
 	p := s.srv.settable.get(key)
 	if p == nil {
-		c, err := s.pool.Acquire(ctx)
+		c, err := s.pool().Acquire(ctx)
 		if err != nil {
 			s.log.Info("could not read the settable parameters; replaying the built-in list", "err", err)
 			return
 		}
 		rows, err := c.QueryRows(ctx, settableSQL(serverParams["server_version"]))
 		if err != nil {
-			s.pool.Destroy(c)
+			s.pool().Destroy(c)
 			s.log.Info("could not read the settable parameters; replaying the built-in list", "err", err)
 			return
 		}
-		s.pool.Release(c)
+		s.pool().Release(c)
 		p = &settableParams{names: make(map[string]bool, len(rows))}
 		for _, r := range rows {
 			if len(r) == 1 && r[0] != nil {

@@ -15,7 +15,7 @@ import (
 // them have drained: a client that pipelines without reading is read no further, rather than
 // buffered without limit.
 func (s *session) awaitRoom() error {
-	limit := s.srv.cfg.MaxRequestsInFlight
+	limit := s.srv.config().MaxRequestsInFlight
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if limit <= 0 || s.Queued() < limit || s.Partial {
@@ -48,7 +48,7 @@ func (s *session) awaitRoom() error {
 // serverToClient when a transaction goes idle (armTxIdleLocked). With both off (the default)
 // it costs nothing.
 func (s *session) armIdleTimeout(f *wire.Frames) bool {
-	idle, inTx := s.srv.cfg.ClientIdleTimeout, s.srv.cfg.IdleTransactionTimeout
+	idle, inTx := s.srv.config().ClientIdleTimeout, s.srv.config().IdleTransactionTimeout
 	if idle <= 0 && inTx <= 0 {
 		return false
 	}
@@ -68,7 +68,7 @@ func (s *session) armIdleTimeout(f *wire.Frames) bool {
 // armTxIdleLocked starts or stops the idle_transaction_timeout clock on the client's reads:
 // it runs while the client holds a server inside a transaction with nothing in flight.
 func (s *session) armTxIdleLocked() {
-	d := s.srv.cfg.IdleTransactionTimeout
+	d := s.srv.config().IdleTransactionTimeout
 	if d <= 0 {
 		return
 	}

@@ -49,7 +49,8 @@ func txFuzzLimits() config.Config {
 // txFuzzSession is a transaction-mode session with no sockets: the client and its server are
 // recorders, and the test feeds it client and server bytes itself.
 func txFuzzSession(cfg *config.Config) (s *session, server *recordConn, client *recordConn) {
-	srv := &Server{cfg: cfg, log: slog.New(slog.NewTextHandler(io.Discard, nil)), sessions: map[*session]struct{}{}, byPID: map[uint32]*session{}}
+	srv := &Server{log: slog.New(slog.NewTextHandler(io.Discard, nil)), sessions: map[*session]struct{}{}, byPID: map[uint32]*session{}}
+	srv.cfg.Store(cfg)
 	srv.stmts.Max = cfg.MaxPreparedStatementBytes
 	server, client = &recordConn{}, &recordConn{}
 	s = &session{srv: srv, txPooling: true, maxMsg: cfg.MaxMessageSize, log: srv.log, ctx: context.Background(), conn: client, cio: client}

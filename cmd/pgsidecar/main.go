@@ -16,9 +16,8 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	// Reload on SIGHUP is not implemented yet; until it is, SIGHUP must not kill a sidecar.
-	signal.Ignore(syscall.SIGHUP)
-	os.Exit(run(ctx, os.Args[1:], os.Environ(), os.Stdout, os.Stderr, nil))
+	// SIGHUP reloads the configuration; SIGTERM and SIGINT drain, and a second one exits at once.
+	signals := make(chan os.Signal, 4)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	os.Exit(run(context.Background(), os.Args[1:], os.Environ(), os.Stdout, os.Stderr, nil, signals))
 }

@@ -32,7 +32,7 @@ func startInstance(t *testing.T, args, env []string) (running, func() int) {
 	started := make(chan running, 1)
 	code := make(chan int, 1)
 	var stdout, stderr bytes.Buffer
-	go func() { code <- run(ctx, args, env, &stdout, &stderr, started) }()
+	go func() { code <- run(ctx, args, env, &stdout, &stderr, started, nil) }()
 	select {
 	case inst := <-started:
 		stopped := false
@@ -161,7 +161,7 @@ func get(t *testing.T, url string) (int, string) {
 func TestConfigSubcommands(t *testing.T) {
 	var out, errOut bytes.Buffer
 	env := []string{"DATABASE_URL=postgres://app:s3cret@db.example:5432/app", "PGSIDECAR_POOL_SIZE=7"}
-	if code := run(context.Background(), []string{"config", "print"}, env, &out, &errOut, nil); code != exitOK {
+	if code := run(context.Background(), []string{"config", "print"}, env, &out, &errOut, nil, nil); code != exitOK {
 		t.Fatalf("config print: exit %d: %s", code, errOut.String())
 	}
 	if strings.Contains(out.String(), "s3cret") {
@@ -171,12 +171,12 @@ func TestConfigSubcommands(t *testing.T) {
 		t.Fatalf("config print lacks pool_size 7:\n%s", out.String())
 	}
 	out.Reset()
-	if code := run(context.Background(), []string{"config", "check"}, env, &out, &errOut, nil); code != exitOK {
+	if code := run(context.Background(), []string{"config", "check"}, env, &out, &errOut, nil, nil); code != exitOK {
 		t.Fatalf("config check: exit %d: %s", code, errOut.String())
 	}
 	errOut.Reset()
 	bad := []string{"PGSIDECAR_POOL_MODE=bogus", "PGSIDECAR_POOL_SIZE=0"}
-	if code := run(context.Background(), []string{"config", "check"}, bad, &out, &errOut, nil); code != exitBadUsage {
+	if code := run(context.Background(), []string{"config", "check"}, bad, &out, &errOut, nil, nil); code != exitBadUsage {
 		t.Fatalf("config check of bad config: exit %d, want %d", code, exitBadUsage)
 	}
 	for _, want := range []string{"pool_mode", "pool_size"} {
@@ -188,7 +188,7 @@ func TestConfigSubcommands(t *testing.T) {
 	out.Reset()
 	errOut.Reset()
 	rawAt := []string{"DATABASE_URL=postgres://app:s3cr@tPass@db/app", "PGSIDECAR_PROFILE=production"}
-	if code := run(context.Background(), []string{"config", "check"}, rawAt, &out, &errOut, nil); code != exitBadUsage {
+	if code := run(context.Background(), []string{"config", "check"}, rawAt, &out, &errOut, nil, nil); code != exitBadUsage {
 		t.Fatalf("config check of a raw '@' URL: exit %d, want %d", code, exitBadUsage)
 	}
 	if got := out.String() + errOut.String(); !strings.Contains(got, "%40") || strings.Contains(got, "s3cr") || strings.Contains(got, "tPass") {
@@ -217,7 +217,7 @@ func TestStrayArguments(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			cancel()
 			started := make(chan running, 1)
-			code := run(ctx, args, env, &out, &errOut, started)
+			code := run(ctx, args, env, &out, &errOut, started, nil)
 			if code != exitBadUsage {
 				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, exitBadUsage, out.String(), errOut.String())
 			}

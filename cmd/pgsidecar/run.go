@@ -7,9 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,33 +35,36 @@ const (
 // usage lists the command lines pgsidecar accepts.
 const usage = "pgsidecar [flags] | pgsidecar config check|print [flags]"
 
-// drainTimeout bounds how long a shutdown waits for clients to finish their transactions.
-const drainTimeout = 30 * time.Second
-
 // running describes a started instance; tests receive it to find the bound addresses.
 type running struct {
 	ProxyAddrs []net.Addr
 	HTTPAddr   net.Addr
 }
 
+// errForced is serve's error when a second stop signal cut the drain short.
+var errForced = errors.New("stopped by a second signal before the drain finished")
+
 // run is the whole program: it returns the exit code. started, if not nil, receives the
-// instance once it serves.
-func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer, started chan<- running) int {
+// instance once it serves. signals, if not nil, delivers SIGHUP (reload the configuration) and
+// SIGTERM or SIGINT (drain and exit; a second one exits at once); ctx ending drains like SIGTERM.
+func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer, started chan<- running, signals <-chan os.Signal) int {
 	if len(args) > 0 && args[0] == "config" {
 		return configCommand(args[1:], environ, stdout, stderr)
 	}
-	cfg, code := loadConfig("pgsidecar", args, environ, stderr)
+	fs, cfg, code := loadFlags("pgsidecar", args, environ, stderr)
 	if cfg == nil {
 		return code
 	}
-	logger := newLogger(cfg, stderr)
+	var level slog.LevelVar
+	logger := newLogger(cfg, &level, stderr)
 	// Go's default GOMAXPROCS is the CPU count, or a container's CPU limit below it: more
 	// threads than that would only be throttled.
 	cpuLimit := runtime.GOMAXPROCS(0)
 	if cfg.MaxProcs > 0 {
 		runtime.GOMAXPROCS(cfg.MaxProcs)
 	}
-	if err := serve(ctx, cfg, logger, stdout, started, cpuLimit); err != nil {
+	reload := func() (*config.Config, error) { return config.Load(fs, nil, environ) }
+	if err := serve(ctx, cfg, reload, logger, &level, stdout, started, cpuLimit, signals); err != nil {
 		logger.Error("pgsidecar stopped", "err", err)
 		return exitFailure
 	}
@@ -89,32 +94,38 @@ func configCommand(args, environ []string, stdout, stderr io.Writer) int {
 // loadConfig parses the flags in args and loads the configuration. A nil Config comes with the
 // exit code: --help is a success, anything else is bad usage and has been reported on stderr.
 func loadConfig(name string, args, environ []string, stderr io.Writer) (*config.Config, int) {
+	_, cfg, code := loadFlags(name, args, environ, stderr)
+	return cfg, code
+}
+
+// loadFlags is loadConfig that also returns the parsed flags, for reloading later.
+func loadFlags(name string, args, environ []string, stderr io.Writer) (*pflag.FlagSet, *config.Config, int) {
 	fs := config.NewFlagSet(name)
 	fs.SetOutput(stderr)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
-			return nil, exitOK
+			return nil, nil, exitOK
 		}
 		fmt.Fprintf(stderr, "%s: %v; usage: %s\n", name, err, usage)
-		return nil, exitBadUsage
+		return nil, nil, exitBadUsage
 	}
 	// pflag keeps positional arguments for the caller; none is meaningful here, and a
 	// misspelt subcommand must not start a proxy with the default configuration.
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "%s: unexpected argument %q; usage: %s\n", name, fs.Arg(0), usage)
-		return nil, exitBadUsage
+		return nil, nil, exitBadUsage
 	}
 	cfg, err := config.Load(fs, nil, environ)
 	if err != nil {
 		fmt.Fprintf(stderr, "pgsidecar: invalid configuration:\n%v\n", err)
-		return nil, exitBadUsage
+		return nil, nil, exitBadUsage
 	}
-	return cfg, exitOK
+	return fs, cfg, exitOK
 }
 
-func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
-	var level slog.Level
-	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+// newLogger returns the process's logger, its level held in level so that a reload can change it.
+func newLogger(cfg *config.Config, level *slog.LevelVar, w io.Writer) *slog.Logger {
+	setLevel(level, cfg.LogLevel)
 	opts := &slog.HandlerOptions{Level: level}
 	if cfg.LogFormat == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
@@ -122,8 +133,16 @@ func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
+// setLevel sets level to the log_level name (validated by config).
+func setLevel(level *slog.LevelVar, name string) {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(name))
+	level.Set(l)
+}
+
 // serve wires the packages together and runs until ctx is done or /quitquitquit is called.
-func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, stdout io.Writer, started chan<- running, cpuLimit int) error {
+func serve(ctx context.Context, cfg *config.Config, reload func() (*config.Config, error), logger *slog.Logger, level *slog.LevelVar,
+	stdout io.Writer, started chan<- running, cpuLimit int, signals <-chan os.Signal) error {
 	if cfg.DatabaseURL == "" && len(cfg.Routes) == 0 {
 		if cfg.Profile != "local" {
 			return errors.New("no upstream: set DATABASE_URL (or database_url / routes in the config file)")
@@ -134,6 +153,15 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, stdout 
 		}
 		defer cluster.Close()
 		cfg.DatabaseURL = cluster.DSN("postgres")
+		local := cfg.DatabaseURL
+		load := reload
+		reload = func() (*config.Config, error) {
+			next, err := load()
+			if err == nil && next.DatabaseURL == "" && len(next.Routes) == 0 {
+				next.DatabaseURL = local // still the disposable cluster
+			}
+			return next, err
+		}
 		fmt.Fprintf(stdout, "pgsidecar: no DATABASE_URL given, started a disposable PostgreSQL on 127.0.0.1:%d (removed on exit)\n", cluster.Port())
 	}
 
@@ -144,26 +172,22 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, stdout 
 	reg.MustRegister(pool.NewCollector(pools))
 	warnUnverifiedUpstreams(cfg, logger, reg)
 
-	// Upstream health probing: readiness follows the default upstream. The
-	// interval is the prober's 5s default, not server_check_delay (that one
-	// is about re-checking idle pool connections). The prober keeps running
-	// while draining so /api/health stays current; it is stopped last.
-	var prober *health.Prober
-	if cfg.DatabaseURL != "" {
-		// pgconn would send load_balance_hosts to the server, which refuses it; validation
-		// has checked the value already.
-		probeDSN, _, _ := config.SplitLoadBalanceHosts(cfg.DatabaseURL)
-		prober = health.NewProber(health.ProberOptions{
-			Name:       "default",
-			ConnString: probeDSN,
-			Timeout:    cfg.ConnectTimeout,
-			Logger:     logger,
-		}, health.NewProberMetrics(reg))
-		pctx, stopProber := context.WithCancel(context.WithoutCancel(ctx))
+	// Upstream health probing: readiness follows database_url and every configured route. The
+	// interval is the prober's 5s default, not server_check_delay (that one is about
+	// re-checking idle pool connections). The probers keep running while draining so
+	// /api/health stays current; they are stopped last.
+	probers, err := newProbers(cfg, logger, reg)
+	if err != nil {
+		return err
+	}
+	if len(probers) > 0 {
+		pctx, stopProbers := context.WithCancel(context.WithoutCancel(ctx))
 		var wg sync.WaitGroup
-		wg.Go(func() { prober.Run(pctx) })
+		for _, p := range probers {
+			wg.Go(func() { p.Run(pctx) })
+		}
 		defer func() {
-			stopProber()
+			stopProbers()
 			wg.Wait()
 		}()
 	}
@@ -193,11 +217,13 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, stdout 
 		hopts := health.Options{
 			Addr:     cfg.HTTPListen,
 			Gatherer: reg,
-			Status:   func() any { return serveStatus(pools, prober) },
+			Status:   func() any { return serveStatus(pools, probers) },
 			Logger:   logger,
+			// POST /quitquitquit drains and stops like SIGTERM.
+			EnableQuit: cfg.HTTPQuit,
 		}
-		if prober != nil {
-			hopts.Ready = health.ReadyWhen(prober)
+		if len(probers) > 0 {
+			hopts.Ready = health.ReadyWhen(probers...)
 		}
 		hs = health.NewServer(hopts)
 		if err := hs.Start(); err != nil {
@@ -206,7 +232,22 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, stdout 
 		}
 		inst.HTTPAddr = hs.Addr()
 		quit = hs.QuitRequested()
-		hs.SetStarted()
+		if cfg.MinPoolSize > 0 {
+			// Started once the configured pools opened their first connections (or failed to).
+			wctx, stopWarm := context.WithCancel(context.WithoutCancel(ctx))
+			var wg sync.WaitGroup
+			wg.Go(func() {
+				if awaitWarmPools(wctx, pools, logger) {
+					hs.SetStarted()
+				}
+			})
+			defer func() {
+				stopWarm()
+				wg.Wait()
+			}()
+		} else {
+			hs.SetStarted()
+		}
 	}
 
 	addrs := make([]string, len(inst.ProxyAddrs))
@@ -223,25 +264,114 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, stdout 
 		started <- inst
 	}
 
-	select {
-	case <-ctx.Done():
-	case <-quit:
+	reloads := newReloadMetrics(reg)
+	var reason string
+	for reason == "" {
+		select {
+		case sig := <-signals:
+			if sig == syscall.SIGHUP {
+				if next := reloadConfig(cfg, reload, srv, logger, reloads); next != nil {
+					cfg = next
+					setLevel(level, cfg.LogLevel)
+				}
+				continue
+			}
+			reason = sig.String()
+		case <-ctx.Done():
+			reason = "stopped"
+		case <-quit:
+			reason = "POST /quitquitquit"
+		}
 	}
-	logger.Info("pgsidecar shutting down", "drain_timeout", drainTimeout)
+	return drain(ctx, cfg, srv, hs, logger, reason, signals)
+}
+
+// reloadConfig loads the configuration again and puts it in force, or logs why not and keeps
+// the old one. It returns the new configuration, or nil.
+func reloadConfig(cur *config.Config, load func() (*config.Config, error), srv *proxy.Server, logger *slog.Logger, m *reloadMetrics) *config.Config {
+	next, err := load()
+	if err == nil {
+		err = srv.Reload(next)
+	}
+	if err != nil {
+		m.failed()
+		logger.Error("configuration reload rejected; the previous configuration stays in force", "err", err)
+		return nil
+	}
+	m.succeeded()
+	if names := cur.RestartOnly(next); len(names) > 0 {
+		logger.Warn("configuration reloaded; these changes take effect at the next restart", "settings", strings.Join(names, ", "))
+	} else {
+		logger.Info("configuration reloaded")
+	}
+	return next
+}
+
+// drain stops the proxy the way Kubernetes expects: readiness turns false at once; clients are
+// still accepted and served for shutdown_delay (while endpoints stop routing here); then the
+// listeners close and open transactions get up to shutdown_timeout before the remaining clients
+// are told 57P01. A second stop signal cuts it short.
+func drain(ctx context.Context, cfg *config.Config, srv *proxy.Server, hs *health.Server, logger *slog.Logger, reason string, signals <-chan os.Signal) error {
+	logger.Info("pgsidecar draining", "reason", reason, "shutdown_delay", cfg.ShutdownDelay, "shutdown_timeout", cfg.ShutdownTimeout)
 	if hs != nil {
 		hs.SetDraining()
 	}
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drainTimeout)
+	forced := make(chan struct{})
+	stopWatch := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() {
+		close(stopWatch)
+		wg.Wait()
+	}()
+	wg.Go(func() {
+		for {
+			select {
+			case sig := <-signals:
+				if sig == syscall.SIGHUP {
+					continue // no reload while draining
+				}
+				logger.Warn("second stop signal: exiting without waiting for clients", "signal", sig.String())
+				close(forced)
+				return
+			case <-stopWatch:
+				return
+			}
+		}
+	})
+
+	if d := cfg.ShutdownDelay; d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-forced:
+		}
+		t.Stop()
+	}
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 	defer cancel()
+	go func() {
+		select {
+		case <-forced:
+			cancel()
+		case <-dctx.Done():
+		}
+	}()
 	if err := srv.Shutdown(dctx); err != nil {
-		logger.Warn("drain incomplete", "err", err)
+		logger.Warn("drain incomplete: remaining clients were told 57P01", "err", err)
 	}
 	if hs != nil {
-		if err := hs.Shutdown(dctx); err != nil {
+		hctx, hcancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		if err := hs.Shutdown(hctx); err != nil {
 			logger.Warn("http server shutdown", "err", err)
 		}
+		hcancel()
 	}
-	return nil
+	select {
+	case <-forced:
+		return errForced
+	default:
+		return nil
+	}
 }
 
 // status is the "details" document of /api/health.
@@ -250,13 +380,81 @@ type status struct {
 	Upstreams []health.ProbeStatus `json:"upstreams,omitempty"`
 }
 
-// serveStatus snapshots pools and prober (nil when there is none).
-func serveStatus(pools *pool.Set, prober *health.Prober) status {
+// awaitWarmPools waits until every pool that exists (those of the configured routes, made at
+// start) has opened a connection or seen its first dial fail, which it logs. It returns false
+// if ctx ended first.
+func awaitWarmPools(ctx context.Context, pools *pool.Set, logger *slog.Logger) bool {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	logged := make(map[string]bool)
+	for {
+		warm := true
+		for _, st := range pools.Stats() {
+			switch {
+			case st.Open > st.Dialing:
+			case st.DialErrors > 0:
+				if !logged[st.Key] {
+					logged[st.Key] = true
+					p, _ := pools.Lookup(st.Key)
+					var err error
+					if p != nil {
+						err = p.LastError()
+					}
+					logger.Warn("min_pool_size: the first server connection failed; starting anyway", "pool", st.Key, "err", err)
+				}
+			default:
+				warm = false
+			}
+		}
+		if warm {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+	}
+}
+
+// serveStatus snapshots pools and probers.
+func serveStatus(pools *pool.Set, probers []*health.Prober) status {
 	st := status{Pools: pools.Stats()}
-	if prober != nil {
-		st.Upstreams = []health.ProbeStatus{prober.Status()}
+	for _, p := range probers {
+		st.Upstreams = append(st.Upstreams, p.Status())
 	}
 	return st
+}
+
+// newProbers returns a prober for database_url ("default") and one for each configured route
+// with its own pair (named "database/user"), all recording into one set of metrics.
+func newProbers(cfg *config.Config, logger *slog.Logger, reg prometheus.Registerer) ([]*health.Prober, error) {
+	var probers []*health.Prober
+	metrics := health.NewProberMetrics(reg)
+	add := func(name, dsn string) {
+		probers = append(probers, health.NewProber(health.ProberOptions{
+			Name:       name,
+			ConnString: dsn,
+			Timeout:    cfg.ConnectTimeout,
+			Logger:     logger,
+		}, metrics))
+	}
+	if cfg.DatabaseURL != "" {
+		// pgconn would send load_balance_hosts to the server, which refuses it; validation
+		// has checked the value already.
+		probeDSN, _, _ := config.SplitLoadBalanceHosts(cfg.DatabaseURL)
+		add("default", probeDSN)
+	}
+	ups, err := cfg.ConfiguredUpstreams()
+	if err != nil {
+		return nil, fmt.Errorf("configured routes: %w", err)
+	}
+	for _, up := range ups {
+		if _, routed := cfg.Route(up.ClientDatabase, up.ClientUser); routed {
+			add(up.ClientDatabase+"/"+up.ClientUser, up.ConnString)
+		}
+	}
+	return probers, nil
 }
 
 func startLocalCluster(ctx context.Context, logger *slog.Logger) (*pgcluster.Cluster, error) {

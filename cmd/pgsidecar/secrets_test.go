@@ -89,7 +89,7 @@ routes:
 	started := make(chan running, 1)
 	code := make(chan int, 1)
 	runCtx, stop := context.WithCancel(ctx)
-	go func() { code <- run(runCtx, args, env, &stdout, &stderr, started) }()
+	go func() { code <- run(runCtx, args, env, &stdout, &stderr, started, nil) }()
 	var inst running
 	select {
 	case inst = <-started:
@@ -134,7 +134,7 @@ routes:
 		seen.WriteString(body + "\n")
 	}
 	var printed, printErr bytes.Buffer
-	if c := run(ctx, []string{"config", "print", "--config", file}, env, &printed, &printErr, nil); c != exitOK {
+	if c := run(ctx, []string{"config", "print", "--config", file}, env, &printed, &printErr, nil, nil); c != exitOK {
 		t.Errorf("config print: exit %d: %s", c, printErr.String())
 	}
 	seen.WriteString(printed.String() + printErr.String())

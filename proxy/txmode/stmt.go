@@ -72,6 +72,14 @@ type Registry struct {
 	bytes, Max int
 }
 
+// SetMax changes Max while the registry is in use (a reload); statements beyond a lower bound
+// stay until released.
+func (r *Registry) SetMax(n int) {
+	r.mu.Lock()
+	r.Max = n
+	r.mu.Unlock()
+}
+
 // get returns the shared statement for query and the Parse message's parameter-type section,
 // counting one more reference, or nil when a new statement would take the registry past its
 // limit. effect is the statement's effect, a function of its text, kept when it is new.
