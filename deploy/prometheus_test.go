@@ -1,7 +1,6 @@
 package deploy_test
 
 import (
-	"encoding/json"
 	"os"
 	"strings"
 	"testing"
@@ -9,10 +8,12 @@ import (
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/promql/parser"
+
+	"github.com/pgsidecar/pgsidecar/deploy"
 )
 
-// Whether the metrics the rules and the dashboard use are exported is not checked here (issue
-// 10); that they are valid PromQL is.
+// That the metrics the rules and the dashboard use are exported is checked against a live
+// scrape in cmd/pgsidecar (TestMetricsUnderLoad); that they are valid PromQL is here.
 func TestAlertRules(t *testing.T) {
 	doc, err := os.ReadFile("prometheus/alerts.yaml")
 	if err != nil {
@@ -48,48 +49,29 @@ func TestAlertRules(t *testing.T) {
 	}
 }
 
-// grafanaVars stand in for the interval variables Grafana substitutes before a query reaches
-// Prometheus; dashboard variables ($namespace, $pod) only appear inside label values here.
-var grafanaVars = strings.NewReplacer("$__rate_interval", "5m", "$__interval", "1m", "$__range", "1h")
-
 func TestDashboardQueries(t *testing.T) {
-	data, err := os.ReadFile("grafana/pgsidecar.json")
+	qs, err := deploy.Queries()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var dash struct {
-		Panels []panel `json:"panels"`
-	}
-	if err := json.Unmarshal(data, &dash); err != nil {
-		t.Fatal(err)
-	}
 	n := 0
-	var walk func([]panel)
-	walk = func(panels []panel) {
-		for _, p := range panels {
-			for _, tg := range p.Targets {
-				if tg.Expr == "" {
-					continue
-				}
-				n++
-				if _, err := parser.ParseExpr(grafanaVars.Replace(tg.Expr)); err != nil {
-					t.Errorf("panel %q: expr does not parse: %v\n%s", p.Title, err, tg.Expr)
-				}
-			}
-			walk(p.Panels) // rows hold their panels when collapsed
+	for _, q := range qs {
+		if !strings.HasPrefix(q.Where, "panel ") {
+			continue
+		}
+		n++
+		if _, err := parser.ParseExpr(q.Expr); err != nil {
+			t.Errorf("%s: expr does not parse: %v\n%s", q.Where, err, q.Expr)
 		}
 	}
-	walk(dash.Panels)
 	if n == 0 {
 		t.Fatal("the dashboard has no queries")
 	}
-}
-
-// panel is the part of a Grafana panel that holds queries.
-type panel struct {
-	Title   string `json:"title"`
-	Targets []struct {
-		Expr string `json:"expr"`
-	} `json:"targets"`
-	Panels []panel `json:"panels"`
+	names, err := deploy.MetricNames()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(names) < 5 {
+		t.Errorf("metric names %q: too few found", names)
+	}
 }

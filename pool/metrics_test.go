@@ -12,13 +12,14 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/pgsidecar/pgsidecar/internal/retry"
 	"github.com/pgsidecar/pgsidecar/pool"
 )
 
 // metricsPerPool is how many series the collector exports for each pool.
-const metricsPerPool = 15
+const metricsPerPool = 30
 
 func TestCollector(t *testing.T) {
 	defer leakCheck(t)()
@@ -33,77 +34,81 @@ func TestCollector(t *testing.T) {
 		t.Errorf("empty set: %d series, want 0", n)
 	}
 
+	wait := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "wait", Buckets: []float64{0.01, 1}})
+	dial := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "dial", Buckets: []float64{0.01, 1}})
 	p := join(t, set, pool.Config{
-		Key:        "metrics/appdb/appuser",
-		Database:   "appdb",
-		User:       "appuser",
-		ConnConfig: connConfig(t, c, "postgres", appName()),
-		Size:       3,
+		Key:          "metrics/appdb/appuser",
+		Database:     "appdb",
+		User:         "appuser",
+		ConnConfig:   connConfig(t, c, "postgres", appName()),
+		Size:         3,
+		MinSize:      1,
+		WaitObserver: wait,
+		DialObserver: dial,
 	})
 	c1, c2 := acquire(t, p), acquire(t, p)
 	p.Release(c1)
 	defer p.Release(c2)
+	p.AddUsage(pool.Usage{Transactions: 3, Queries: 5, Received: 100, Sent: 2000})
 
 	want := `
-# HELP pgsidecar_pool_server_connections Server connections by state (idle, active).
+# HELP pgsidecar_pool_server_connections Server connections by state: active (a client's), idle (ready), used (idle, due for the check before reuse), tested (being checked), login (being dialled).
 # TYPE pgsidecar_pool_server_connections gauge
 pgsidecar_pool_server_connections{database="appdb",state="active",user="appuser"} 1
-pgsidecar_pool_server_connections{database="appdb",state="idle",user="appuser"} 1
+pgsidecar_pool_server_connections{database="appdb",state="idle",user="appuser"} 0
+pgsidecar_pool_server_connections{database="appdb",state="login",user="appuser"} 0
+pgsidecar_pool_server_connections{database="appdb",state="tested",user="appuser"} 0
+pgsidecar_pool_server_connections{database="appdb",state="used",user="appuser"} 1
+# HELP pgsidecar_pool_client_connections Client connections by state: active (holding a server), waiting (for a server), idle.
+# TYPE pgsidecar_pool_client_connections gauge
+pgsidecar_pool_client_connections{database="appdb",state="active",user="appuser"} 1
+pgsidecar_pool_client_connections{database="appdb",state="idle",user="appuser"} 0
+pgsidecar_pool_client_connections{database="appdb",state="waiting",user="appuser"} 0
 # HELP pgsidecar_pool_acquires_total Server connections handed to clients.
 # TYPE pgsidecar_pool_acquires_total counter
 pgsidecar_pool_acquires_total{database="appdb",user="appuser"} 2
-# HELP pgsidecar_pool_waiting_clients Clients waiting for a server connection.
-# TYPE pgsidecar_pool_waiting_clients gauge
-pgsidecar_pool_waiting_clients{database="appdb",user="appuser"} 0
-# HELP pgsidecar_pool_size Maximum server connections of the pool.
+# HELP pgsidecar_pool_size Maximum server connections of the pool (pool_size).
 # TYPE pgsidecar_pool_size gauge
 pgsidecar_pool_size{database="appdb",user="appuser"} 3
+# HELP pgsidecar_pool_min_size Server connections the pool keeps open (min_pool_size).
+# TYPE pgsidecar_pool_min_size gauge
+pgsidecar_pool_min_size{database="appdb",user="appuser"} 1
 # HELP pgsidecar_pool_dials_total Server connections dialled.
 # TYPE pgsidecar_pool_dials_total counter
 pgsidecar_pool_dials_total{database="appdb",user="appuser"} 2
-# HELP pgsidecar_pool_dial_errors_total Server connection dials that failed.
-# TYPE pgsidecar_pool_dial_errors_total counter
-pgsidecar_pool_dial_errors_total{database="appdb",user="appuser"} 0
-# HELP pgsidecar_pool_waits_total Acquires that had to wait for a server connection.
-# TYPE pgsidecar_pool_waits_total counter
-pgsidecar_pool_waits_total{database="appdb",user="appuser"} 0
-# HELP pgsidecar_pool_wait_seconds_total Total time clients spent waiting for a server connection.
-# TYPE pgsidecar_pool_wait_seconds_total counter
-pgsidecar_pool_wait_seconds_total{database="appdb",user="appuser"} 0
-# HELP pgsidecar_pool_server_closes_total Server connections closed.
-# TYPE pgsidecar_pool_server_closes_total counter
-pgsidecar_pool_server_closes_total{database="appdb",user="appuser"} 0
-# HELP pgsidecar_pool_dial_retries_total Server connection dials that retried a failed one.
-# TYPE pgsidecar_pool_dial_retries_total counter
-pgsidecar_pool_dial_retries_total{database="appdb",user="appuser"} 0
-# HELP pgsidecar_pool_check_failures_total Idle server connections found dead by the check before reuse (server_check_delay).
-# TYPE pgsidecar_pool_check_failures_total counter
-pgsidecar_pool_check_failures_total{database="appdb",user="appuser"} 0
-# HELP pgsidecar_pool_idle_dropped_total Idle server connections closed at once after an upstream failure.
-# TYPE pgsidecar_pool_idle_dropped_total counter
-pgsidecar_pool_idle_dropped_total{database="appdb",user="appuser"} 0
-# HELP pgsidecar_pool_server_retired_total Server connections retired because their address left the DNS answer or was retired by the proxy; closed at once when idle, else at release.
-# TYPE pgsidecar_pool_server_retired_total counter
-pgsidecar_pool_server_retired_total{database="appdb",user="appuser"} 0
+# HELP pgsidecar_transactions_total Transactions completed on the pool's server connections (every ReadyForQuery outside a transaction), in both pool modes.
+# TYPE pgsidecar_transactions_total counter
+pgsidecar_transactions_total{database="appdb",user="appuser"} 3
+# HELP pgsidecar_queries_total Requests completed on the pool's server connections (one per ReadyForQuery).
+# TYPE pgsidecar_queries_total counter
+pgsidecar_queries_total{database="appdb",user="appuser"} 5
+# HELP pgsidecar_bytes_total Protocol bytes relayed, by direction: received (from clients) and sent (to clients).
+# TYPE pgsidecar_bytes_total counter
+pgsidecar_bytes_total{database="appdb",direction="received",user="appuser"} 100
+pgsidecar_bytes_total{database="appdb",direction="sent",user="appuser"} 2000
 `
 	names := []string{
-		"pgsidecar_pool_server_connections", "pgsidecar_pool_acquires_total", "pgsidecar_pool_waiting_clients",
-		"pgsidecar_pool_size", "pgsidecar_pool_dials_total", "pgsidecar_pool_dial_errors_total",
-		"pgsidecar_pool_waits_total", "pgsidecar_pool_wait_seconds_total", "pgsidecar_pool_server_closes_total",
-		"pgsidecar_pool_dial_retries_total", "pgsidecar_pool_check_failures_total", "pgsidecar_pool_idle_dropped_total",
-		"pgsidecar_pool_server_retired_total",
+		"pgsidecar_pool_server_connections", "pgsidecar_pool_client_connections", "pgsidecar_pool_acquires_total",
+		"pgsidecar_pool_size", "pgsidecar_pool_min_size", "pgsidecar_pool_dials_total",
+		"pgsidecar_transactions_total", "pgsidecar_queries_total", "pgsidecar_bytes_total",
 	}
+	// The released connection counts as used: with the default CheckDelay (0) it is checked
+	// at its next acquire.
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), names...); err != nil {
 		t.Error(err)
 	}
 	if n := testutil.CollectAndCount(col); n != metricsPerPool {
 		t.Errorf("one pool: %d series, want %d", n, metricsPerPool)
 	}
-	if n := testutil.CollectAndCount(col, "pgsidecar_pool_server_connections"); n != 2 {
-		t.Errorf("server_connections: %d series, want 2 (idle, active)", n)
+	if got := testutil.CollectAndCount(dial); got != 1 {
+		t.Errorf("dial histogram: %d series", got)
+	}
+	if n := histogramCount(t, dial); n != 2 {
+		t.Errorf("dial observations %d, want 2 (two connections dialled)", n)
 	}
 
-	// A waiter shows up in waiting_clients, and its wait in waits_total and wait_seconds_total.
+	// A waiter shows up as a waiting client and in max_wait_seconds, and its wait in the
+	// wait histogram.
 	c3 := acquire(t, p) // pool full: c2, c3 and the idle c1 taken
 	c4 := acquire(t, p)
 	done := make(chan error, 1)
@@ -117,28 +122,26 @@ pgsidecar_pool_server_retired_total{database="appdb",user="appuser"} 0
 		done <- err
 	}()
 	waitWaiting(t, p, 1)
+	time.Sleep(20 * time.Millisecond)
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
-# HELP pgsidecar_pool_waiting_clients Clients waiting for a server connection.
-# TYPE pgsidecar_pool_waiting_clients gauge
-pgsidecar_pool_waiting_clients{database="appdb",user="appuser"} 1
-# HELP pgsidecar_pool_server_connections Server connections by state (idle, active).
-# TYPE pgsidecar_pool_server_connections gauge
-pgsidecar_pool_server_connections{database="appdb",state="active",user="appuser"} 3
-pgsidecar_pool_server_connections{database="appdb",state="idle",user="appuser"} 0
-`), "pgsidecar_pool_waiting_clients", "pgsidecar_pool_server_connections"); err != nil {
+# HELP pgsidecar_pool_client_connections Client connections by state: active (holding a server), waiting (for a server), idle.
+# TYPE pgsidecar_pool_client_connections gauge
+pgsidecar_pool_client_connections{database="appdb",state="active",user="appuser"} 1
+pgsidecar_pool_client_connections{database="appdb",state="idle",user="appuser"} 0
+pgsidecar_pool_client_connections{database="appdb",state="waiting",user="appuser"} 1
+`), "pgsidecar_pool_client_connections"); err != nil {
 		t.Error(err)
 	}
-	time.Sleep(20 * time.Millisecond)
+	if v := testutil.ToFloat64(gatherOne(t, reg, "pgsidecar_pool_max_wait_seconds")); v < 0.02 {
+		t.Errorf("max_wait_seconds %v while a client waits, want >= 0.02", v)
+	}
 	p.Release(c3)
 	if err := <-done; err != nil {
 		t.Fatalf("waiter: %v", err)
 	}
 	p.Release(c4)
-	if v := testutil.ToFloat64(gatherOne(t, reg, "pgsidecar_pool_waits_total")); v != 1 {
-		t.Errorf("waits_total %v, want 1", v)
-	}
-	if v := testutil.ToFloat64(gatherOne(t, reg, "pgsidecar_pool_wait_seconds_total")); v < 0.02 {
-		t.Errorf("wait_seconds_total %v, want >= 0.02", v)
+	if n := histogramCount(t, wait); n != 1 {
+		t.Errorf("wait observations %d, want 1", n)
 	}
 
 	// A second pool adds its own series.
@@ -155,6 +158,16 @@ pgsidecar_pool_server_connections{database="appdb",state="idle",user="appuser"} 
 	for _, pr := range problems {
 		t.Errorf("lint: %s: %s", pr.Metric, pr.Text)
 	}
+}
+
+// histogramCount returns how many observations h has.
+func histogramCount(t *testing.T, h prometheus.Histogram) uint64 {
+	t.Helper()
+	var m dto.Metric
+	if err := h.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetHistogram().GetSampleCount()
 }
 
 // gatherOne returns a collector for the single series of a gathered metric family, for

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgsidecar/pgsidecar/internal/rawio"
 	"github.com/pgsidecar/pgsidecar/internal/retry"
@@ -81,6 +82,10 @@ type Config struct {
 	DNSMaxTTL time.Duration
 	// LookupTimeout bounds one lookup; 0 = 5s. A dial's lookups are also bounded by its context.
 	LookupTimeout time.Duration
+	// WaitObserver, when set, gets the seconds each acquire that had to queue waited, and
+	// DialObserver the seconds each successful dial (connect and login) took: the proxy's
+	// histograms.
+	WaitObserver, DialObserver prometheus.Observer
 	// Keep marks the pool of a configured route: a Set keeps it until Close, and it does not
 	// count toward SetOptions.MaxPools.
 	Keep bool
@@ -110,8 +115,48 @@ type Stat struct {
 	CheckFailures uint64 // idle connections found dead by the CheckDelay check
 	IdleDropped   uint64 // idle connections closed by DropIdle
 	Retired       uint64 // connections retired: by RetireAddr or Retire, or their address left DNS
-	Transactions  uint64 // transactions counted by CountTransaction
+	// ClosesBy counts Closes by reason, indexed by CloseReason.
+	ClosesBy [NumCloseReasons]uint64
+
+	MinSize int
+	Clients int           // users (Set.Join) of the pool: its clients
+	Used    int           // of Idle, connections due for the CheckDelay check before reuse
+	MaxWait time.Duration // how long the longest waiting caller has waited
+
+	// Usage is what clients did with the pool's connections (AddUsage).
+	Usage
 }
+
+// Usage counts what clients did on a pool's connections, as PgBouncer's SHOW STATS does. The
+// proxy adds a session's counts when one of its transactions ends, so that the sessions share
+// no counter while they run.
+type Usage struct {
+	Transactions, Queries uint64
+	Received, Sent        uint64 // bytes from clients, bytes to clients
+	XactTime, QueryTime   time.Duration
+}
+
+// CloseReason says why a server connection was closed.
+type CloseReason int
+
+// Reasons for closing a server connection.
+const (
+	CloseError           CloseReason = iota // its holder found it broken or in an unknown state
+	CloseIdleTimeout                        // idle past IdleTimeout
+	CloseLifetime                           // older than Lifetime
+	CloseCheckFailed                        // found dead by the CheckDelay check
+	CloseRetired                            // retired (RetireAddr, Retire, DNS, a dropped pool)
+	CloseUpstreamRestart                    // DropIdle after an upstream restart
+	CloseResized                            // beyond a smaller Size
+	ClosePoolClosed                         // the pool was closed
+	NumCloseReasons
+)
+
+// closeReasonNames are the metrics' reason labels.
+var closeReasonNames = [NumCloseReasons]string{"error", "idle_timeout", "lifetime", "check_failed", "retired", "upstream_restart", "resized", "pool_closed"}
+
+// String returns the reason's label.
+func (r CloseReason) String() string { return closeReasonNames[r] }
 
 // Pool keeps server connections to one upstream database as one user. Acquire hands out an idle
 // connection, dials a new one while under Size, or queues the caller in FIFO order.
@@ -177,7 +222,10 @@ type Pool struct {
 
 	acquires, waits, waitNanos, dials, dialErrors, closes atomic.Uint64
 	dialRetries, checkFailures, idleDropped, retired      atomic.Uint64
-	transactions                                          atomic.Uint64
+	closesBy                                              [NumCloseReasons]atomic.Uint64
+	usage                                                 struct {
+		transactions, queries, received, sent, xactNanos, queryNanos atomic.Uint64
+	}
 }
 
 type waiter struct {
@@ -185,6 +233,8 @@ type waiter struct {
 	// deadline is when an AcquireWithin waiter gives up (zero: only its context); the pool's
 	// expiry timer takes it out of the queue then.
 	deadline time.Time
+	// start is when it began to wait.
+	start time.Time
 }
 
 // grant is what a waiter receives: a connection, the right to dial one (a slot and a dial token
@@ -250,7 +300,7 @@ func (p *Pool) Reconfigure(cfg Config) {
 	p.dispatchLocked()
 	p.mu.Unlock()
 	for _, c := range victims {
-		p.closeConn(c)
+		p.closeConn(c, CloseResized)
 	}
 }
 
@@ -312,7 +362,7 @@ func (p *Pool) takeIdleLocked() *Conn {
 			p.open--
 			p.dispatchLocked()
 			p.mu.Unlock()
-			p.closeConn(c)
+			p.closeConn(c, CloseLifetime)
 			p.mu.Lock()
 			continue
 		}
@@ -326,14 +376,16 @@ func (p *Pool) takeIdleLocked() *Conn {
 		if alive && !c.retired {
 			return c
 		}
+		reason := CloseRetired
 		if !alive {
 			p.checkFailures.Add(1)
+			reason = CloseCheckFailed
 		}
 		c.held = false
 		p.open--
 		p.dispatchLocked()
 		p.mu.Unlock()
-		p.closeConn(c)
+		p.closeConn(c, reason)
 		p.mu.Lock()
 	}
 	return nil
@@ -380,6 +432,8 @@ func (p *Pool) acquire(ctx context.Context, wait time.Duration) (*Conn, error) {
 		w = &waiter{ch: make(chan grant, 1)}
 	}
 	w.deadline = deadline
+	start := time.Now()
+	w.start = start
 	p.waiters = append(p.waiters, w)
 	if !deadline.IsZero() {
 		p.armExpiryLocked(deadline)
@@ -387,8 +441,13 @@ func (p *Pool) acquire(ctx context.Context, wait time.Duration) (*Conn, error) {
 	p.mu.Unlock()
 
 	p.waits.Add(1)
-	start := time.Now()
-	defer func() { p.waitNanos.Add(uint64(time.Since(start))) }()
+	defer func() {
+		waited := time.Since(start)
+		p.waitNanos.Add(uint64(waited))
+		if o := p.cfg.WaitObserver; o != nil {
+			o.Observe(waited.Seconds())
+		}
+	}()
 	var cause error
 	select {
 	case g := <-w.ch:
@@ -535,7 +594,7 @@ func (p *Pool) dialSlot(ctx context.Context) (*Conn, error) {
 	p.dispatchLocked()
 	p.mu.Unlock()
 	if orphan != nil {
-		p.closeConn(orphan)
+		p.closeConn(orphan, ClosePoolClosed)
 	}
 	return c, err
 }
@@ -642,7 +701,11 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 	p.mu.Lock()
 	seq := p.retireSeq
 	p.mu.Unlock()
+	began := time.Now()
 	c, err := p.connect(ctx)
+	if o := p.cfg.DialObserver; err == nil && o != nil {
+		o.Observe(time.Since(began).Seconds())
+	}
 	// A caller giving up says nothing about the upstream.
 	if err != nil && ctx.Err() != nil {
 		return nil, err
@@ -772,11 +835,11 @@ func (p *Pool) Release(c *Conn) {
 		panic("pool: Release of a connection that is not handed out")
 	}
 	c.held = false
-	if p.closed || c.retired || c.expired(now) || p.open > p.cfg.Size {
+	if reason, ok := p.releaseCloseLocked(c, now); ok {
 		p.open--
 		p.dispatchLocked()
 		p.mu.Unlock()
-		p.closeConn(c)
+		p.closeConn(c, reason)
 		return
 	}
 	if len(p.waiters) > 0 {
@@ -790,6 +853,21 @@ func (p *Pool) Release(c *Conn) {
 	}
 	p.idle = append(p.idle, c)
 	p.mu.Unlock()
+}
+
+// releaseCloseLocked says whether a released connection must be closed instead of kept, and why.
+func (p *Pool) releaseCloseLocked(c *Conn, now time.Time) (CloseReason, bool) {
+	switch {
+	case p.closed:
+		return ClosePoolClosed, true
+	case c.retired:
+		return CloseRetired, true
+	case c.expired(now):
+		return CloseLifetime, true
+	case p.open > p.cfg.Size:
+		return CloseResized, true
+	}
+	return 0, false
 }
 
 // Destroy closes a connection that cannot be reused (broken, or left in an unknown state), in
@@ -808,7 +886,7 @@ func (p *Pool) Destroy(c *Conn) {
 	p.open--
 	p.dispatchLocked()
 	p.mu.Unlock()
-	p.closeConn(c)
+	p.closeConn(c, CloseError)
 }
 
 // DropIdle closes every idle connection at once. The proxy calls it when a server reports
@@ -823,7 +901,7 @@ func (p *Pool) DropIdle() {
 	p.mu.Unlock()
 	p.idleDropped.Add(uint64(len(idle)))
 	for _, c := range idle {
-		p.closeConn(c)
+		p.closeConn(c, CloseUpstreamRestart)
 	}
 }
 
@@ -878,7 +956,7 @@ func (p *Pool) retire(match func(*Conn) bool, addr string) int {
 	p.mu.Unlock()
 	p.retired.Add(uint64(n))
 	for _, c := range victims {
-		p.closeConn(c)
+		p.closeConn(c, CloseRetired)
 	}
 	return n
 }
@@ -890,9 +968,23 @@ func (p *Pool) retireGone(addrs []string) {
 	}
 }
 
-// CountTransaction counts a transaction run on one of the pool's connections; the proxy calls it
-// when a transaction-mode client hands its server back.
-func (p *Pool) CountTransaction() { p.transactions.Add(1) }
+// AddUsage adds what a client did since its last AddUsage to the pool's counters.
+func (p *Pool) AddUsage(u Usage) {
+	if u.Transactions > 0 {
+		p.usage.transactions.Add(u.Transactions)
+	}
+	if u.Queries > 0 {
+		p.usage.queries.Add(u.Queries)
+	}
+	p.usage.received.Add(u.Received)
+	p.usage.sent.Add(u.Sent)
+	if u.XactTime > 0 {
+		p.usage.xactNanos.Add(uint64(u.XactTime))
+	}
+	if u.QueryTime > 0 {
+		p.usage.queryNanos.Add(uint64(u.QueryTime))
+	}
+}
 
 // unwanted reports whether the pool is not worth keeping once unused: its upstream never
 // accepted a login, or its last dial failed and it holds no connection.
@@ -915,9 +1007,10 @@ func (p *Pool) LastError() error {
 	return p.lastErr
 }
 
-func (p *Pool) closeConn(c *Conn) {
+func (p *Pool) closeConn(c *Conn, reason CloseReason) {
 	// Counted first: a caller that sees the slot freed sees the close counted.
 	p.closes.Add(1)
+	p.closesBy[reason].Add(1)
 	p.mu.Lock()
 	delete(p.all, c)
 	p.mu.Unlock()
@@ -962,6 +1055,16 @@ func (p *Pool) Stat() Stat {
 		InUse:    p.open - len(p.idle) - p.dialing,
 		Dialing:  p.dialing,
 		Waiting:  len(p.waiters),
+		MinSize:  p.cfg.MinSize,
+	}
+	now := time.Now()
+	if len(p.waiters) > 0 {
+		s.MaxWait = now.Sub(p.waiters[0].start)
+	}
+	for _, c := range p.idle {
+		if p.needsCheck(c, now) {
+			s.Used++
+		}
 	}
 	p.mu.Unlock()
 	s.Acquires = p.acquires.Load()
@@ -974,7 +1077,15 @@ func (p *Pool) Stat() Stat {
 	s.CheckFailures = p.checkFailures.Load()
 	s.IdleDropped = p.idleDropped.Load()
 	s.Retired = p.retired.Load()
-	s.Transactions = p.transactions.Load()
+	for i := range s.ClosesBy {
+		s.ClosesBy[i] = p.closesBy[i].Load()
+	}
+	s.Transactions = p.usage.transactions.Load()
+	s.Queries = p.usage.queries.Load()
+	s.Received = p.usage.received.Load()
+	s.Sent = p.usage.sent.Load()
+	s.XactTime = time.Duration(p.usage.xactNanos.Load())
+	s.QueryTime = time.Duration(p.usage.queryNanos.Load())
 	return s
 }
 
@@ -998,7 +1109,7 @@ func (p *Pool) Close() {
 	p.mu.Unlock()
 	p.stop()
 	for _, c := range idle {
-		p.closeConn(c)
+		p.closeConn(c, ClosePoolClosed)
 	}
 	for _, w := range waiters {
 		w.ch <- grant{err: ErrClosed}
@@ -1039,16 +1150,22 @@ func (p *Pool) refreshHosts() {
 }
 
 func (p *Pool) evictIdle(now time.Time) {
-	var victims []*Conn
+	type victim struct {
+		c      *Conn
+		reason CloseReason
+	}
+	var victims []victim
 	p.mu.Lock()
 	kept := p.idle[:0]
 	for _, c := range p.idle {
-		idleTooLong := p.cfg.IdleTimeout > 0 && now.Sub(c.lastUsed) > p.cfg.IdleTimeout && p.open-len(victims) > p.cfg.MinSize
-		if idleTooLong || c.expired(now) {
-			victims = append(victims, c)
-			continue
+		switch {
+		case p.cfg.IdleTimeout > 0 && now.Sub(c.lastUsed) > p.cfg.IdleTimeout && p.open-len(victims) > p.cfg.MinSize:
+			victims = append(victims, victim{c, CloseIdleTimeout})
+		case c.expired(now):
+			victims = append(victims, victim{c, CloseLifetime})
+		default:
+			kept = append(kept, c)
 		}
-		kept = append(kept, c)
 	}
 	for i := len(kept); i < len(p.idle); i++ {
 		p.idle[i] = nil
@@ -1057,8 +1174,8 @@ func (p *Pool) evictIdle(now time.Time) {
 	p.open -= len(victims)
 	p.dispatchLocked()
 	p.mu.Unlock()
-	for _, c := range victims {
-		p.closeConn(c)
+	for _, v := range victims {
+		p.closeConn(v.c, v.reason)
 	}
 }
 

@@ -18,6 +18,9 @@ type SetOptions struct {
 	MaxPools int
 	// SweepInterval is how often pools that nobody uses are checked for removal; 0 = 1s.
 	SweepInterval time.Duration
+	// OnRemove, when set, is called (without the Set's lock) when the last pool of a database
+	// and user leaves the Set, so that their metric series can go too.
+	OnRemove func(database, user string)
 }
 
 // Set holds one Pool per route key, created on first use. Pools of configured routes
@@ -105,7 +108,24 @@ func (s *Set) Leave(p *Pool) {
 	s.mu.Unlock()
 	if gone {
 		p.Close()
+		s.removed(p)
 	}
+}
+
+// removed tells OnRemove that p left, if no other pool has its labels.
+func (s *Set) removed(p *Pool) {
+	if s.opts.OnRemove == nil {
+		return
+	}
+	s.mu.Lock()
+	for _, q := range s.pools {
+		if q.cfg.Database == p.cfg.Database && q.cfg.User == p.cfg.User {
+			s.mu.Unlock()
+			return
+		}
+	}
+	s.mu.Unlock()
+	s.opts.OnRemove(p.cfg.Database, p.cfg.User)
 }
 
 // Each calls fn for every pool, without the Set's lock.
@@ -164,6 +184,7 @@ func (s *Set) Drop(key string) {
 	switch {
 	case unused:
 		p.Close()
+		s.removed(p)
 	case ok:
 		p.Retire(func(*Conn) bool { return true })
 	}
@@ -200,6 +221,7 @@ func (s *Set) sweepLoop() {
 		s.mu.Unlock()
 		for _, p := range gone {
 			p.Close()
+			s.removed(p)
 		}
 	}
 }
@@ -227,9 +249,17 @@ func (s *Set) Stats() []Stat {
 		pools = append(pools, p)
 	}
 	s.mu.Unlock()
+	users := make([]int, len(pools))
+	s.mu.Lock()
+	for i, p := range pools {
+		users[i] = p.users
+	}
+	s.mu.Unlock()
 	stats := make([]Stat, 0, len(pools))
-	for _, p := range pools {
-		stats = append(stats, p.Stat())
+	for i, p := range pools {
+		st := p.Stat()
+		st.Clients = users[i]
+		stats = append(stats, st)
 	}
 	sort.Slice(stats, func(i, j int) bool { return stats[i].Key < stats[j].Key })
 	return stats

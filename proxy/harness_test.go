@@ -84,8 +84,10 @@ func startProxy(t testing.TB, c *pgtest.Cluster, mutate func(*config.Config)) *t
 	}
 	logger := slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: level}))
 	reg := prometheus.NewRegistry()
-	pools := pool.NewSet(pool.SetOptions{MaxPools: cfg.MaxPools})
-	srv, err := New(Options{Config: &cfg, Pools: pools, Logger: logger, Metrics: NewMetrics(reg)})
+	metrics := NewMetrics(reg)
+	pools := pool.NewSet(pool.SetOptions{MaxPools: cfg.MaxPools, OnRemove: metrics.ForgetPool})
+	reg.MustRegister(pool.NewCollector(pools))
+	srv, err := New(Options{Config: &cfg, Pools: pools, Logger: logger, Metrics: metrics})
 	if err != nil {
 		t.Fatal(err)
 	}

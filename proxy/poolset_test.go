@@ -52,9 +52,7 @@ func TestPoolsForUnknownDatabasesAreNotKept(t *testing.T) {
 		cfg.MinPoolSize = 1
 		cfg.Routes = []config.Route{{Database: "gone", User: "postgres", UpstreamDatabase: "no_such_database"}}
 	})
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(pool.NewCollector(p.pools))
-	gathered := prometheus.Gatherers{reg, p.reg}
+	gathered := p.reg
 
 	// The configured pools exist from the start: database_url's own and the route's.
 	if n := p.pools.Len(); n != 2 {

@@ -72,6 +72,7 @@ func (s *session) clientToServer() error {
 		n, err := s.cio.Read(f.Buf[f.W:])
 		f.W += n
 		if n > 0 {
+			s.bytesIn.Add(uint64(n))
 			if ferr := s.forwardClient(&f); ferr != nil {
 				return ferr
 			}
@@ -337,7 +338,7 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}, f *wire.Fra
 				if st == nil {
 					counted = ready
 				}
-				if release, reread := s.readyForQuery(counted, status, f.R == f.W && f.Remaining == 0); release {
+				if release, reread := s.readyForQuery(counted, ready, status, f.R == f.W && f.Remaining == 0); release {
 					handedBack = true
 					s.released(srv, reread)
 					return
@@ -409,6 +410,7 @@ func (s *session) relayTrackedAndWrite(f *wire.Frames, st *txmode.ServerState) (
 			ready, status = ready+n, last
 		}
 		if len(out) > 0 {
+			s.bytesOut.Add(uint64(len(out)))
 			if _, werr = s.cio.Write(out); werr != nil {
 				return ready, status, err, werr
 			}
@@ -492,7 +494,6 @@ func (s *session) released(srv *pool.Conn, reread chan struct{}) {
 	if st, ok := srv.Tag.(*txmode.ServerState); ok {
 		st.Relaying.Store(false)
 	}
-	s.pool().CountTransaction()
 	if reread != nil {
 		err := s.rereadParams(srv)
 		s.mu.Lock()
@@ -532,7 +533,7 @@ func (s *session) kickIfReleasableLocked() {
 
 // inspectServerMsg lists the server message types session mode must see whole: ReadyForQuery
 // for the transaction status. Everything else streams through without decoding.
-func inspectServerMsg(typ byte) bool { return typ == 'Z' }
+func inspectServerMsg(typ byte) bool { return typ == 'Z' || typ == 'E' }
 
 // scanServer advances over buffered server messages. It returns the number of ReadyForQuery
 // messages seen and the last transaction status.
@@ -556,6 +557,9 @@ func (s *session) scanServer(f *wire.Frames) (ready int, status byte, err error)
 				ready++
 				status = f.Buf[f.R+5]
 			}
+			if typ == 'E' {
+				s.srv.metrics.clientError(wire.ErrorCode(f.Buf[f.R+5 : f.R+1+length]))
+			}
 			f.R += 1 + length
 			continue
 		}
@@ -567,11 +571,12 @@ func (s *session) scanServer(f *wire.Frames) (ready int, status byte, err error)
 
 // readyForQuery records ReadyForQuery messages and reports whether the server is to be released
 // now (clean is false when bytes after the last ReadyForQuery are buffered).
-func (s *session) readyForQuery(n int, status byte, clean bool) (release bool, reread chan struct{}) {
+func (s *session) readyForQuery(n, ready int, status byte, clean bool) (release bool, reread chan struct{}) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.Pending = max(s.Pending-n, 0)
 	s.TxStatus = status
+	s.accountLocked(ready, status)
 	s.armTxIdleLocked()
 	if s.Pending == 0 && s.drained != nil {
 		close(s.drained)
@@ -591,9 +596,55 @@ func (s *session) readyForQuery(n int, status byte, clean bool) (release bool, r
 	return true, s.detachLocked()
 }
 
+// accountLocked counts ready completed requests; when nothing is pending any more the request
+// time, and when the server is out of a transaction the transaction: then the session's counts
+// go to its pool and histograms, once per transaction, so that sessions share no counter
+// while they run.
+func (s *session) accountLocked(ready int, status byte) {
+	u := &s.usage
+	u.Queries += uint64(ready)
+	now := time.Now()
+	if s.Pending == 0 && !s.reqStart.IsZero() {
+		d := now.Sub(s.reqStart)
+		u.QueryTime += d
+		if o := s.obs.query; o != nil {
+			o.Observe(d.Seconds())
+		}
+		s.reqStart = time.Time{}
+	}
+	if status != 'I' {
+		return
+	}
+	u.Transactions++
+	if !s.xactStart.IsZero() {
+		d := now.Sub(s.xactStart)
+		u.XactTime += d
+		if o := s.obs.xact; o != nil {
+			o.Observe(d.Seconds())
+		}
+		s.xactStart = time.Time{}
+	}
+	s.foldUsageLocked()
+}
+
+// foldUsageLocked adds the session's counts since the last fold to its pool and metrics.
+func (s *session) foldUsageLocked() {
+	s.usage.Received = s.bytesIn.Swap(0)
+	s.usage.Sent = s.bytesOut.Swap(0)
+	if p := s.pool(); p != nil {
+		p.AddUsage(s.usage)
+	}
+	s.usage = pool.Usage{}
+	if s.txPooling {
+		c := s.Tracker.TakeCacheUse()
+		s.srv.metrics.statementCacheUse(c.Hits, c.Misses, c.Evictions)
+	}
+}
+
 func (s *session) writeClient(b []byte) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	s.bytesOut.Add(uint64(len(b)))
 	_, err := s.cio.Write(b)
 	return err
 }

@@ -78,7 +78,11 @@ func (s *session) rebind() error {
 		return joinError(err, s.database, s.user)
 	}
 	s.srv.routes.used(up.Key, s.database, s.user, s.srv.poolExists)
+	s.mu.Lock()
+	s.foldUsageLocked() // what the client did on the old pool is counted there
 	s.setPool(p)
+	s.obs = s.srv.metrics.observersFor(up.Database, up.User)
+	s.mu.Unlock()
 	s.srv.pools.Leave(old)
 	return nil
 }

@@ -341,11 +341,13 @@ func (s *session) retryFailure() error {
 func (s *session) addPendingLocked(requests int) {
 	if requests > 0 && s.Pending == 0 {
 		s.queryCancelled = nil
-		if d := s.srv.config().QueryTimeout; d > 0 {
-			s.queryStart = time.Now()
-			if s.queryTimerAt.IsZero() {
-				s.armQueryTimerLocked(d)
-			}
+		now := time.Now()
+		s.queryStart, s.reqStart = now, now
+		if s.TxStatus != 'T' && s.TxStatus != 'E' {
+			s.xactStart = now
+		}
+		if d := s.srv.config().QueryTimeout; d > 0 && s.queryTimerAt.IsZero() {
+			s.armQueryTimerLocked(d)
 		}
 	}
 	s.Pending += requests

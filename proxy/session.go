@@ -106,6 +106,16 @@ type session struct {
 	queryTimerAt   time.Time
 	queryStart     time.Time
 	queryCancelled *pool.Conn
+	// reqStart and xactStart are when the current requests and transaction began, for the
+	// metrics (zero once counted); usage counts what the client did since its last
+	// transaction ended (accountLocked); bytesIn and bytesOut count the bytes relayed from and
+	// to the client meanwhile, by the goroutines that move them. obs are the histograms of
+	// the client's pool.
+	reqStart          time.Time
+	xactStart         time.Time
+	usage             pool.Usage
+	bytesIn, bytesOut atomic.Uint64
+	obs               poolObservers
 	// abandoned is set when the proxy closed a server that answered neither its query nor the
 	// cancel of it; the client is told that instead of the socket error.
 	abandoned bool
@@ -148,6 +158,9 @@ func (s *session) run() {
 		if err != nil {
 			s.logEnd("login failed", err)
 		}
+		if !ok {
+			s.srv.metrics.clientClosed(closeReason(false, err))
+		}
 		if ok {
 			s.srv.endLogin(s)
 			// The relay runs on a new goroutine: login (TLS, SCRAM, logging) grew this
@@ -182,6 +195,7 @@ func (s *session) relay() {
 		s.shutdownIfIdle()
 	}
 	cause := s.protect("client loop", s.clientToServer)
+	s.srv.metrics.clientClosed(closeReason(true, cause))
 	if err := s.protect("session cleanup", func() error { s.finish(cause); return nil }); err != nil {
 		s.destroyServerAfterPanic()
 	}
@@ -447,6 +461,7 @@ func (s *session) bindPool() error {
 	s.txPooling = up.PoolMode != "session"
 	s.Tracker.Init(&s.srv.stmts, trackerLimitsOf(s.srv.config(), up))
 	s.Tracker.SetSignalTarget(s.maySignal, isMintedPID)
+	s.Tracker.SetErrorHook(s.srv.metrics.clientError)
 	s.upstream = up
 	s.maxMsg = s.srv.config().MaxMessageSize
 	p, err := s.srv.pools.Join(up.Key, func() (pool.Config, error) { return s.srv.poolConfig(up) })
@@ -455,6 +470,7 @@ func (s *session) bindPool() error {
 	}
 	s.srv.routes.used(up.Key, s.database, s.user, s.srv.poolExists)
 	s.setPool(p)
+	s.obs = s.srv.metrics.observersFor(up.Database, up.User)
 	return nil
 }
 
@@ -464,6 +480,7 @@ func (srv *Server) poolConfig(up config.Upstream) (pool.Config, error) {
 	if err != nil {
 		return pool.Config{}, &startupError{code: retry.CodeConnectionFailure, msg: fmt.Sprintf("pgsidecar: invalid upstream connection string for %s: %v", up.Key, redactedParseError(err))}
 	}
+	obs := srv.metrics.observersFor(up.Database, up.User)
 	return pool.Config{
 		Key:            up.Key,
 		Database:       up.Database,
@@ -484,6 +501,8 @@ func (srv *Server) poolConfig(up config.Upstream) (pool.Config, error) {
 		LoadBalanceHosts: up.LoadBalanceHosts == "random",
 		DNSMaxTTL:        srv.config().DNSMaxTTL,
 		Keep:             up.Configured,
+		WaitObserver:     obs.wait,
+		DialObserver:     obs.connect,
 	}, nil
 }
 
@@ -536,6 +555,7 @@ func (s *session) sendStartupError(err error) {
 // block the session's cleanup.
 func (s *session) sendError(e *pgconn.PgError) {
 	buf := wire.AppendErrorResponse(nil, e)
+	s.srv.metrics.clientError(e.Code)
 	s.sentError.Store(true)
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
@@ -606,6 +626,7 @@ func (s *session) abort(e *pgconn.PgError) {
 	// write may have cleared it (client_write_timeout).
 	_ = conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 	buf := wire.AppendErrorResponse(nil, e)
+	s.srv.metrics.clientError(e.Code)
 	s.wmu.Lock()
 	_ = conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 	_, _ = conn.Write(buf)

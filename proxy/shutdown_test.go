@@ -18,8 +18,7 @@ func TestShutdownDuringLogins(t *testing.T) {
 	defer cancel()
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	var logins sync.WaitGroup
-	logins.Add(1)
+	loggedIn := make(chan struct{})
 	var once sync.Once
 	for range 16 {
 		wg.Add(1)
@@ -34,7 +33,7 @@ func TestShutdownDuringLogins(t *testing.T) {
 				cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
 				conn, err := pgx.Connect(cctx, p.dsn("postgres", "postgres"))
 				if err == nil {
-					once.Do(logins.Done)
+					once.Do(func() { close(loggedIn) })
 					_, _ = conn.Exec(cctx, "select 1")
 					_ = conn.Close(cctx)
 				}
@@ -42,7 +41,13 @@ func TestShutdownDuringLogins(t *testing.T) {
 			}
 		}()
 	}
-	logins.Wait() // logins are under way
+	select {
+	case <-loggedIn: // logins are under way
+	case <-ctx.Done():
+		close(stop)
+		wg.Wait()
+		t.Fatal("no client logged in")
+	}
 	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
 	defer scancel()
 	if err := p.srv.Shutdown(sctx); err != nil {

@@ -167,7 +167,9 @@ func serve(ctx context.Context, cfg *config.Config, reload func() (*config.Confi
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	pools := pool.NewSet(pool.SetOptions{MaxPools: cfg.MaxPools})
+	metrics := proxy.NewMetrics(reg)
+	registerProcessInfo(reg)
+	pools := pool.NewSet(pool.SetOptions{MaxPools: cfg.MaxPools, OnRemove: metrics.ForgetPool})
 	defer pools.Close()
 	reg.MustRegister(pool.NewCollector(pools))
 	warnUnverifiedUpstreams(cfg, logger, reg)
@@ -180,6 +182,7 @@ func serve(ctx context.Context, cfg *config.Config, reload func() (*config.Confi
 	if err != nil {
 		return err
 	}
+	registerUp(reg, probers)
 	if len(probers) > 0 {
 		pctx, stopProbers := context.WithCancel(context.WithoutCancel(ctx))
 		var wg sync.WaitGroup
@@ -202,7 +205,7 @@ func serve(ctx context.Context, cfg *config.Config, reload func() (*config.Confi
 		}()
 	}
 
-	srv, err := proxy.New(proxy.Options{Config: cfg, Pools: pools, Logger: logger, Metrics: proxy.NewMetrics(reg)})
+	srv, err := proxy.New(proxy.Options{Config: cfg, Pools: pools, Logger: logger, Metrics: metrics})
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,6 @@
 package txmode
 
 import (
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pgsidecar/pgsidecar/internal/retry"
 	"github.com/pgsidecar/pgsidecar/proxy/classify"
 	"github.com/pgsidecar/pgsidecar/proxy/wire"
@@ -58,8 +57,7 @@ func (t *Tracker) AnswerIdle(f *wire.Frames) []byte {
 				ps = t.reg.get(query, paramTypes, Effect{}) // knownParse: no effect
 			}
 			if ps == nil {
-				e := &pgconn.PgError{Severity: "ERROR", Code: retry.CodeConfigurationLimitExceeded, Message: "pgsidecar: too many prepared statements (max_client_prepared_statements or max_prepared_statement_bytes)"}
-				out = wire.AppendErrorResponse(out, e)
+				out = append(out, t.errorReply(retry.CodeConfigurationLimitExceeded, "pgsidecar: too many prepared statements (max_client_prepared_statements or max_prepared_statement_bytes)")...)
 				failed = true
 				break
 			}

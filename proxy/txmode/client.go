@@ -338,8 +338,7 @@ func (t *Tracker) trackParse(body []byte, st *ServerState, w *wire.Batch, total 
 	}
 	if res.Pin != classify.None {
 		if t.Pinned == "" && t.refusesState() {
-			e := &pgconn.PgError{Severity: "ERROR", Code: retry.CodeFeatureNotSupported, Message: refusalMessage(res.Pin)}
-			t.resp.push(Entry{synth: wire.AppendErrorResponse(nil, e)})
+			t.resp.push(Entry{synth: t.errorReply(retry.CodeFeatureNotSupported, refusalMessage(res.Pin))})
 			t.Skipping = true
 			w.Cut(w.F.R + total)
 			return nil
@@ -384,6 +383,7 @@ func (t *Tracker) trackParse(body []byte, st *ServerState, w *wire.Batch, total 
 	t.stmts[string(name)] = &ClientStmt{ps: ps}
 	w.Cut(w.F.R + total)
 	if st.has(ps) {
+		t.cache.Hits++
 		t.resp.push(Entry{synth: wire.AppendParseComplete(nil)})
 		return nil
 	}
@@ -426,8 +426,7 @@ func (t *Tracker) applyEffect(e Effect, st *ServerState) {
 // of the proxy's own, and skips the client's messages up to its next Sync, as PostgreSQL does
 // after an error in the extended protocol.
 func (t *Tracker) refuse(w *wire.Batch, total int, code, msg string) {
-	e := &pgconn.PgError{Severity: "ERROR", Code: code, Message: msg}
-	t.resp.push(Entry{synth: wire.AppendErrorResponse(nil, e)})
+	t.resp.push(Entry{synth: t.errorReply(code, msg)})
 	t.Skipping = true
 	w.Cut(w.F.R + total)
 }
@@ -442,7 +441,9 @@ func (t *Tracker) prepare(ps *Stmt, st *ServerState, w *wire.Batch, swallow bool
 	w.Used = true
 	t.resp.push(Entry{msg: 'C', swallow: true})
 	st.remove(ps)
+	t.cache.Misses++
 	if old := st.evict(t.lim.ServerStatements); old != nil {
+		t.cache.Evictions++
 		w.Out = wire.AppendClose(w.Out, 'S', old.name)
 		w.Used = true
 		t.resp.push(Entry{msg: 'C', swallow: true})

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pgsidecar/pgsidecar/internal/retry"
 	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
@@ -217,6 +216,10 @@ func (t *Tracker) ScanServer(f *wire.Frames, st *ServerState, writing, closing b
 			}
 			continue
 		}
+		if typ == 'E' && f.W-f.R >= total {
+			// Relayed to the client: counted by class (ErrorClasses).
+			t.countError(wire.ErrorCode(f.Buf[f.R+5 : f.R+total]))
+		}
 		if f.W-f.R >= total {
 			f.R += total
 		} else {
@@ -326,8 +329,7 @@ func (t *Tracker) refuseUnknown(name []byte, w *wire.Batch, total int) bool {
 // perhaps not all buffered, with an ERROR of the proxy's own, dropping the message, and skips
 // to the client's next Sync as PostgreSQL does after an error.
 func (t *Tracker) refuseMessage(w *wire.Batch, total int, code, msg string) {
-	e := &pgconn.PgError{Severity: "ERROR", Code: code, Message: msg}
-	t.resp.push(Entry{synth: wire.AppendErrorResponse(nil, e)})
+	t.resp.push(Entry{synth: t.errorReply(code, msg)})
 	t.Skipping = true
 	w.Cut(w.F.R)
 	if avail := w.F.W - w.F.R; avail < total {

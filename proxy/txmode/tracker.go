@@ -6,7 +6,9 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pgsidecar/pgsidecar/proxy/classify"
+	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
 
 // Tracker is one client's protocol bookkeeping: what it has in flight on its server, and in
@@ -41,6 +43,10 @@ type Tracker struct {
 	resend      []byte
 	retire      bool
 	wake        bool
+	// cache counts statement cache use (TakeCacheUse); onError is told the SQLSTATE of every
+	// server error relayed to the client (SetErrorHook).
+	cache   CacheUse
+	onError func(code string)
 
 	// Pending counts requests (Query, Sync, FunctionCall) sent to server whose ReadyForQuery has
 	// not come back yet.
@@ -161,6 +167,36 @@ func (t *Tracker) TakeEvents() Events {
 	t.newPin, t.rerunReason, t.retire, t.wake = "", "", false, false
 	t.resend = keepScratch(t.resend[:0])
 	return e
+}
+
+// CacheUse counts how the client's statements met the servers' statement caches.
+type CacheUse struct {
+	Hits      uint64 // a statement the server had prepared already
+	Misses    uint64 // a statement prepared on the server first
+	Evictions uint64 // a statement closed on the server to make room (ServerStatements)
+}
+
+// SetErrorHook makes the tracker call fn with the SQLSTATE of every ErrorResponse of the server
+// it relays to the client (not those it answers or swallows itself).
+func (t *Tracker) SetErrorHook(fn func(code string)) { t.onError = fn }
+
+// errorReply is an ERROR of the proxy's own for the client, counted as the server's are.
+func (t *Tracker) errorReply(code, msg string) []byte {
+	t.countError(code)
+	return wire.AppendErrorResponse(nil, &pgconn.PgError{Severity: "ERROR", Code: code, Message: msg})
+}
+
+func (t *Tracker) countError(code string) {
+	if t.onError != nil {
+		t.onError(code)
+	}
+}
+
+// TakeCacheUse returns the counts since the last call and starts them afresh.
+func (t *Tracker) TakeCacheUse() CacheUse {
+	u := t.cache
+	t.cache = CacheUse{}
+	return u
 }
 
 // Stats is a snapshot of what a tracker holds, for tests and the admin console.
