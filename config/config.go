@@ -81,6 +81,14 @@ type Config struct {
 	// MaxLoginsInProgress bounds the connections still logging in; beyond it the oldest login
 	// in progress is closed to make room.
 	MaxLoginsInProgress int
+	// SlowQueryThreshold logs requests that take at least this long (0 = off), with the first
+	// SlowQueryTextBytes bytes of their SQL text (0 = no text).
+	SlowQueryThreshold time.Duration
+	SlowQueryTextBytes int
+	// AdminUsers may run every admin console command; StatsUsers only SHOW. AdminPgBouncer
+	// answers the admin console as database "pgbouncer" too.
+	AdminUsers, StatsUsers []string
+	AdminPgBouncer         bool
 	// MaxPools bounds the pools made for (database, user) pairs that are not configured routes
 	// (see Upstream.Configured); a client asking for one more is refused with 53300.
 	MaxPools int
@@ -211,6 +219,9 @@ func Defaults(profile string) Config {
 		ClientLoginTimeout:          15 * time.Second,
 		MaxLoginsInProgress:         1000,
 		MaxPools:                    100,
+		AdminPgBouncer:              true,
+		SlowQueryThreshold:          5 * time.Second,
+		SlowQueryTextBytes:          256,
 		ClientWriteTimeout:          60 * time.Second,
 		MaxMessageSize:              1 << 30,
 		MaxPreparedStatements:       200,
@@ -312,6 +323,11 @@ type printed struct {
 	ClientWriteTimeout          string         `yaml:"client_write_timeout"`
 	MaxLoginsInProgress         int            `yaml:"max_logins_in_progress"`
 	MaxPools                    int            `yaml:"max_pools"`
+	AdminUsers                  []string       `yaml:"admin_users"`
+	StatsUsers                  []string       `yaml:"stats_users"`
+	AdminPgBouncer              bool           `yaml:"admin_pgbouncer"`
+	SlowQueryThreshold          string         `yaml:"slow_query_threshold"`
+	SlowQueryTextBytes          int            `yaml:"slow_query_text_bytes"`
 	TCPKeepAlive                bool           `yaml:"tcp_keepalive"`
 	TCPKeepIdle                 string         `yaml:"tcp_keepidle"`
 	TCPKeepInterval             string         `yaml:"tcp_keepintvl"`
@@ -395,6 +411,11 @@ func (c *Config) printable() printed {
 		ClientWriteTimeout:          d(c.ClientWriteTimeout),
 		MaxLoginsInProgress:         c.MaxLoginsInProgress,
 		MaxPools:                    c.MaxPools,
+		AdminUsers:                  c.AdminUsers,
+		StatsUsers:                  c.StatsUsers,
+		AdminPgBouncer:              c.AdminPgBouncer,
+		SlowQueryThreshold:          d(c.SlowQueryThreshold),
+		SlowQueryTextBytes:          c.SlowQueryTextBytes,
 		TCPKeepAlive:                c.TCPKeepAlive,
 		TCPKeepIdle:                 d(c.TCPKeepIdle),
 		TCPKeepInterval:             d(c.TCPKeepInterval),

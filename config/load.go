@@ -177,6 +177,11 @@ var settings = []setting{
 	{"tls.cert_file", kindString, func(c *Config) any { return &c.TLS.CertFile }, "PEM certificate for client-side TLS."},
 	{"tls.key_file", kindString, func(c *Config) any { return &c.TLS.KeyFile }, "PEM key. Set both or neither, and the files must exist. Neither means client TLS is off (`SSLRequest` is answered `N`). The files are checked every second and the certificate reloaded when they change (a renewal, an updated Secret): new logins get the new one, open connections keep theirs; a change that does not load keeps the old one and is logged."},
 	{"tls.mode", kindString, func(c *Config) any { return &c.TLS.Mode }, "Client TLS: `disable` (never offered, even with a certificate), `allow` (when the client asks), `require` (a client that does not use TLS is refused with `28000`, as PostgreSQL's `hostssl` refuses it; needs a certificate; cancel requests are still accepted in plaintext, as PostgreSQL accepts them). `\"\"` = `allow`."},
+	{"slow_query_threshold", kindDuration, func(c *Config) any { return &c.SlowQueryThreshold }, "Requests that take at least this long, from their sending to their `ReadyForQuery`, are logged at `warn` as `slow query`, once each, with their duration, database, user, SQLSTATE (when they failed) and the first `slow_query_text_bytes` of their SQL text; parameter values (`Bind`) never. 0 = off."},
+	{"slow_query_text_bytes", kindInt, func(c *Config) any { return &c.SlowQueryTextBytes }, "How much of a slow request's SQL text is logged, in bytes (cut at a character boundary). 0 logs no text: choose it when literals in SQL may be secret."},
+	{"admin_users", kindList, func(c *Config) any { return &c.AdminUsers }, "Users who may run every command of the admin console (database `pgsidecar`, see *Admin console*), after logging in as any client does (`auth_type`). Empty: nobody."},
+	{"stats_users", kindList, func(c *Config) any { return &c.StatsUsers }, "Users who may run the admin console's `SHOW` commands only; anyone else gets `42501`."},
+	{"admin_pgbouncer", kindBool, func(c *Config) any { return &c.AdminPgBouncer }, "Answer the admin console as database `pgbouncer` too, so that pgbouncer_exporter and scripts written for PgBouncer work unchanged. A real upstream database of that name is then unreachable."},
 	{"log_level", kindString, func(c *Config) any { return &c.LogLevel }, "`debug`, `info`, `warn` or `error`. Logs use `log/slog` and go to stderr."},
 	{"log_format", kindString, func(c *Config) any { return &c.LogFormat }, "`text` or `json`."},
 }
@@ -708,4 +713,31 @@ func decodeRoutes(raw any) ([]Route, []error) {
 		return nil, errs
 	}
 	return routes, errs
+}
+
+// Item is one setting as SHOW CONFIG lists it: its value and its default in the profile in
+// force, as text, secrets redacted.
+type Item struct {
+	Key, Value, Default string
+	// Changeable reports whether a reload applies a change (see RestartOnly).
+	Changeable bool
+}
+
+// Items lists every setting of c, in documentation order.
+func (c *Config) Items() []Item {
+	def := Defaults(c.Profile)
+	restart := map[string]bool{"profile": true, "listen": true, "http_listen": true, "http_quit": true,
+		"log_format": true, "max_procs": true, "max_procs_queued": true,
+		"tcp_keepalive": true, "tcp_keepidle": true, "tcp_keepintvl": true, "tcp_keepcnt": true, "tcp_user_timeout": true}
+	items := make([]Item, 0, len(settings))
+	for _, s := range settings {
+		cc := *c
+		value, dflt := formatDefault(s.field(&cc)), formatDefault(s.field(&def))
+		if s.name == "database_url" {
+			value, dflt = RedactDSN(c.DatabaseURL), RedactDSN(def.DatabaseURL)
+		}
+		items = append(items, Item{Key: s.name, Value: value, Default: dflt,
+			Changeable: !restart[s.name] && !strings.HasPrefix(s.name, "tls.")})
+	}
+	return items
 }

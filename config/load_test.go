@@ -401,3 +401,24 @@ func TestBareTLSKey(t *testing.T) {
 		t.Errorf("got %v", c)
 	}
 }
+
+// TestItemsRedact: SHOW CONFIG's rows never show a password.
+func TestItemsRedact(t *testing.T) {
+	c := Defaults(ProfileLocal)
+	c.DatabaseURL = "postgres://app:s3cret-pw@db.example.com/app"
+	items := c.Items()
+	if len(items) != len(settings) {
+		t.Fatalf("%d items, want %d", len(items), len(settings))
+	}
+	for _, it := range items {
+		if strings.Contains(it.Value, "s3cret-pw") || strings.Contains(it.Default, "s3cret-pw") {
+			t.Errorf("%s shows the password: %q", it.Key, it.Value)
+		}
+		if it.Key == "pool_size" && (it.Value != "10" || !it.Changeable) {
+			t.Errorf("pool_size item %+v", it)
+		}
+		if it.Key == "listen" && it.Changeable {
+			t.Error("listen cannot change on reload")
+		}
+	}
+}

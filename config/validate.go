@@ -169,6 +169,7 @@ func (c *Config) Validate() error {
 		{"client_login_timeout", c.ClientLoginTimeout},
 		{"client_write_timeout", c.ClientWriteTimeout},
 		{"shutdown_delay", c.ShutdownDelay},
+		{"slow_query_threshold", c.SlowQueryThreshold},
 		{"shutdown_timeout", c.ShutdownTimeout},
 		{"tcp_keepidle", c.TCPKeepIdle},
 		{"tcp_keepintvl", c.TCPKeepInterval},
@@ -214,6 +215,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxPreparedStatementBytes < 0 {
 		add("max_prepared_statement_bytes", "must not be negative, got %d", c.MaxPreparedStatementBytes)
+	}
+	if c.SlowQueryTextBytes < 0 {
+		add("slow_query_text_bytes", "must not be negative, got %d", c.SlowQueryTextBytes)
 	}
 	if c.MaxPools < 1 {
 		add("max_pools", "must be at least 1, got %d", c.MaxPools)

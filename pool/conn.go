@@ -340,3 +340,39 @@ func (c *Conn) QueryRows(ctx context.Context, sql string) ([][][]byte, error) {
 	}
 	return results[len(results)-1].Rows, nil
 }
+
+// ConnStat describes one of a pool's connections, for the admin console.
+type ConnStat struct {
+	PID             uint32
+	Addr, LocalAddr string
+	Created         time.Time
+	LastUsed        time.Time // when it was last released
+	InUse           bool      // handed out
+	Used            bool      // idle and due for the CheckDelay check before reuse
+	TLS             bool
+	conn            *Conn
+}
+
+// Conn returns the connection the stat describes, to match it with its holder; the caller may
+// read its identity only.
+func (s ConnStat) Conn() *Conn { return s.conn }
+
+// Conns describes the pool's open connections (dials in flight excluded).
+func (p *Pool) Conns() []ConnStat {
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]ConnStat, 0, len(p.all))
+	for c := range p.all {
+		st := ConnStat{PID: c.PID, Addr: c.addr, Created: c.created, LastUsed: c.lastUsed, InUse: c.held, conn: c}
+		if la := c.Conn.LocalAddr(); la != nil {
+			st.LocalAddr = la.String()
+		}
+		_, st.TLS = c.Conn.(*tls.Conn)
+		if !c.held {
+			st.Used = p.needsCheck(c, now)
+		}
+		out = append(out, st)
+	}
+	return out
+}

@@ -823,7 +823,6 @@ func (p *Pool) Release(c *Conn) {
 		return
 	}
 	now := time.Now()
-	c.lastUsed = now
 	// A holder may have left a deadline set (the proxy wakes its reader with one). Clearing
 	// one costs a runtime lock, so only when it was set.
 	if c.deadlineSet.Swap(false) {
@@ -835,6 +834,7 @@ func (p *Pool) Release(c *Conn) {
 		panic("pool: Release of a connection that is not handed out")
 	}
 	c.held = false
+	c.lastUsed = now
 	if reason, ok := p.releaseCloseLocked(c, now); ok {
 		p.open--
 		p.dispatchLocked()

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -185,6 +187,9 @@ func (s *session) sendToServer(b []byte, requests, unsynced int, partial bool) e
 		// The server loop failed between attach and here; the client learns from it.
 		s.mu.Unlock()
 		return errServerLost
+	}
+	if s.Pending == 0 {
+		s.noteRequestTextLocked(b)
 	}
 	s.addPendingLocked(requests)
 	if unsynced >= 0 {
@@ -453,6 +458,7 @@ func (s *session) afterTrackLocked() (signals []txmode.Signal) {
 		signals = slices.Clone(e.Signals)
 	}
 	if e.Pinned != "" {
+		s.pinnedAt = time.Now()
 		s.srv.metrics.pinned(string(e.Pinned))
 		s.log.Info("client pinned to its server connection", "reason", string(e.Pinned))
 	}
@@ -558,7 +564,9 @@ func (s *session) scanServer(f *wire.Frames) (ready int, status byte, err error)
 				status = f.Buf[f.R+5]
 			}
 			if typ == 'E' {
-				s.srv.metrics.clientError(wire.ErrorCode(f.Buf[f.R+5 : f.R+1+length]))
+				s.mu.Lock()
+				s.noteError(wire.ErrorCode(f.Buf[f.R+5 : f.R+1+length]))
+				s.mu.Unlock()
 			}
 			f.R += 1 + length
 			continue
@@ -611,6 +619,10 @@ func (s *session) accountLocked(ready int, status byte) {
 			o.Observe(d.Seconds())
 		}
 		s.reqStart = time.Time{}
+		if limit := s.srv.config().SlowQueryThreshold; limit > 0 && d >= limit {
+			s.logSlowLocked(d)
+		}
+		s.reqErr = ""
 	}
 	if status != 'I' {
 		return
@@ -625,6 +637,72 @@ func (s *session) accountLocked(ready int, status byte) {
 		s.xactStart = time.Time{}
 	}
 	s.foldUsageLocked()
+}
+
+// noteRequestTextLocked keeps the start of the SQL text of the request in msgs (whole client
+// messages) that starts when nothing is pending, for the slow-query log.
+func (s *session) noteRequestTextLocked(msgs []byte) {
+	limit := s.srv.config().SlowQueryTextBytes
+	if s.srv.config().SlowQueryThreshold <= 0 || limit <= 0 {
+		return
+	}
+	var text []byte
+	if s.txPooling {
+		text = txmode.RequestText(msgs, s.Tracker.StatementText)
+	} else {
+		s.notePreparedLocked(msgs, limit)
+		text = txmode.RequestText(msgs, func(name []byte) []byte { return s.prepared[string(name)] })
+	}
+	s.reqText = append(s.reqText[:0], text[:min(len(text), limit)]...)
+}
+
+// maxPreparedTexts bounds the statement texts a session-mode client has the proxy remember.
+const maxPreparedTexts = 64
+
+// notePreparedLocked remembers (session mode, slow-query log on) the start of the text of the
+// statements msgs prepares, by name, so that a later Bind's request can be logged with it.
+func (s *session) notePreparedLocked(msgs []byte, limit int) {
+	for len(msgs) >= 5 {
+		typ, length, ok := wire.HeaderOf(msgs)
+		if !ok || length < 4 || len(msgs) < 1+length {
+			return
+		}
+		if typ == 'P' {
+			body := msgs[5 : 1+length]
+			name, _, _ := wire.CString(body)
+			text := txmode.ParseText(body)
+			if s.prepared == nil || len(s.prepared) >= maxPreparedTexts {
+				s.prepared = make(map[string][]byte)
+			}
+			s.prepared[string(name)] = bytes.Clone(text[:min(len(text), limit)])
+		}
+		msgs = msgs[1+length:]
+	}
+}
+
+// logSlowLocked logs the request that just took d: once, with its text's start (cut at a
+// character boundary) and never its parameter values.
+func (s *session) logSlowLocked(d time.Duration) {
+	text := s.reqText
+	for len(text) > 0 && !utf8.Valid(text) {
+		text = text[:len(text)-1]
+	}
+	attrs := []any{"duration_seconds", d.Seconds(), "sqlstate", s.reqErr}
+	if s.srv.config().SlowQueryTextBytes > 0 {
+		attrs = append(attrs, "query", string(text))
+	}
+	if p := s.pool(); p != nil {
+		attrs = append(attrs, "pool", p.Key())
+	}
+	s.log.Warn("slow query", attrs...)
+	s.reqText = s.reqText[:0]
+}
+
+// noteError counts an error relayed to the client and remembers its SQLSTATE for the
+// slow-query log; called under mu (by the tracker, in transaction mode).
+func (s *session) noteError(code string) {
+	s.srv.metrics.clientError(code)
+	s.reqErr = code
 }
 
 // foldUsageLocked adds the session's counts since the last fold to its pool and metrics.

@@ -158,6 +158,9 @@ func (s *session) acquireServer() (*pool.Conn, error) {
 	if err := s.rebind(); err != nil {
 		return nil, err
 	}
+	if err := s.srv.pauses.wait(s.ctx, s.database); err != nil {
+		return nil, &upstreamError{err: fmt.Errorf("wait for the admin console's RESUME: %w", err)}
+	}
 	if c := s.pool().TryAcquire(); c != nil {
 		if err := s.syncParams(s.ctx, c); err != nil {
 			s.pool().Destroy(c)
@@ -173,7 +176,13 @@ func (s *session) acquireServer() (*pool.Conn, error) {
 		s.wmu.Unlock()
 		notice = time.AfterFunc(d, s.sendWaitNotice)
 	}
+	s.mu.Lock()
+	s.waitingSince = time.Now()
+	s.mu.Unlock()
 	c, err := s.pool().AcquireWithin(s.ctx, wait)
+	s.mu.Lock()
+	s.waitingSince = time.Time{}
+	s.mu.Unlock()
 	if notice != nil {
 		notice.Stop()
 		// Under wmu: once this returns, no notice can be written after a reply has begun.

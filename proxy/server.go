@@ -20,6 +20,7 @@ import (
 	"github.com/pgsidecar/pgsidecar/internal/retry"
 	"github.com/pgsidecar/pgsidecar/internal/tcpopt"
 	"github.com/pgsidecar/pgsidecar/pool"
+	"github.com/pgsidecar/pgsidecar/proxy/admin"
 	"github.com/pgsidecar/pgsidecar/proxy/auth"
 	"github.com/pgsidecar/pgsidecar/proxy/txmode"
 )
@@ -34,6 +35,13 @@ type Options struct {
 	Logger *slog.Logger
 	// Metrics, when set, is updated as clients come and go. Optional.
 	Metrics *Metrics
+	// Version is what the admin console's SHOW VERSION reports after "pgsidecar ".
+	Version string
+	// Upstreams, Reload and Shutdown serve the admin console's SHOW UPSTREAMS, RELOAD and
+	// SHUTDOWN; nil ones make those commands fail. Shutdown must start the drain and return.
+	Upstreams func() []admin.UpstreamRow
+	Reload    func() error
+	Shutdown  func()
 }
 
 // Server accepts PostgreSQL clients on the configured listeners and relays their sessions to
@@ -90,6 +98,14 @@ type Server struct {
 	routes routeCache
 	// routeGen counts reloads: a client whose pool was bound before the last one rebinds.
 	routeGen atomic.Uint64
+	// pauses are the admin console's PAUSE and DISABLE; stats its SHOW STATS averages.
+	pauses pauses
+	stats  statsWindow
+	// What the admin console reports and calls (Options).
+	version   string
+	upstreams func() []admin.UpstreamRow
+	reload    func() error
+	shutdown  func()
 }
 
 // New validates what the proxy needs from opts (TLS files) and returns a Server that is not
@@ -99,12 +115,16 @@ func New(opts Options) (*Server, error) {
 		return nil, errors.New("proxy: Config, Pools and Logger are required")
 	}
 	s := &Server{
-		pools:    opts.Pools,
-		log:      opts.Logger,
-		metrics:  opts.Metrics,
-		tcp:      opts.Config.TCPOptions(),
-		sessions: make(map[*session]struct{}),
-		byPID:    make(map[uint32]*session),
+		pools:     opts.Pools,
+		log:       opts.Logger,
+		metrics:   opts.Metrics,
+		tcp:       opts.Config.TCPOptions(),
+		sessions:  make(map[*session]struct{}),
+		byPID:     make(map[uint32]*session),
+		version:   opts.Version,
+		upstreams: opts.Upstreams,
+		reload:    opts.Reload,
+		shutdown:  opts.Shutdown,
 	}
 	s.cfg.Store(opts.Config)
 	s.tlsRequired = opts.Config.TLS.Mode == config.TLSRequire

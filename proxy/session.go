@@ -22,6 +22,7 @@ import (
 	"github.com/pgsidecar/pgsidecar/internal/rawio"
 	"github.com/pgsidecar/pgsidecar/internal/retry"
 	"github.com/pgsidecar/pgsidecar/pool"
+	"github.com/pgsidecar/pgsidecar/proxy/admin"
 	"github.com/pgsidecar/pgsidecar/proxy/auth"
 	"github.com/pgsidecar/pgsidecar/proxy/classify"
 	"github.com/pgsidecar/pgsidecar/proxy/txmode"
@@ -44,6 +45,13 @@ type session struct {
 	cancel   context.CancelFunc
 
 	user, database string
+	// console answers an admin console client (nil for others); adminCancel cancels the
+	// command it runs (a CancelRequest for this session). Guarded by mu.
+	console     *admin.Console
+	adminCancel context.CancelFunc
+	// connected is when the login finished; waitingSince when the client began to wait for a
+	// server (zero when not waiting); pinnedAt when it was pinned. Guarded by mu.
+	connected, waitingSince, pinnedAt time.Time
 	// poolRef is the client's pool; a reload may move the client to another (rebind).
 	poolRef atomic.Pointer[pool.Pool]
 	// routeGen is the Server's routeGen the client's pool was bound at.
@@ -111,8 +119,13 @@ type session struct {
 	// transaction ended (accountLocked); bytesIn and bytesOut count the bytes relayed from and
 	// to the client meanwhile, by the goroutines that move them. obs are the histograms of
 	// the client's pool.
-	reqStart          time.Time
-	xactStart         time.Time
+	reqStart  time.Time
+	xactStart time.Time
+	// reqText is the start of the SQL text of the requests being timed and reqErr the SQLSTATE
+	// of their last error, for the slow-query log.
+	reqText           []byte
+	reqErr            string
+	prepared          map[string][]byte // session mode: statement texts (notePreparedLocked)
 	usage             pool.Usage
 	bytesIn, bytesOut atomic.Uint64
 	obs               poolObservers
@@ -194,7 +207,11 @@ func (s *session) relay() {
 		// Logged in while the proxy began shutting down, after it told the idle clients.
 		s.shutdownIfIdle()
 	}
-	cause := s.protect("client loop", s.clientToServer)
+	loop := s.clientToServer
+	if s.console != nil {
+		loop = s.adminLoop
+	}
+	cause := s.protect("client loop", loop)
 	s.srv.metrics.clientClosed(closeReason(true, cause))
 	if err := s.protect("session cleanup", func() error { s.finish(cause); return nil }); err != nil {
 		s.destroyServerAfterPanic()
@@ -370,6 +387,22 @@ func (s *session) startup() (ok bool, err error) {
 	if method != auth.Trust {
 		s.srv.failedLogins.succeeded(clientHost(s.conn.RemoteAddr()))
 	}
+	if isAdminDatabase(s.database, s.srv.config().AdminPgBouncer) {
+		if err := s.adminLogin(); err != nil {
+			s.sendStartupError(err)
+			return false, err
+		}
+		if err := s.finishLogin(adminParams(), nil); err != nil {
+			return false, err
+		}
+		loggedIn = true
+		return true, nil
+	}
+	if s.srv.pauses.isDisabled(s.database) {
+		err := &startupError{code: retry.CodeCannotConnectNow, msg: fmt.Sprintf("pgsidecar: database %q is disabled by the admin console (ENABLE)", s.database)}
+		s.sendStartupError(err)
+		return false, err
+	}
 	if err := s.bindPool(); err != nil {
 		s.sendStartupError(err)
 		return false, err
@@ -400,13 +433,13 @@ func (s *session) startup() (ok bool, err error) {
 	if v, ok := s.Params["standard_conforming_strings"]; ok && !strings.EqualFold(v, "on") {
 		// The SQL classifier reads strings as PostgreSQL does with this on; it cannot vouch
 		// for this client's SQL, so the client keeps its server.
-		s.Pinned = classify.SetUntracked
+		s.Pinned, s.pinnedAt = classify.SetUntracked, time.Now()
 		s.srv.metrics.pinned(string(s.Pinned))
 	}
 	if s.Pinned == "" && classify.UnsafeEncoding(s.Params["client_encoding"]) {
 		// In these encodings a character's second byte can be a quote or a backslash, so the
 		// classifier cannot tell where a string ends: the client keeps its server.
-		s.Pinned = classify.ClientEncoding
+		s.Pinned, s.pinnedAt = classify.ClientEncoding, time.Now()
 		s.srv.metrics.pinned(string(s.Pinned))
 	}
 	var sessionServer *pool.Conn
@@ -420,17 +453,27 @@ func (s *session) startup() (ok bool, err error) {
 		}
 		sessionServer = c
 	}
+	if err := s.finishLogin(reportedParams(params, s.Params), sessionServer); err != nil {
+		return false, err
+	}
+	loggedIn = true
+	return true, nil
+}
+
+// finishLogin tells the client it is in (params, its cancel key) and readies the session to
+// relay; sessionServer, in session mode, is the client's server for good.
+func (s *session) finishLogin(params map[string]string, sessionServer *pool.Conn) error {
 	var serverPID uint32
 	if sessionServer != nil {
 		serverPID = sessionServer.PID
 	}
 	s.srv.registerCancelKey(s, serverPID)
-	if err := s.sendWelcome(reportedParams(params, s.Params)); err != nil {
+	if err := s.sendWelcome(params); err != nil {
 		s.srv.unregisterCancelKey(s)
 		if sessionServer != nil {
 			s.pool().Release(sessionServer)
 		}
-		return false, fmt.Errorf("send login response: %w", err)
+		return fmt.Errorf("send login response: %w", err)
 	}
 	_ = s.conn.SetDeadline(time.Time{})
 	s.cio = s.conn
@@ -440,15 +483,15 @@ func (s *session) startup() (ok bool, err error) {
 	} else if d := s.srv.config().ClientWriteTimeout; d > 0 {
 		s.cio = &writeTimeoutConn{Conn: s.conn, timeout: d}
 	}
-	loggedIn = true
 	s.mu.Lock()
 	s.loggedIn = true
+	s.connected = time.Now()
 	s.mu.Unlock()
 	if sessionServer != nil {
 		s.attachConn(sessionServer)
 	}
 	s.log.Debug("client logged in")
-	return true, nil
+	return nil
 }
 
 // bindPool resolves the client's route and finds or creates its pool.
@@ -461,7 +504,7 @@ func (s *session) bindPool() error {
 	s.txPooling = up.PoolMode != "session"
 	s.Tracker.Init(&s.srv.stmts, trackerLimitsOf(s.srv.config(), up))
 	s.Tracker.SetSignalTarget(s.maySignal, isMintedPID)
-	s.Tracker.SetErrorHook(s.srv.metrics.clientError)
+	s.Tracker.SetErrorHook(s.noteError)
 	s.upstream = up
 	s.maxMsg = s.srv.config().MaxMessageSize
 	p, err := s.srv.pools.Join(up.Key, func() (pool.Config, error) { return s.srv.poolConfig(up) })
@@ -569,6 +612,11 @@ func (s *session) sendError(e *pgconn.PgError) {
 // delivered (awaitCancels): PostgreSQL would otherwise cancel that client's query.
 func (s *session) cancelRunningQuery(ctx context.Context) {
 	s.mu.Lock()
+	if s.adminCancel != nil {
+		s.adminCancel() // a PAUSE waiting for transactions gives up
+		s.mu.Unlock()
+		return
+	}
 	srv := s.server
 	if srv == nil || s.Pending == 0 && !s.Unsynced {
 		s.mu.Unlock()
@@ -607,7 +655,7 @@ func (s *session) shutdownIfIdle() {
 	s.mu.Lock()
 	// A login in progress writes txPooling and pool without the lock: they are read only once
 	// loggedIn, set under it after them, says the login is over.
-	idle := s.loggedIn && s.server == nil && s.txPooling
+	idle := s.loggedIn && s.server == nil && (s.txPooling || s.console != nil)
 	s.mu.Unlock()
 	if !idle {
 		return
@@ -692,6 +740,9 @@ func (c *writeTimeoutConn) Write(b []byte) (int, error) {
 // loginServer takes a session-mode client's server at login, within query_wait_timeout, with
 // the client's parameters applied.
 func (s *session) loginServer() (*pool.Conn, error) {
+	if err := s.srv.pauses.wait(s.ctx, s.database); err != nil {
+		return nil, &upstreamError{err: fmt.Errorf("wait for the admin console's RESUME: %w", err)}
+	}
 	c, err := s.pool().AcquireWithin(s.ctx, s.srv.config().QueryWaitTimeout)
 	if err != nil {
 		if errors.Is(err, pool.ErrWaitTimeout) {

@@ -106,6 +106,9 @@ func (s *session) scanTracked(f *wire.Frames) (b trackedBatch, attach bool) {
 	if s.server != nil {
 		st = stateOf(s.server)
 	}
+	if s.Pending == 0 {
+		s.noteRequestTextLocked(f.Buf[f.R:f.W])
+	}
 	c := s.Tracker.ScanClient(f, st)
 	b = trackedBatch{err: c.Err, terminate: c.Terminate, synthAtHead: c.SynthAtHead, hold: c.Hold, signals: s.afterTrackLocked()}
 	if len(c.Out) > 0 {

@@ -23,6 +23,7 @@ import (
 	"github.com/pgsidecar/pgsidecar/internal/pgcluster"
 	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/pgsidecar/pgsidecar/proxy"
+	"github.com/pgsidecar/pgsidecar/proxy/admin"
 )
 
 // Exit codes.
@@ -205,7 +206,27 @@ func serve(ctx context.Context, cfg *config.Config, reload func() (*config.Confi
 		}()
 	}
 
-	srv, err := proxy.New(proxy.Options{Config: cfg, Pools: pools, Logger: logger, Metrics: metrics})
+	// The admin console's RELOAD and SHUTDOWN are carried out by the loop below, which owns
+	// the configuration in force; looping is closed when it stops taking them.
+	adminReload := make(chan chan error)
+	adminStop := make(chan struct{})
+	looping := make(chan struct{})
+	var stopOnce sync.Once
+	version, _ := buildVersion()
+	srv, err := proxy.New(proxy.Options{Config: cfg, Pools: pools, Logger: logger, Metrics: metrics,
+		Version:   version,
+		Upstreams: func() []admin.UpstreamRow { return upstreamRows(probers) },
+		Reload: func() error {
+			done := make(chan error, 1)
+			select {
+			case adminReload <- done:
+				return <-done
+			case <-looping:
+				return errors.New("pgsidecar is shutting down")
+			}
+		},
+		Shutdown: func() { stopOnce.Do(func() { close(adminStop) }) },
+	})
 	if err != nil {
 		return err
 	}
@@ -273,25 +294,47 @@ func serve(ctx context.Context, cfg *config.Config, reload func() (*config.Confi
 		select {
 		case sig := <-signals:
 			if sig == syscall.SIGHUP {
-				if next := reloadConfig(cfg, reload, srv, logger, reloads); next != nil {
+				if next, err := reloadConfig(cfg, reload, srv, logger, reloads); err == nil {
 					cfg = next
 					setLevel(level, cfg.LogLevel)
 				}
 				continue
 			}
 			reason = sig.String()
+		case done := <-adminReload:
+			next, err := reloadConfig(cfg, reload, srv, logger, reloads)
+			if err == nil {
+				cfg = next
+				setLevel(level, cfg.LogLevel)
+			}
+			done <- err
 		case <-ctx.Done():
 			reason = "stopped"
 		case <-quit:
 			reason = "POST /quitquitquit"
+		case <-adminStop:
+			reason = "admin console SHUTDOWN"
 		}
 	}
+	close(looping)
 	return drain(ctx, cfg, srv, hs, logger, reason, signals)
 }
 
+// upstreamRows is the probers' state as the admin console's SHOW UPSTREAMS shows it.
+func upstreamRows(probers []*health.Prober) []admin.UpstreamRow {
+	rows := make([]admin.UpstreamRow, 0, len(probers))
+	for _, p := range probers {
+		st := p.Status()
+		rows = append(rows, admin.UpstreamRow{Name: st.Name, Upstream: st.Upstream, Checked: st.Checked, Healthy: st.Healthy,
+			ConsecutiveFailures: st.ConsecutiveFailures, ConsecutiveSuccesses: st.ConsecutiveSuccesses,
+			LastError: st.LastError, Latency: st.LastLatency, LastCheck: st.LastCheck})
+	}
+	return rows
+}
+
 // reloadConfig loads the configuration again and puts it in force, or logs why not and keeps
-// the old one. It returns the new configuration, or nil.
-func reloadConfig(cur *config.Config, load func() (*config.Config, error), srv *proxy.Server, logger *slog.Logger, m *reloadMetrics) *config.Config {
+// the old one. It returns the new configuration, or why it was rejected.
+func reloadConfig(cur *config.Config, load func() (*config.Config, error), srv *proxy.Server, logger *slog.Logger, m *reloadMetrics) (*config.Config, error) {
 	next, err := load()
 	if err == nil {
 		err = srv.Reload(next)
@@ -299,7 +342,7 @@ func reloadConfig(cur *config.Config, load func() (*config.Config, error), srv *
 	if err != nil {
 		m.failed()
 		logger.Error("configuration reload rejected; the previous configuration stays in force", "err", err)
-		return nil
+		return nil, err
 	}
 	m.succeeded()
 	if names := cur.RestartOnly(next); len(names) > 0 {
@@ -307,7 +350,7 @@ func reloadConfig(cur *config.Config, load func() (*config.Config, error), srv *
 	} else {
 		logger.Info("configuration reloaded")
 	}
-	return next
+	return next, nil
 }
 
 // drain stops the proxy the way Kubernetes expects: readiness turns false at once; clients are
