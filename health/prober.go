@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -90,19 +91,23 @@ type ProbeStatus struct {
 	LastLatency time.Duration `json:"-"`
 	// LastCheck is when the latest check completed; zero before the first.
 	LastCheck time.Time `json:"last_check,omitzero"`
+	// MaxConnections is the upstream's max_connections and Connections its client backends,
+	// as the latest successful check read them (0 when they could not be read).
+	MaxConnections int `json:"max_connections,omitempty"`
+	Connections    int `json:"connections,omitempty"`
 }
 
-// MarshalJSON renders ProbeStatus with LastLatency as a Go duration
-// string ("1.5ms") under "last_latency".
+// MarshalJSON renders ProbeStatus with LastLatency in seconds under
+// "last_latency_seconds".
 func (s ProbeStatus) MarshalJSON() ([]byte, error) {
 	type plain ProbeStatus // without the method, so no recursion
-	var latency string
+	var latency *float64
 	if s.Checked {
-		latency = s.LastLatency.String()
+		latency = new(s.LastLatency.Seconds())
 	}
 	return json.Marshal(struct {
 		plain
-		LastLatency string `json:"last_latency,omitempty"`
+		LastLatency *float64 `json:"last_latency_seconds,omitempty"`
 	}{plain(s), latency})
 }
 
@@ -247,6 +252,9 @@ func (p *Prober) checkPostgres(ctx context.Context) error {
 		return fmt.Errorf("connect: %w", err)
 	}
 	_, err = conn.Exec(ctx, p.opts.Query).ReadAll()
+	if err == nil {
+		p.readUsage(ctx, conn)
+	}
 	// The close error is ignored: the upstream has answered (or not)
 	// already, and Close releases the socket whatever it returns.
 	_ = conn.Close(ctx)
@@ -254,6 +262,24 @@ func (p *Prober) checkPostgres(ctx context.Context) error {
 		return fmt.Errorf("query: %w", err)
 	}
 	return nil
+}
+
+// usageQuery reads how close the upstream is to max_connections. Any role may run it:
+// pg_stat_activity shows every backend's type.
+const usageQuery = "select current_setting('max_connections'), count(*) from pg_stat_activity where backend_type = 'client backend'"
+
+// readUsage records the upstream's max_connections and client backends; a failure (an old
+// server, a restricted role) records zeros and does not fail the check.
+func (p *Prober) readUsage(ctx context.Context, conn *pgconn.PgConn) {
+	var maxConns, conns int
+	res, err := conn.Exec(ctx, usageQuery).ReadAll()
+	if err == nil && len(res) == 1 && len(res[0].Rows) == 1 && len(res[0].Rows[0]) == 2 {
+		maxConns, _ = strconv.Atoi(string(res[0].Rows[0][0]))
+		conns, _ = strconv.Atoi(string(res[0].Rows[0][1]))
+	}
+	p.mu.Lock()
+	p.st.MaxConnections, p.st.Connections = maxConns, conns
+	p.mu.Unlock()
 }
 
 // transition is a state change decided by record, logged after mu is

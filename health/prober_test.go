@@ -323,7 +323,7 @@ func TestProberRedaction(t *testing.T) {
 		t.Errorf("status JSON leaks the password: %s", js)
 	}
 	for _, key := range []string{`"name":"primary"`, `"upstream":"postgres://app:xxxxx@db.internal:5432/app?sslmode=disable"`,
-		`"checked":true`, `"healthy":false`, `"consecutive_failures":1`, `"last_latency":"`, `"last_check":"`} {
+		`"checked":true`, `"healthy":false`, `"consecutive_failures":1`, `"last_latency_seconds":`, `"last_check":"`} {
 		if !strings.Contains(js, key) {
 			t.Errorf("status JSON lacks %s: %s", key, js)
 		}
@@ -341,7 +341,7 @@ func TestProbeStatusJSONBeforeFirstCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	js := string(b)
-	for _, absent := range []string{"last_latency", "last_check", "last_error"} {
+	for _, absent := range []string{"last_latency_seconds", "last_check", "last_error"} {
 		if strings.Contains(js, absent) {
 			t.Errorf("unchecked status JSON has %s: %s", absent, js)
 		}

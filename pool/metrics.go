@@ -147,4 +147,5 @@ func (s *Stat) add(o Stat) {
 	s.Sent += o.Sent
 	s.XactTime += o.XactTime
 	s.QueryTime += o.QueryTime
+	s.StatementEvictions += o.StatementEvictions
 }

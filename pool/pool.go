@@ -134,6 +134,8 @@ type Usage struct {
 	Transactions, Queries uint64
 	Received, Sent        uint64 // bytes from clients, bytes to clients
 	XactTime, QueryTime   time.Duration
+	// StatementEvictions counts shared prepared statements closed on servers to make room.
+	StatementEvictions uint64
 }
 
 // CloseReason says why a server connection was closed.
@@ -224,7 +226,7 @@ type Pool struct {
 	dialRetries, checkFailures, idleDropped, retired      atomic.Uint64
 	closesBy                                              [NumCloseReasons]atomic.Uint64
 	usage                                                 struct {
-		transactions, queries, received, sent, xactNanos, queryNanos atomic.Uint64
+		transactions, queries, received, sent, xactNanos, queryNanos, evictions atomic.Uint64
 	}
 }
 
@@ -984,6 +986,9 @@ func (p *Pool) AddUsage(u Usage) {
 	if u.QueryTime > 0 {
 		p.usage.queryNanos.Add(uint64(u.QueryTime))
 	}
+	if u.StatementEvictions > 0 {
+		p.usage.evictions.Add(u.StatementEvictions)
+	}
 }
 
 // unwanted reports whether the pool is not worth keeping once unused: its upstream never
@@ -1086,6 +1091,7 @@ func (p *Pool) Stat() Stat {
 	s.Sent = p.usage.sent.Load()
 	s.XactTime = time.Duration(p.usage.xactNanos.Load())
 	s.QueryTime = time.Duration(p.usage.queryNanos.Load())
+	s.StatementEvictions = p.usage.evictions.Load()
 	return s
 }
 

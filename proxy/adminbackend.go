@@ -354,6 +354,21 @@ func (b adminBackend) Upstreams() []admin.UpstreamRow {
 	return b.s.upstreams()
 }
 
+// PinnedClients counts the clients pinned to their server connection, by reason.
+func (s *Server) PinnedClients() (pinned map[string]int, clients int) {
+	pinned = make(map[string]int)
+	for _, in := range s.sessionInfos() {
+		if in.admin {
+			continue
+		}
+		clients++
+		if in.pinned != "" {
+			pinned[in.pinned]++
+		}
+	}
+	return pinned, clients
+}
+
 func (b adminBackend) Pins() []admin.PinRow {
 	var rows []admin.PinRow
 	for _, in := range b.s.sessionInfos() {

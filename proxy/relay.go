@@ -709,14 +709,15 @@ func (s *session) noteError(code string) {
 func (s *session) foldUsageLocked() {
 	s.usage.Received = s.bytesIn.Swap(0)
 	s.usage.Sent = s.bytesOut.Swap(0)
+	if s.txPooling {
+		c := s.Tracker.TakeCacheUse()
+		s.srv.metrics.statementCacheUse(c.Hits, c.Misses, c.Evictions)
+		s.usage.StatementEvictions = c.Evictions
+	}
 	if p := s.pool(); p != nil {
 		p.AddUsage(s.usage)
 	}
 	s.usage = pool.Usage{}
-	if s.txPooling {
-		c := s.Tracker.TakeCacheUse()
-		s.srv.metrics.statementCacheUse(c.Hits, c.Misses, c.Evictions)
-	}
 }
 
 func (s *session) writeClient(b []byte) error {

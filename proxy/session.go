@@ -251,11 +251,21 @@ func (s *session) end() {
 
 // logEnd logs why a session ended: hang-ups at debug, everything else at info, once.
 func (s *session) logEnd(msg string, err error) {
+	s.mu.Lock()
+	connected := s.connected
+	s.mu.Unlock()
+	attrs := make([]any, 0, 8)
+	if !connected.IsZero() {
+		attrs = append(attrs, "duration_seconds", time.Since(connected).Seconds())
+	}
+	if p := s.pool(); p != nil {
+		attrs = append(attrs, "pool", p.Key())
+	}
 	if err == nil || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, errTerminate) {
-		s.log.Debug("client disconnected", "reason", errString(err))
+		s.log.Debug("client disconnected", append(attrs, "reason", errString(err))...)
 		return
 	}
-	s.log.Info(msg, "err", err)
+	s.log.Info(msg, append(attrs, "sqlstate", clientError(err).Code, "err", err)...)
 }
 
 func errString(err error) string {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -175,6 +176,42 @@ routes:
 	}
 	if got := after.sum("pgsidecar_client_errors_total", map[string]string{"class": "22"}) - before.sum("pgsidecar_client_errors_total", map[string]string{"class": "22"}); got != 1 {
 		t.Errorf("class 22 errors rose by %v, want exactly 1", got)
+	}
+
+	// /api/health: seconds and snake_case, and advice naming the saturated pool.
+	code, doc := get(t, "http://"+inst.HTTPAddr.String()+"/api/health")
+	if code != 200 {
+		t.Fatalf("/api/health = %d", code)
+	}
+	var h struct {
+		Details struct {
+			Profile         string   `json:"profile"`
+			UptimeSeconds   float64  `json:"uptime_seconds"`
+			Recommendations []string `json:"recommendations"`
+			Pools           []struct {
+				Database       string  `json:"database"`
+				Waits          uint64  `json:"waits"`
+				WaitSeconds    float64 `json:"wait_seconds"`
+				MaxWaitSeconds float64 `json:"max_wait_seconds"`
+			} `json:"pools"`
+			Upstreams []struct {
+				Name               string   `json:"name"`
+				LastLatencySeconds *float64 `json:"last_latency_seconds"`
+			} `json:"upstreams"`
+		} `json:"details"`
+	}
+	if err := json.Unmarshal([]byte(doc), &h); err != nil {
+		t.Fatalf("/api/health: %v\n%s", err, doc)
+	}
+	if h.Details.Profile != "local" || h.Details.UptimeSeconds <= 0 || len(h.Details.Pools) == 0 {
+		t.Errorf("/api/health details: %s", doc)
+	}
+	if strings.Contains(doc, "WaitDuration") || strings.Contains(doc, "InUse") {
+		t.Errorf("/api/health still shows Go field names: %s", doc)
+	}
+	advice := strings.Join(h.Details.Recommendations, "\n")
+	if !strings.Contains(advice, "Pool postgres/postgres") || !strings.Contains(advice, "pool_size") {
+		t.Errorf("recommendations %q do not name the saturated pool", h.Details.Recommendations)
 	}
 
 	problems, err := promlint.New(strings.NewReader(text)).Lint()

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -196,6 +197,21 @@ func serve(ctx context.Context, cfg *config.Config, reload func() (*config.Confi
 		}()
 	}
 
+	// The configuration in force, for readers outside the loop below (which replaces it).
+	var current atomic.Pointer[config.Config]
+	current.Store(cfg)
+	startedAt := time.Now()
+	adv := &advisor{pools: pools, probers: probers, cfg: current.Load}
+	{
+		actx, stopAdvisor := context.WithCancel(context.WithoutCancel(ctx))
+		var wg sync.WaitGroup
+		wg.Go(func() { adv.run(actx) })
+		defer func() {
+			stopAdvisor()
+			wg.Wait()
+		}()
+	}
+
 	if g := newProcsGovernor(cfg.MaxProcs, min(cfg.MaxProcsQueued, cpuLimit), pools, logger); g.enabled() {
 		gctx, stopGovernor := context.WithCancel(context.WithoutCancel(ctx))
 		var wg sync.WaitGroup
@@ -230,6 +246,7 @@ func serve(ctx context.Context, cfg *config.Config, reload func() (*config.Confi
 	if err != nil {
 		return err
 	}
+	adv.pins = srv.PinnedClients
 	if err := srv.Start(ctx); err != nil {
 		return err
 	}
@@ -241,7 +258,7 @@ func serve(ctx context.Context, cfg *config.Config, reload func() (*config.Confi
 		hopts := health.Options{
 			Addr:     cfg.HTTPListen,
 			Gatherer: reg,
-			Status:   func() any { return serveStatus(pools, probers) },
+			Status:   func() any { return serveStatus(current.Load(), startedAt, pools, probers, adv) },
 			Logger:   logger,
 			// POST /quitquitquit drains and stops like SIGTERM.
 			EnableQuit: cfg.HTTPQuit,
@@ -296,6 +313,7 @@ func serve(ctx context.Context, cfg *config.Config, reload func() (*config.Confi
 			if sig == syscall.SIGHUP {
 				if next, err := reloadConfig(cfg, reload, srv, logger, reloads); err == nil {
 					cfg = next
+					current.Store(cfg)
 					setLevel(level, cfg.LogLevel)
 				}
 				continue
@@ -305,6 +323,7 @@ func serve(ctx context.Context, cfg *config.Config, reload func() (*config.Confi
 			next, err := reloadConfig(cfg, reload, srv, logger, reloads)
 			if err == nil {
 				cfg = next
+				current.Store(cfg)
 				setLevel(level, cfg.LogLevel)
 			}
 			done <- err
@@ -420,12 +439,6 @@ func drain(ctx context.Context, cfg *config.Config, srv *proxy.Server, hs *healt
 	}
 }
 
-// status is the "details" document of /api/health.
-type status struct {
-	Pools     []pool.Stat          `json:"pools"`
-	Upstreams []health.ProbeStatus `json:"upstreams,omitempty"`
-}
-
 // awaitWarmPools waits until every pool that exists (those of the configured routes, made at
 // start) has opened a connection or seen its first dial fail, which it logs. It returns false
 // if ctx ended first.
@@ -461,15 +474,6 @@ func awaitWarmPools(ctx context.Context, pools *pool.Set, logger *slog.Logger) b
 		case <-t.C:
 		}
 	}
-}
-
-// serveStatus snapshots pools and probers.
-func serveStatus(pools *pool.Set, probers []*health.Prober) status {
-	st := status{Pools: pools.Stats()}
-	for _, p := range probers {
-		st.Upstreams = append(st.Upstreams, p.Status())
-	}
-	return st
 }
 
 // newProbers returns a prober for database_url ("default") and one for each configured route
