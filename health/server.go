@@ -136,6 +136,9 @@ func (s *Server) handler() http.Handler {
 		ErrorLog:            promLogger{s.logger},
 		ErrorHandling:       promhttp.ContinueOnError,
 		MaxRequestsInFlight: metricsMaxInFlight,
+		// Scrapers that ask for OpenMetrics get it (exemplars, created timestamps); native
+		// histograms go out in the protobuf format Prometheus negotiates for them.
+		EnableOpenMetrics: true,
 	}))
 	if s.opts.EnableQuit {
 		mux.HandleFunc("POST /quitquitquit", s.serveQuit)

@@ -275,6 +275,17 @@ func TestMetrics(t *testing.T) {
 	if strings.Contains(body, "go_goroutines") {
 		t.Errorf("GET /metrics serves the default registry:\n%s", body)
 	}
+	// A scraper that asks for OpenMetrics gets it.
+	req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+	req.Header.Set("Accept", "application/openmetrics-text;version=1.0.0")
+	rec := httptest.NewRecorder()
+	NewServer(Options{Gatherer: reg}).handler().ServeHTTP(rec, req)
+	if ct := rec.Header().Get("Content-Type"); !strings.HasPrefix(ct, "application/openmetrics-text") {
+		t.Errorf("OpenMetrics asked, got Content-Type %q", ct)
+	}
+	if !strings.Contains(rec.Body.String(), "# EOF") {
+		t.Errorf("OpenMetrics body lacks # EOF:\n%s", rec.Body.String())
+	}
 }
 
 // failingCollector fails to collect, beside a healthy metric.
