@@ -218,3 +218,39 @@ func TestOversizedParseRefused(t *testing.T) {
 		t.Fatalf("select 1 = %d", v)
 	}
 }
+
+// TestLargeQueryBufferNotKept: a client that sent one large query (bigger than the relay's
+// large buffer) and then idles holds no buffer of that size: 40 such clients would otherwise
+// keep 12 MB.
+func TestLargeQueryBufferNotKept(t *testing.T) {
+	c := cluster(t)
+	p := startProxy(t, c, nil)
+	query, err := (&pgproto3.Query{String: "select length('" + strings.Repeat("x", 300<<10) + "')"}).Encode(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clients := make([]*rawClient, 40)
+	for i := range clients {
+		clients[i] = rawConnect(t, p)
+	}
+	before := heapInUse()
+	for _, rc := range clients {
+		if _, err := rc.conn.Write(query); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			typ, body := rc.recv()
+			if typ == 'E' {
+				t.Fatalf("large query: %s", describeMsg(typ, body))
+			}
+			if typ == 'Z' {
+				break
+			}
+		}
+	}
+	grown := int64(heapInUse()) - int64(before)
+	t.Logf("heap grew %d KB for 40 idle clients that each sent a 300 KB query", grown>>10)
+	if grown > 4<<20 {
+		t.Errorf("heap grew %d KB: the clients keep their large query's buffer", grown>>10)
+	}
+}

@@ -41,14 +41,16 @@ func (s *session) clientToServer() error {
 		}
 	}()
 	for {
-		// Switch buffers at message boundaries only, so no partial message is ever split.
+		// Switch buffers at message boundaries only, so no partial message is ever split. Back to
+		// the small buffer then, whether the larger one was borrowed or made for one message
+		// bigger than the large buffer (kept, it would pin that memory while the client idles).
 		if f.R == f.W && f.Remaining == 0 && f.Need == 0 {
 			f.R, f.W = 0, 0
 			if large != nil {
 				largeBufs.Put(large)
 				large = nil
-				f.Buf = small
 			}
+			f.Buf = small
 		} else if want := max(f.Need, f.W-f.R+1); len(f.Buf)-f.R < want {
 			f.Compact()
 			if len(f.Buf) < want {
