@@ -69,6 +69,12 @@ type testProxy struct {
 // stops it at the end of the test.
 func startProxy(t testing.TB, c *pgtest.Cluster, mutate func(*config.Config)) *testProxy {
 	t.Helper()
+	return startProxyLogging(t, c, mutate, nil)
+}
+
+// startProxyLogging is startProxy whose log (at warn, JSON) also goes to logs, when not nil.
+func startProxyLogging(t testing.TB, c *pgtest.Cluster, mutate func(*config.Config), logs io.Writer) *testProxy {
+	t.Helper()
 	cfg := config.Defaults("local")
 	cfg.Listen = []string{"127.0.0.1:0"}
 	cfg.HTTPListen = ""
@@ -83,6 +89,9 @@ func startProxy(t testing.TB, c *pgtest.Cluster, mutate func(*config.Config)) *t
 		level = slog.LevelDebug
 	}
 	logger := slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: level}))
+	if logs != nil {
+		logger = slog.New(slog.NewJSONHandler(io.MultiWriter(logs, testLogWriter{t}), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
 	reg := prometheus.NewRegistry()
 	metrics := NewMetrics(reg)
 	pools := pool.NewSet(pool.SetOptions{MaxPools: cfg.MaxPools, OnRemove: metrics.ForgetPool})

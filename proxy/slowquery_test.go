@@ -2,8 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"io"
-	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -40,13 +38,10 @@ func TestSlowQueryLog(t *testing.T) {
 	for _, mode := range []string{config.PoolModeTransaction, config.PoolModeSession} {
 		t.Run(mode, func(t *testing.T) {
 			var logs syncBuffer
-			p := startProxy(t, c, func(cfg *config.Config) {
+			p := startProxyLogging(t, c, func(cfg *config.Config) {
 				cfg.PoolMode = mode
 				cfg.SlowQueryThreshold = 200 * time.Millisecond
-			})
-			// The server's logger is the test's: swap in one that also writes to logs, before
-			// any session exists.
-			p.srv.log = slog.New(slog.NewJSONHandler(io.MultiWriter(&logs, testLogWriter{t}), &slog.HandlerOptions{Level: slog.LevelWarn}))
+			}, &logs)
 			ctx := testCtx(t)
 			conn := p.connect(t, pgx.QueryExecModeCacheStatement)
 			const secret = "0.3000001" // a parameter value: must never be logged
