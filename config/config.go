@@ -528,5 +528,6 @@ func (c *Config) RestartOnly(next *Config) []string {
 	add("max_procs_queued", c.MaxProcsQueued != next.MaxProcsQueued)
 	add("tcp options (tcp_*) of client sockets", c.TCPOptions() != next.TCPOptions())
 	add("database_url, for the readiness prober", c.DatabaseURL != next.DatabaseURL)
+	add("routes, for the readiness probers", !slices.Equal(c.Routes, next.Routes))
 	return names
 }

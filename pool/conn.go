@@ -244,9 +244,11 @@ func (c *Conn) CancelRequest(ctx context.Context) error {
 		_ = conn.SetDeadline(dl)
 	}
 	if c.cancelTLS != nil {
-		if conn, err = startTLS(ctx, raw, c.cancelTLS); err != nil {
+		tc, err := startTLS(ctx, raw, c.cancelTLS)
+		if err != nil {
 			return fmt.Errorf("cancel over TLS: %w", err)
 		}
+		conn = tc
 	}
 	msg, err := (&pgproto3.CancelRequest{ProcessID: c.PID, SecretKey: c.SecretKey}).Encode(nil)
 	if err != nil {

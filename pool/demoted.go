@@ -19,6 +19,7 @@ const demotionCheckTimeout = 5 * time.Second
 type demotionCheck struct {
 	at      time.Time
 	demoted bool
+	done    chan struct{} // while a check is in progress: closed when it ends
 }
 
 // errOtherAddr refuses the dials of a demotion check to every address but the one checked.
@@ -29,8 +30,9 @@ var errOtherAddr = errors.New("not the address being checked")
 // turned standby, or fenced read-only server-wide. A read-only error on one connection proves
 // nothing by itself: the client may have asked for a read-only transaction, set
 // default_transaction_read_only for its session, or raised the code itself. False when the pool
-// has no such check, or the check could not be made (the connection's own failure will say
-// more). Answers are remembered for a second per address.
+// has no such check, the check could not be made (the connection's own failure will say more),
+// or another caller is checking the address right now. Answers are remembered for a second per
+// address, so a busy demoted server costs one extra connection per second at most.
 func (p *Pool) Demoted(ctx context.Context, addr string) bool {
 	cc := p.settings().ConnConfig
 	if cc == nil || cc.ValidateConnect == nil {
@@ -38,23 +40,40 @@ func (p *Pool) Demoted(ctx context.Context, addr string) bool {
 	}
 	now := time.Now()
 	p.mu.Lock()
-	if c, ok := p.demotions[addr]; ok && now.Sub(c.at) < demotionCheckTTL {
+	c, ok := p.demotions[addr]
+	if ok && c.done == nil && now.Sub(c.at) < demotionCheckTTL {
 		p.mu.Unlock()
 		return c.demoted
 	}
+	if ok && c.done != nil {
+		// Another caller is checking: one check at a time per address, its answer for all.
+		p.mu.Unlock()
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			return false
+		}
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if c := p.demotions[addr]; c != nil { // forgotten if the map was reset meanwhile
+			return c.demoted
+		}
+		return false
+	}
+	if p.demotions == nil || len(p.demotions) > 64 {
+		p.demotions = make(map[string]*demotionCheck)
+	}
+	c = &demotionCheck{done: make(chan struct{})}
+	p.demotions[addr] = c
 	p.mu.Unlock()
 
 	demoted, err := p.checkDemoted(ctx, addr)
-	if err != nil {
-		return false
-	}
 	p.mu.Lock()
-	if p.demotions == nil || len(p.demotions) > 64 {
-		p.demotions = make(map[string]demotionCheck)
-	}
-	p.demotions[addr] = demotionCheck{at: time.Now(), demoted: demoted}
+	// A failed check is remembered too: the connection's own failure will say more.
+	p.demotions[addr] = &demotionCheck{at: time.Now(), demoted: err == nil && demoted}
 	p.mu.Unlock()
-	return demoted
+	close(c.done)
+	return err == nil && demoted
 }
 
 // checkDemoted opens a connection to addr alone, through the pool's configuration (so with

@@ -214,7 +214,7 @@ type Pool struct {
 	expiryAt time.Time
 
 	// demotions remembers the last Demoted check of each address; guarded by mu.
-	demotions map[string]demotionCheck
+	demotions map[string]*demotionCheck
 
 	// users counts the Set.Join calls not yet matched by Leave; keep is Config.Keep, as
 	// Set.Reconfigure last set it; dropped is set by Set.Drop. Guarded by the Set's mu.
@@ -304,6 +304,13 @@ func (p *Pool) Reconfigure(cfg Config) {
 	for _, c := range victims {
 		p.closeConn(c, CloseResized)
 	}
+}
+
+// stopRefill makes MinSize 0, so that the maintenance goroutine opens no more connections.
+func (p *Pool) stopRefill() {
+	p.mu.Lock()
+	p.cfg.MinSize = 0
+	p.mu.Unlock()
 }
 
 // Key returns the pool's identity.

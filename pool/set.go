@@ -186,6 +186,8 @@ func (s *Set) Drop(key string) {
 		p.Close()
 		s.removed(p)
 	case ok:
+		// No refill either: the pool only serves its remaining users until they move.
+		p.stopRefill()
 		p.Retire(func(*Conn) bool { return true })
 	}
 }

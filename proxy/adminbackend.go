@@ -177,10 +177,10 @@ func splitAddr(a net.Addr) (string, int) {
 func (b adminBackend) Pools() []admin.PoolRow {
 	var rows []admin.PoolRow
 	for _, st := range b.s.pools.Stats() {
-		active := min(st.InUse, st.Clients)
 		rows = append(rows, admin.PoolRow{
 			Database: st.Database, User: st.User,
-			ClActive: active, ClWaiting: st.Waiting,
+			// PgBouncer's cl_active: clients linked to a server or idle, all but the waiting.
+			ClActive: max(st.Clients-st.Waiting, 0), ClWaiting: st.Waiting,
 			SvActive: st.InUse, SvIdle: st.Idle - st.Used, SvUsed: st.Used, SvLogin: st.Dialing,
 			MaxWait: st.MaxWait, PoolMode: b.poolMode(st.Key),
 		})

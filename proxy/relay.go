@@ -564,6 +564,9 @@ func (s *session) scanServer(f *wire.Frames) (ready int, status byte, err error)
 			if typ == 'Z' && length == 5 {
 				ready++
 				status = f.Buf[f.R+5]
+				if status == 'I' {
+					s.idleReady.Add(1)
+				}
 			}
 			if typ == 'E' {
 				s.mu.Lock()
@@ -613,6 +616,11 @@ func (s *session) readyForQuery(n, ready int, status byte, clean bool) (release 
 func (s *session) accountLocked(ready int, status byte) {
 	u := &s.usage
 	u.Queries += uint64(ready)
+	// Every ReadyForQuery outside a transaction ends one, pipelined ones included.
+	idle := s.idleReady.Swap(0)
+	if s.txPooling {
+		idle = uint64(s.Tracker.TakeIdleReady())
+	}
 	now := time.Now()
 	if s.Pending == 0 && !s.reqStart.IsZero() {
 		d := now.Sub(s.reqStart)
@@ -626,10 +634,10 @@ func (s *session) accountLocked(ready int, status byte) {
 		}
 		s.reqErr = ""
 	}
+	u.Transactions += idle
 	if status != 'I' {
 		return
 	}
-	u.Transactions++
 	if !s.xactStart.IsZero() {
 		d := now.Sub(s.xactStart)
 		u.XactTime += d

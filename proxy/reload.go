@@ -21,6 +21,40 @@ import (
 // listener, the profile's process settings) is the caller's to report; the Server keeps what it
 // started with. On error nothing has changed.
 func (s *Server) Reload(cfg *config.Config) error {
+	// Everything that can fail is checked before anything changes: a connection string whose
+	// files (sslrootcert, sslcert) do not load rejects the reload, not a route.
+	ups, err := cfg.ConfiguredUpstreams()
+	if err != nil {
+		return fmt.Errorf("configured routes: %w", err)
+	}
+	for _, up := range ups {
+		if _, err := s.poolConfig(up); err != nil {
+			return fmt.Errorf("route %s/%s: %w", up.ClientDatabase, up.ClientUser, err)
+		}
+	}
+	var retune []pool.Config
+	var drop []string
+	var planErr error
+	s.pools.Each(func(p *pool.Pool) {
+		k, ok := s.routes.originOf(p.Key())
+		if !ok || planErr != nil {
+			return
+		}
+		up, err := s.routes.resolve(cfg, k.database, k.user)
+		if err != nil || up.Key != p.Key() {
+			drop = append(drop, p.Key())
+			return
+		}
+		pc, err := s.poolConfig(up)
+		if err != nil {
+			planErr = fmt.Errorf("pool for %s/%s: %w", k.database, k.user, err)
+			return
+		}
+		retune = append(retune, pc)
+	})
+	if planErr != nil {
+		return planErr
+	}
 	if method, err := auth.ParseMethod(cfg.AuthType); err == nil && method != auth.Trust {
 		users := make(map[string]string, len(cfg.Users))
 		for _, u := range cfg.Users {
@@ -30,30 +64,22 @@ func (s *Server) Reload(cfg *config.Config) error {
 			return fmt.Errorf("prepare scram credentials: %w", err)
 		}
 	}
-	if _, err := cfg.ConfiguredUpstreams(); err != nil {
-		return fmt.Errorf("configured routes: %w", err)
-	}
+
 	s.cfg.Store(cfg)
 	s.stmts.SetMax(cfg.MaxPreparedStatementBytes)
 	s.pools.SetMaxPools(cfg.MaxPools)
 	s.routeGen.Add(1)
-	s.pools.Each(func(p *pool.Pool) {
-		k, ok := s.routes.originOf(p.Key())
-		if !ok {
-			return
-		}
-		up, err := s.routes.resolve(cfg, k.database, k.user)
-		var pc pool.Config
-		if err == nil && up.Key == p.Key() {
-			pc, err = s.poolConfig(up)
-		}
-		if err != nil || up.Key != p.Key() {
-			s.pools.Drop(p.Key())
-			return
-		}
+	for _, pc := range retune {
 		s.pools.Reconfigure(pc)
-	})
-	return s.openConfiguredPools()
+	}
+	for _, key := range drop {
+		s.pools.Drop(key)
+	}
+	if err := s.openConfiguredPools(); err != nil {
+		// Checked above; only a race with Close (shutting down) gets here.
+		s.log.Warn("reload: configured pools", "err", err)
+	}
+	return nil
 }
 
 // rebind moves a transaction-mode client to the pool its route leads to now, once after each

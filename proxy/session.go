@@ -128,6 +128,7 @@ type session struct {
 	prepared          map[string][]byte // session mode: statement texts (notePreparedLocked)
 	usage             pool.Usage
 	bytesIn, bytesOut atomic.Uint64
+	idleReady         atomic.Uint64 // session mode: ReadyForQuery 'I' seen since the last count
 	obs               poolObservers
 	// abandoned is set when the proxy closed a server that answered neither its query nor the
 	// cancel of it; the client is told that instead of the socket error.
@@ -232,6 +233,14 @@ func (s *session) destroyServerAfterPanic() {
 	}
 }
 
+// leavePool ends the session's use of its pool, if it has one.
+func (s *session) leavePool() {
+	if p := s.pool(); p != nil {
+		s.setPool(nil)
+		s.srv.pools.Leave(p)
+	}
+}
+
 // pool returns the client's pool (nil before login bound one).
 func (s *session) pool() *pool.Pool { return s.poolRef.Load() }
 
@@ -241,10 +250,8 @@ func (s *session) setPool(p *pool.Pool) { s.poolRef.Store(p) }
 func (s *session) end() {
 	s.closeConn()
 	s.cancel()
-	if s.pool() != nil {
-		// After finish: the session holds none of the pool's connections any more.
-		s.srv.pools.Leave(s.pool())
-	}
+	// After finish: the session holds none of the pool's connections any more.
+	s.leavePool()
 	s.srv.metrics.clientDisconnected()
 	s.srv.removeSession(s)
 }
@@ -435,6 +442,8 @@ func (s *session) startup() (ok bool, err error) {
 				"pgsidecar: the upstream asks for a password for user %q and pgsidecar has none: set it in database_url (for that URL's user), in a route's password, or as a plain password in a users entry",
 				s.upstream.User)}
 		}
+		// Left before the client hears of it: a refused pool is gone by its next attempt.
+		s.leavePool()
 		s.sendStartupError(err)
 		return false, err
 	}
@@ -634,14 +643,17 @@ func (s *session) cancelRunningQuery(ctx context.Context) {
 	}
 	s.cancelling++
 	s.mu.Unlock()
+	// Given back even if the delivery panics: awaitCancels would otherwise wait for ever.
+	defer func() {
+		s.mu.Lock()
+		s.cancelling--
+		if s.cancelling == 0 {
+			s.wrote.Broadcast()
+		}
+		s.mu.Unlock()
+	}()
 	// The lock is not held over the network: an unreachable server must not stall the session.
 	err := srv.CancelRequest(ctx)
-	s.mu.Lock()
-	s.cancelling--
-	if s.cancelling == 0 {
-		s.wrote.Broadcast()
-	}
-	s.mu.Unlock()
 	if err != nil {
 		s.log.Info("forward cancel request", "err", err)
 	}

@@ -382,6 +382,8 @@ func (t *Tracker) trackParse(body []byte, st *ServerState, w *wire.Batch, total 
 	}
 	t.stmts[string(name)] = &ClientStmt{ps: ps}
 	w.Cut(w.F.R + total)
+	// The Bind that follows uses what this Parse counted.
+	t.justParsed = ps
 	if st.has(ps) {
 		t.cache.Hits++
 		t.resp.push(Entry{synth: wire.AppendParseComplete(nil)})

@@ -89,9 +89,10 @@ func (t *Tracker) trackBind(body []byte, st *ServerState, w *wire.Batch, total i
 	w.Cut(w.F.R + head)
 	if !st.has(ps) {
 		t.prepare(ps, st, w, true)
-	} else {
+	} else if ps != t.justParsed {
 		t.cache.Hits++
 	}
+	t.justParsed = nil
 	n := total - 1 - len(name) + len(ps.name)
 	w.Add([]byte{'B', byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
 	w.Add(portal)

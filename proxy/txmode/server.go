@@ -189,6 +189,9 @@ func (t *Tracker) ScanServer(f *wire.Frames, st *ServerState, writing, closing b
 				// request must find the session idle.
 				t.Pending = max(t.Pending-1, 0)
 				t.TxStatus = status
+				if status == 'I' {
+					t.idleReady++
+				}
 			}
 		default:
 			if h != nil {

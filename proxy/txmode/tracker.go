@@ -47,6 +47,11 @@ type Tracker struct {
 	// server error relayed to the client (SetErrorHook).
 	cache   CacheUse
 	onError func(code string)
+	// justParsed is the statement of the client's last Parse, until a Bind uses it: that Bind
+	// is not counted again.
+	justParsed *Stmt
+	// idleReady counts the ReadyForQuery 'I' relayed since TakeIdleReady: transactions ended.
+	idleReady int
 
 	// Pending counts requests (Query, Sync, FunctionCall) sent to server whose ReadyForQuery has
 	// not come back yet.
@@ -190,6 +195,14 @@ func (t *Tracker) countError(code string) {
 	if t.onError != nil {
 		t.onError(code)
 	}
+}
+
+// TakeIdleReady returns how many ReadyForQuery outside a transaction were relayed to the
+// client since the last call: the transactions that ended.
+func (t *Tracker) TakeIdleReady() int {
+	n := t.idleReady
+	t.idleReady = 0
+	return n
 }
 
 // TakeCacheUse returns the counts since the last call and starts them afresh.
