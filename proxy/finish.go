@@ -21,6 +21,7 @@ func (s *session) finish(cause error) {
 		s.mu.Lock()
 		s.DropStatements()
 		s.stopQueryTimerLocked()
+		s.foldUsageLocked() // what accountLocked has not folded yet
 		s.mu.Unlock()
 	}()
 	var pe *wire.ProtocolError

@@ -152,8 +152,17 @@ routes:
 	}
 	sess.Close(ctx)
 
-	after, text := scrapeMetrics(t, metricsURL)
+	// Sessions add their counts to their pool when they end, just after their clients leave.
 	pool := map[string]string{"database": "postgres", "user": "postgres"}
+	var after scrape
+	var text string
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		after, text = scrapeMetrics(t, metricsURL)
+		if after.sum("pgsidecar_transactions_total", map[string]string{"database": "sessdb"})-before.sum("pgsidecar_transactions_total", map[string]string{"database": "sessdb"}) >= 3 ||
+			time.Now().After(deadline) {
+			break
+		}
+	}
 	for _, m := range []struct {
 		name  string
 		match map[string]string
