@@ -610,9 +610,8 @@ func (s *session) readyForQuery(n, ready int, status byte, clean bool) (release 
 }
 
 // accountLocked counts ready completed requests; when nothing is pending any more the request
-// time, and when the server is out of a transaction the transaction. The session's counts go
-// to its pool every few transactions (foldEvery, foldAfter), so that sessions share no counter
-// while they run.
+// time, and when the server is out of a transaction the transaction: then the session's counts
+// go to its pool, once per transaction, so that sessions share no counter while they run.
 func (s *session) accountLocked(ready int, status byte) {
 	u := &s.usage
 	u.Queries += uint64(ready)
@@ -646,20 +645,10 @@ func (s *session) accountLocked(ready int, status byte) {
 		}
 		s.xactStart = time.Time{}
 	}
-	// Folded every few transactions, or when a while has passed, rather than each time: the
-	// pool's counters are shared by its clients. The session's end folds the rest.
-	if u.Transactions >= foldEvery || now.Sub(s.lastFold) >= foldAfter {
-		s.foldUsageLocked()
-		s.lastFold = now
-	}
+	// Folded at each transaction's end, not later: a client that goes idle for an hour must
+	// not keep its last transactions out of the metrics that long.
+	s.foldUsageLocked()
 }
-
-// A session adds its counts to its pool every foldEvery transactions, or once foldAfter has
-// passed since it last did: metrics and SHOW STATS lag by that much at most.
-const (
-	foldEvery = 16
-	foldAfter = 250 * time.Millisecond
-)
 
 // noteRequestTextLocked keeps the start of the SQL text of the request in msgs (whole client
 // messages) that starts when nothing is pending, for the slow-query log.

@@ -129,7 +129,6 @@ type session struct {
 	usage             pool.Usage
 	bytesIn, bytesOut atomic.Uint64
 	idleReady         atomic.Uint64 // session mode: ReadyForQuery 'I' seen since the last count
-	lastFold          time.Time     // when usage was last added to the pool
 	obs               poolObservers
 	// abandoned is set when the proxy closed a server that answered neither its query nor the
 	// cancel of it; the client is told that instead of the socket error.
