@@ -130,7 +130,7 @@ func TestReload(t *testing.T) {
 		})
 	}
 	for range 8 {
-		client("postgres", "select pg_sleep(0.02)")
+		client("postgres", "select pg_sleep(0.05)")
 	}
 	client("sess", "select 1")
 	defer func() {
@@ -190,8 +190,13 @@ func TestReload(t *testing.T) {
 	if err := waitLogin("second-pw"); err != nil {
 		t.Errorf("login after a rejected reload: %v", err)
 	}
-	if n := maxBusy(time.Second); n != 5 {
-		t.Errorf("at most %d busy servers after a rejected reload, want still 5", n)
+	// pool_size 5 stays in force: the pool says so, and the load still uses more than the
+	// first file's 2 servers (how many are seen busy at once depends on the machine's load).
+	if _, body := get(t, metricsURL); !strings.Contains(body, `pgsidecar_pool_size{database="postgres",user="postgres"} 5`) {
+		t.Errorf("pool size after a rejected reload:\n%s", grepLines(body, "pgsidecar_pool_size"))
+	}
+	if n := maxBusy(3 * time.Second); n <= 2 {
+		t.Errorf("at most %d busy servers after a rejected reload, want more than 2 (pool_size 5)", n)
 	}
 	for _, want := range []string{"pool_size", "no_such_key"} {
 		if !strings.Contains(stderr.String(), want) {
