@@ -44,7 +44,7 @@ func benchSession(tb testing.TB) (*session, *wire.Frames) {
 	s := &session{srv: srv, txPooling: true, maxMsg: 1 << 30}
 	s.Tracker.Init(&srv.stmts, trackerLimitsOf(srv.config(), config.Upstream{}))
 	s.wrote.L = &s.mu
-	s.log = srv.log
+	s.log = sessionLog{s}
 	s.server = &pool.Conn{Conn: conn}
 	stateOf(s.server)
 	return s, &wire.Frames{Buf: make([]byte, largeBufSize)}

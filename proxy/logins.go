@@ -10,10 +10,11 @@ import (
 
 // Logins in progress are bounded (max_logins_in_progress): a flood of connections that never
 // finish logging in (slowloris) must not hold the proxy's memory, nor keep a legitimate client
-// out. At the bound, the oldest login in progress is closed to make room if it has taken
-// longer than loginEvictAge (a prompt client logs in within milliseconds); otherwise the new
-// connection is refused. So a flood cannot hold the slots for long, while a burst of clients
-// that log in promptly is never cut.
+// out. At the bound, the accept loop waits before it starts another login: for one in progress
+// to end, or for the oldest to have taken loginEvictAge (a prompt client logs in within
+// milliseconds), which is then closed to make room. Connections meanwhile wait in the kernel's
+// listen backlog. So a flood cannot hold the slots for long, and a burst of clients that log in
+// promptly, however large, is let in as fast as the logins go, never refused.
 
 // loginEvictAge is how long a login must have been in progress before it may be closed to make
 // room for a new one.
@@ -22,30 +23,49 @@ const loginEvictAge = time.Second
 // loginQueue is the sessions still logging in, oldest first. Guarded by Server.mu.
 type loginQueue []*session
 
-// beginLogin records that sess is logging in, making room at max_logins_in_progress by closing
-// the oldest login in progress if it is old enough. It reports false, and records nothing, when
-// there is no room: the caller refuses the connection.
-func (s *Server) beginLogin(sess *session) bool {
-	now := time.Now()
-	s.mu.Lock()
-	var victim *session
-	if max := s.config().MaxLoginsInProgress; max > 0 && len(s.logins) >= max {
-		if now.Sub(s.logins[0].loginStart) < loginEvictAge {
-			s.mu.Unlock()
-			s.metrics.loginEvicted()
-			return false
+// admitLogin (accept loop) waits until sess may start logging in, and records that it does;
+// it closes the oldest login in progress to make room when that one is old enough. It reports
+// false when the listeners are closing meanwhile.
+func (s *Server) admitLogin(sess *session) bool {
+	for {
+		now := time.Now()
+		s.mu.Lock()
+		var victim *session
+		if max := s.config().MaxLoginsInProgress; max > 0 && len(s.logins) >= max {
+			age := now.Sub(s.logins[0].loginStart)
+			if age < loginEvictAge {
+				s.mu.Unlock()
+				if !s.awaitLoginRoom(loginEvictAge - age) {
+					return false
+				}
+				continue
+			}
+			victim = s.logins[0]
+			s.logins = slices.Delete(s.logins, 0, 1)
 		}
-		victim = s.logins[0]
-		s.logins = slices.Delete(s.logins, 0, 1)
+		sess.loginStart = now
+		s.logins = append(s.logins, sess)
+		s.mu.Unlock()
+		if victim != nil {
+			s.metrics.loginEvicted()
+			victim.closeLogin()
+		}
+		return true
 	}
-	sess.loginStart = now
-	s.logins = append(s.logins, sess)
-	s.mu.Unlock()
-	if victim != nil {
-		s.metrics.loginEvicted()
-		victim.closeLogin()
+}
+
+// awaitLoginRoom waits at most d for a login to end; false once the listeners are closing.
+func (s *Server) awaitLoginRoom(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-s.loginEnded:
+		return true
+	case <-t.C:
+		return true
+	case <-s.acceptStop:
+		return false
 	}
-	return true
 }
 
 // endLogin records that sess is no longer logging in.
@@ -54,6 +74,10 @@ func (s *Server) endLogin(sess *session) {
 	defer s.mu.Unlock()
 	if i := slices.Index(s.logins, sess); i >= 0 {
 		s.logins = slices.Delete(s.logins, i, i+1)
+		select {
+		case s.loginEnded <- struct{}{}:
+		default: // the accept loop has been told already
+		}
 	}
 }
 
@@ -69,7 +93,7 @@ func (s *session) closeLogin() {
 	s.mu.Lock()
 	conn := s.conn // the login may be switching it to TLS
 	s.mu.Unlock()
-	_ = conn.Close()
+	s.closeClient(conn) // the login may have just ended, and the client been parked
 }
 
 // Failed logins are throttled per client address: after failedLoginsFree failures within

@@ -90,7 +90,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	})
 	m.loginsEvicted = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "pgsidecar", Name: "logins_evicted_total",
-		Help: "Connections closed or refused at max_logins_in_progress: a login in progress for over a second closed to make room, or a new connection refused (53300) when none was that old.",
+		Help: "Logins in progress for over a second closed at max_logins_in_progress to make room for a new connection.",
 	})
 	m.waitSeconds = histogram("pool_wait_seconds", "Time clients waited for a server connection, for acquires that had to queue.", latencyBuckets)
 	m.xactSeconds = histogram("transaction_duration_seconds", "Transactions, from their first request to the ReadyForQuery that ends them, in both pool modes.", latencyBuckets)
@@ -129,6 +129,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 // that observing costs no label lookup. Nil fields when metrics are off.
 type poolObservers struct {
 	wait, xact, query, connect prometheus.Observer
+}
+
+// sessionObservers are the histograms of its pool's labels that a session observes.
+type sessionObservers struct {
+	xact, query prometheus.Observer
+}
+
+func (o poolObservers) forSession() sessionObservers {
+	return sessionObservers{xact: o.xact, query: o.query}
 }
 
 func (m *Metrics) observersFor(database, user string) poolObservers {

@@ -51,7 +51,7 @@ func (s *session) protect(where string, fn func() error) (err error) {
 func (s *session) recoverInTimer(where string) {
 	if v := recover(); v != nil {
 		s.sendError(clientError(s.recovered(where, v)))
-		_ = s.conn.Close()
+		s.closeClient(s.conn)
 	}
 }
 

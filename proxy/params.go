@@ -5,6 +5,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/pool"
@@ -140,6 +141,47 @@ func quoteLiteral(s string) string {
 	return "E'" + strings.NewReplacer(`\`, `\\`, "'", "''").Replace(s) + "'"
 }
 func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+
+// paramsIntern shares the parameter maps of clients that start with the same parameters (most
+// clients of an application do): a session's Params is replaced whole when it changes, never
+// written, so one map can serve them all, and an idle client holds none of its own.
+type paramsIntern struct {
+	mu sync.Mutex
+	m  map[string]internedParams
+}
+
+// internedParams is a shared parameter map and its key (the table's copy, shared too).
+type internedParams struct {
+	key    string
+	params map[string]string
+}
+
+// Bounds of paramsIntern: a client choosing parameters of its own (a random application_name)
+// gets a map of its own once the table is full, rather than growing it.
+const (
+	maxInternedParams   = 256
+	maxInternedKeyBytes = 1024
+)
+
+// intern returns params, or an equal map already in use, and its key (paramsKeyOf).
+func (pi *paramsIntern) intern(params map[string]string) (map[string]string, string) {
+	key := paramsKeyOf(params)
+	if len(key) > maxInternedKeyBytes {
+		return params, key
+	}
+	pi.mu.Lock()
+	defer pi.mu.Unlock()
+	if e, ok := pi.m[key]; ok {
+		return e.params, e.key
+	}
+	if len(pi.m) < maxInternedParams {
+		if pi.m == nil {
+			pi.m = make(map[string]internedParams)
+		}
+		pi.m[key] = internedParams{key: key, params: params}
+	}
+	return params, key
+}
 
 // paramsKeyOf returns a canonical form of a parameter set: equal sets, and only they, have
 // equal keys. Parameter names and values cannot contain NUL (the protocol ends strings with it).

@@ -73,15 +73,28 @@ func (s *session) clientToServer() error {
 			}
 		}
 		timeouts := s.armIdleTimeout(&f)
+		s.reads.Add(1) // odd: reading (see waitingLong)
 		n, err := s.cio.Read(f.Buf[f.W:])
+		s.reads.Add(1)
 		f.W += n
 		if n > 0 {
+			if timeouts {
+				s.mu.Lock()
+				s.idleDeadline = time.Time{} // the client is not idle
+				s.mu.Unlock()
+			}
 			s.bytesIn.Add(uint64(n))
 			if ferr := s.forwardClient(&f); ferr != nil {
 				return ferr
 			}
 		}
 		if err != nil {
+			if n == 0 && s.deadlineKick(err) {
+				if f.R == f.W && f.Remaining == 0 && f.Need == 0 && s.park() {
+					return errParked
+				}
+				continue
+			}
 			if timeouts && errors.Is(err, os.ErrDeadlineExceeded) {
 				return s.idleTimeoutError()
 			}
@@ -395,7 +408,7 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}, f *wire.Fra
 // connection to the server's address; a read-only transaction or session on a healthy
 // primary is the client's own business. Done without the session's locks: it dials.
 func (s *session) checkDemotion(f *wire.Frames, srv *pool.Conn, st *txmode.ServerState) {
-	if !s.upstream.WantsPrimary || !wire.HasErrorCode(f.Buf[f.R:f.W], retry.CodeReadOnlySQLTransaction) {
+	if !s.route.wantsPrimary || !wire.HasErrorCode(f.Buf[f.R:f.W], retry.CodeReadOnlySQLTransaction) {
 		return
 	}
 	demoted := srv.Params["in_hot_standby"] == "on" || s.pool().Demoted(s.ctx, srv.Addr())
@@ -519,6 +532,7 @@ func (s *session) released(srv *pool.Conn, reread chan struct{}) {
 	if s.srv.draining.Load() {
 		s.shutdownIfIdle()
 	}
+	s.armIdleAfterRelease()
 }
 
 // releasableLocked reports whether the attached server can go back to the pool now: transaction

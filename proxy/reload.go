@@ -107,7 +107,8 @@ func (s *session) rebind() error {
 	s.mu.Lock()
 	s.foldUsageLocked() // what the client did on the old pool is counted there
 	s.setPool(p)
-	s.obs = s.srv.metrics.observersFor(up.Database, up.User)
+	s.route = routeOf(up)
+	s.obs = s.srv.metrics.observersFor(up.Database, up.User).forSession()
 	s.mu.Unlock()
 	s.srv.pools.Leave(old)
 	return nil

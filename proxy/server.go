@@ -60,6 +60,11 @@ type Server struct {
 
 	listeners []net.Listener
 	acceptWG  sync.WaitGroup
+	// acceptStop is closed when the listeners close, for accept loops waiting to admit a login;
+	// loginEnded tells one of them that a login ended (logins.go).
+	acceptStop chan struct{}
+	stopAccept sync.Once
+	loginEnded chan struct{}
 
 	// ctx is the parent of every session's context; cancel force-closes all sessions.
 	ctx    context.Context
@@ -88,12 +93,16 @@ type Server struct {
 	certs *certReloader
 	// creds keeps the SCRAM credentials of the users' plain-text passwords.
 	creds auth.Credentials
+	// clientParams shares the startup parameter maps of clients (params.go).
+	clientParams paramsIntern
 	// settable keeps each route's replayed parameters (settable.go).
 	settable settableCache
 	// hooks are set by tests only.
 	hooks testHooks
 	// relays runs the sessions' serverToClient loops.
 	relays relayWorkers
+	// parker parks idle clients (park.go); nil before Start, or when the system cannot.
+	parker *parker
 	// routes remembers resolved routes: a connection per transaction resolves one per login.
 	routes routeCache
 	// routeGen counts reloads: a client whose pool was bound before the last one rebinds.
@@ -115,16 +124,18 @@ func New(opts Options) (*Server, error) {
 		return nil, errors.New("proxy: Config, Pools and Logger are required")
 	}
 	s := &Server{
-		pools:     opts.Pools,
-		log:       opts.Logger,
-		metrics:   opts.Metrics,
-		tcp:       opts.Config.TCPOptions(),
-		sessions:  make(map[*session]struct{}),
-		byPID:     make(map[uint32]*session),
-		version:   opts.Version,
-		upstreams: opts.Upstreams,
-		reload:    opts.Reload,
-		shutdown:  opts.Shutdown,
+		pools:      opts.Pools,
+		log:        opts.Logger,
+		metrics:    opts.Metrics,
+		tcp:        opts.Config.TCPOptions(),
+		sessions:   make(map[*session]struct{}),
+		acceptStop: make(chan struct{}),
+		loginEnded: make(chan struct{}, 1),
+		byPID:      make(map[uint32]*session),
+		version:    opts.Version,
+		upstreams:  opts.Upstreams,
+		reload:     opts.Reload,
+		shutdown:   opts.Shutdown,
 	}
 	s.cfg.Store(opts.Config)
 	s.tlsRequired = opts.Config.TLS.Mode == config.TLSRequire
@@ -174,6 +185,7 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 		s.listeners = append(s.listeners, ln)
 	}
+	s.parker = s.startParker()
 	for _, ln := range s.listeners {
 		s.acceptWG.Add(1)
 		go s.acceptLoop(ln)
@@ -220,6 +232,7 @@ func (s *Server) Addrs() []net.Addr {
 func (s *Server) Clients() int64 { return s.clients.Load() }
 
 func (s *Server) closeListeners() {
+	s.stopAccept.Do(func() { close(s.acceptStop) })
 	for _, ln := range s.listeners {
 		_ = ln.Close()
 	}
@@ -251,6 +264,11 @@ func (s *Server) acceptLoop(ln net.Listener) {
 			_ = conn.Close()
 			continue
 		}
+		if !s.admitLogin(sess) {
+			_ = conn.Close()
+			s.removeSession(sess)
+			return
+		}
 		go sess.run()
 	}
 }
@@ -273,8 +291,9 @@ func (s *Server) newSession(conn net.Conn, loopback bool) *session {
 		id:       id,
 		conn:     conn,
 		loopback: loopback,
-		log:      s.log.With("conn_id", id, "client", conn.RemoteAddr().String()),
+		remote:   conn.RemoteAddr(),
 	}
+	sess.log = sessionLog{sess}
 	sess.wrote.L = &sess.mu
 	sess.ctx, sess.cancel = context.WithCancel(s.ctx)
 	s.sessions[sess] = struct{}{}
@@ -383,6 +402,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-done:
 		s.cancel()
 		s.relays.stop()
+		s.parker.close()
 		s.stopCertWatch()
 		return nil
 	case <-ctx.Done():
@@ -395,6 +415,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	<-done
 	s.relays.stop()
+	s.parker.close()
 	s.stopCertWatch()
 	return fmt.Errorf("shutdown: sessions closed at deadline: %w", context.Cause(ctx))
 }

@@ -37,10 +37,12 @@ type session struct {
 	srv  *Server
 	id   uint64
 	conn net.Conn
-	// cio does the relay's I/O on conn (raw socket calls when conn is plain TCP).
+	// cio does the relay's I/O on conn; raw is the same when conn is plain TCP (nil otherwise).
 	cio      io.ReadWriter
+	raw      *rawio.Conn
 	loopback bool
-	log      *slog.Logger
+	remote   net.Addr
+	log      sessionLog
 	ctx      context.Context
 	cancel   context.CancelFunc
 
@@ -92,12 +94,13 @@ type session struct {
 	// a clean release). A non-nil loopErr means the attached server is in an unknown state.
 	loopErr error
 
-	// upstream is the client's resolved route (it holds the upstream password: never log it).
-	upstream config.Upstream
+	// route is what the session needs of its resolved route (config.Upstream, which holds the
+	// upstream password, is not kept: an idle client should hold little).
+	route sessionRoute
 	// rereading is closed once the parameters the client changed have been read back.
 	rereading chan struct{}
 	// loggedIn is set once the login is over (see shutdownIfIdle); loginStart is when it began
-	// (guarded by Server.mu, see beginLogin).
+	// (guarded by Server.mu, see admitLogin).
 	loggedIn   bool
 	loginStart time.Time
 	// retrying holds off clientToServer while the last batch moves to a new server.
@@ -129,7 +132,7 @@ type session struct {
 	usage             pool.Usage
 	bytesIn, bytesOut atomic.Uint64
 	idleReady         atomic.Uint64 // session mode: ReadyForQuery 'I' seen since the last count
-	obs               poolObservers
+	obs               sessionObservers
 	// abandoned is set when the proxy closed a server that answered neither its query nor the
 	// cancel of it; the client is told that instead of the socket error.
 	abandoned bool
@@ -143,6 +146,20 @@ type session struct {
 	// panicked is set once a panic was recovered in one of the session's goroutines: its
 	// server connection is then destroyed, not reused.
 	panicked atomic.Bool
+
+	// Parking (park.go). parked is set while the session has no goroutine. reads counts the
+	// client goroutine's reads, odd while one is in progress; readsSeen is its value at the
+	// parker's last round (parker goroutine only). Under mu: kicked is set while a read
+	// deadline in the past is the parker's; watched once the socket is in the Watcher's set;
+	// idleTimer ends a parked client at its client_idle_timeout; idleDeadline is when the
+	// client's client_idle_timeout ends (zero: not running).
+	parked       atomic.Bool
+	reads        atomic.Uint32
+	readsSeen    uint32
+	kicked       bool
+	watched      bool
+	idleTimer    *time.Timer
+	idleDeadline time.Time
 }
 
 // closeConn closes the client connection. After an error was sent it first half-closes and
@@ -159,14 +176,6 @@ func (s *session) closeConn() {
 
 func (s *session) run() {
 	s.srv.metrics.clientConnected()
-	if !s.srv.beginLogin(s) {
-		// A flood is on: answer and close at once, without lingering for the error to be
-		// read, so that refused connections hold nothing.
-		_ = s.conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-		_, _ = s.conn.Write(wire.AppendErrorResponse(nil, fatal(retry.CodeTooManyConnections, fmt.Sprintf("pgsidecar: too many connections logging in (max_logins_in_progress=%d)", s.srv.config().MaxLoginsInProgress))))
-		s.end()
-		return
-	}
 	err := s.protect("login", func() error {
 		ok, err := s.startup()
 		if err != nil {
@@ -177,9 +186,7 @@ func (s *session) run() {
 		}
 		if ok {
 			s.srv.endLogin(s)
-			// The relay runs on a new goroutine: login (TLS, SCRAM, logging) grew this
-			// one's stack, and an idle client should hold as little memory as possible.
-			go s.relay()
+			s.startRelay()
 			return nil
 		}
 		return errNotLoggedIn
@@ -199,11 +206,25 @@ func (s *session) run() {
 // errNotLoggedIn ends a session whose login did not succeed (already logged and answered).
 var errNotLoggedIn = errors.New("not logged in")
 
+// startRelay starts serving a client that just logged in. A transaction-mode client is parked
+// at once (park.go), so that its first request starts its goroutine; others get a new
+// goroutine now. Either way not this one: login (TLS, SCRAM, logging) grew its stack, and an
+// idle client should hold as little memory as possible.
+func (s *session) startRelay() {
+	if !s.srv.draining.Load() {
+		if d := s.srv.config().ClientIdleTimeout; d > 0 {
+			s.idleDeadline = time.Now().Add(d)
+		}
+		if s.park() {
+			return
+		}
+	}
+	go s.relay()
+}
+
 // relay serves a logged-in client until it leaves, then cleans up.
+// It also resumes a parked session (park.go), on the goroutine its wake-up started.
 func (s *session) relay() {
-	defer s.end()
-	defer s.srv.clients.Add(-1)
-	defer s.srv.unregisterCancelKey(s)
 	if s.srv.draining.Load() {
 		// Logged in while the proxy began shutting down, after it told the idle clients.
 		s.shutdownIfIdle()
@@ -213,10 +234,16 @@ func (s *session) relay() {
 		loop = s.adminLoop
 	}
 	cause := s.protect("client loop", loop)
+	if cause == errParked {
+		return // the session lives on without a goroutine; a wake-up resumes it
+	}
 	s.srv.metrics.clientClosed(closeReason(true, cause))
 	if err := s.protect("session cleanup", func() error { s.finish(cause); return nil }); err != nil {
 		s.destroyServerAfterPanic()
 	}
+	s.srv.unregisterCancelKey(s)
+	s.srv.clients.Add(-1)
+	s.end()
 }
 
 // destroyServerAfterPanic closes the attached server connection after a panic in the session's
@@ -374,7 +401,6 @@ func (s *session) startup() (ok bool, err error) {
 	if s.database == "" {
 		s.database = s.user
 	}
-	s.log = s.log.With("user", s.user, "database", s.database)
 
 	if len(st.unknownOptions) > 0 || st.code&0xffff > 0 {
 		// We speak 3.0 and no protocol options; a newer client downgrades on this reply, which
@@ -425,9 +451,12 @@ func (s *session) startup() (ok bool, err error) {
 		return false, err
 	}
 	// The upstream may be down; the pool retries its dial for as long as a query would wait.
+	// Derived from the Server's context, not the session's: a child would leave the session's
+	// context with a children map and a Done channel, about 400 bytes per idle client. The
+	// login runs on the session's goroutine, so the session cannot end meanwhile.
 	pctx, pcancel := s.ctx, context.CancelFunc(func() {})
 	if d := s.srv.config().QueryWaitTimeout; d > 0 {
-		pctx, pcancel = context.WithTimeout(s.ctx, d)
+		pctx, pcancel = context.WithTimeout(s.srv.ctx, d)
 	}
 	params, err := s.pool().ServerParams(pctx)
 	if err == nil && s.txPooling {
@@ -435,20 +464,19 @@ func (s *session) startup() (ok bool, err error) {
 	}
 	pcancel()
 	if err != nil {
-		if s.upstream.User != "" && !s.upstream.HasPassword && authFailure(err) {
+		if s.route.user != "" && !s.route.hasPassword && authFailure(err) {
 			// The upstream wants a password pgsidecar does not have: say which setting is
 			// missing rather than pass on a password failure the client cannot fix.
 			err = &startupError{code: retry.CodeInvalidAuthorization, msg: fmt.Sprintf(
 				"pgsidecar: the upstream asks for a password for user %q and pgsidecar has none: set it in database_url (for that URL's user), in a route's password, or as a plain password in a users entry",
-				s.upstream.User)}
+				s.route.user)}
 		}
 		// Left before the client hears of it: a refused pool is gone by its next attempt.
 		s.leavePool()
 		s.sendStartupError(err)
 		return false, err
 	}
-	s.Params = clientParams(st, params)
-	s.ParamsKey = paramsKeyOf(s.Params)
+	s.Params, s.ParamsKey = s.srv.clientParams.intern(clientParams(st, params))
 	if v, ok := s.Params["standard_conforming_strings"]; ok && !strings.EqualFold(v, "on") {
 		// The SQL classifier reads strings as PostgreSQL does with this on; it cannot vouch
 		// for this client's SQL, so the client keeps its server.
@@ -499,6 +527,7 @@ func (s *session) finishLogin(params map[string]string, sessionServer *pool.Conn
 	if raw := rawio.New(s.conn); raw != nil {
 		raw.SetWriteTimeout(s.srv.config().ClientWriteTimeout)
 		s.cio = raw
+		s.raw = raw
 	} else if d := s.srv.config().ClientWriteTimeout; d > 0 {
 		s.cio = &writeTimeoutConn{Conn: s.conn, timeout: d}
 	}
@@ -524,7 +553,7 @@ func (s *session) bindPool() error {
 	s.Tracker.Init(&s.srv.stmts, trackerLimitsOf(s.srv.config(), up))
 	s.Tracker.SetSignalTarget(s.maySignal, isMintedPID)
 	s.Tracker.SetErrorHook(s.noteError)
-	s.upstream = up
+	s.route = routeOf(up)
 	s.maxMsg = s.srv.config().MaxMessageSize
 	p, err := s.srv.pools.Join(up.Key, func() (pool.Config, error) { return s.srv.poolConfig(up) })
 	if err != nil {
@@ -532,8 +561,22 @@ func (s *session) bindPool() error {
 	}
 	s.srv.routes.used(up.Key, s.database, s.user, s.srv.poolExists)
 	s.setPool(p)
-	s.obs = s.srv.metrics.observersFor(up.Database, up.User)
+	s.obs = s.srv.metrics.observersFor(up.Database, up.User).forSession()
 	return nil
+}
+
+// sessionRoute is what a session keeps of its route (config.Upstream).
+type sessionRoute struct {
+	// key is the route's pool key; user the upstream user, and hasPassword whether
+	// pgsidecar has a password for it; wantsPrimary whether target_session_attrs asks for a
+	// primary.
+	key                       string
+	user                      string
+	hasPassword, wantsPrimary bool
+}
+
+func routeOf(up config.Upstream) sessionRoute {
+	return sessionRoute{key: up.Key, user: up.User, hasPassword: up.HasPassword, wantsPrimary: up.WantsPrimary}
 }
 
 // poolConfig is the configuration of up's pool.
@@ -683,7 +726,7 @@ func (s *session) shutdownIfIdle() {
 		return
 	}
 	s.sendError(&pgconn.PgError{Severity: "FATAL", Code: retry.CodeAdminShutdown, Message: "terminating connection due to administrator command (pgsidecar is shutting down)"})
-	_ = s.conn.Close()
+	s.closeClient(s.conn)
 }
 
 // abort tells the client why and closes its connection at once; a client that does not read
@@ -701,7 +744,7 @@ func (s *session) abort(e *pgconn.PgError) {
 	_ = conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 	_, _ = conn.Write(buf)
 	s.wmu.Unlock()
-	_ = conn.Close()
+	s.closeClient(conn)
 }
 
 // trackerLimitsOf returns the limits of cfg for a client of route up.
@@ -777,4 +820,40 @@ func (s *session) loginServer() (*pool.Conn, error) {
 		return nil, &upstreamError{err: fmt.Errorf("apply session parameters: %w", err)}
 	}
 	return c, nil
+}
+
+// sessionLog writes a session's log records with its identifying attributes (conn_id, client,
+// and user and database once known). They are added when a record is written, not kept in a
+// logger of the session's own: most sessions log nothing, and an idle client should hold as
+// little memory as possible.
+type sessionLog struct{ s *session }
+
+// Debug logs at debug level.
+func (l sessionLog) Debug(msg string, args ...any) { l.log(slog.LevelDebug, msg, args) }
+
+// Info logs at info level.
+func (l sessionLog) Info(msg string, args ...any) { l.log(slog.LevelInfo, msg, args) }
+
+// Warn logs at warn level.
+func (l sessionLog) Warn(msg string, args ...any) { l.log(slog.LevelWarn, msg, args) }
+
+// Error logs at error level.
+func (l sessionLog) Error(msg string, args ...any) { l.log(slog.LevelError, msg, args) }
+
+func (l sessionLog) log(level slog.Level, msg string, args []any) {
+	s := l.s
+	lg := s.srv.log
+	ctx := context.Background()
+	if !lg.Enabled(ctx, level) {
+		return
+	}
+	attrs := make([]any, 0, 8+len(args))
+	attrs = append(attrs, "conn_id", s.id)
+	if s.remote != nil {
+		attrs = append(attrs, "client", s.remote.String())
+	}
+	if s.user != "" {
+		attrs = append(attrs, "user", s.user, "database", s.database)
+	}
+	lg.Log(ctx, level, msg, append(attrs, args...)...)
 }

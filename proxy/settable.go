@@ -69,7 +69,7 @@ func settableSQL(version string) string {
 // set, reading the set from a server first if no client of the route has. If it cannot be read,
 // the tracker keeps its built-in list.
 func (s *session) useSettableParams(ctx context.Context, serverParams map[string]string) {
-	key := s.upstream.Key
+	key := s.route.key
 	p := s.srv.settable.get(key)
 	if p == nil {
 		c, err := s.pool().Acquire(ctx)

@@ -54,15 +54,39 @@ func (s *session) armIdleTimeout(f *wire.Frames) bool {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.kicked = false // the deadline set here replaces the parker's
 	switch {
 	case idle > 0 && s.server == nil && f.R == f.W && f.Remaining == 0:
-		_ = s.conn.SetReadDeadline(time.Now().Add(idle))
+		// Kept over the reads of one idle period: a kick to park (park.go) must not give the
+		// client its time again.
+		if s.idleDeadline.IsZero() {
+			s.idleDeadline = time.Now().Add(idle)
+		}
+		_ = s.conn.SetReadDeadline(s.idleDeadline)
 	case s.server != nil && inTx > 0:
+		s.idleDeadline = time.Time{}
 		s.armTxIdleLocked()
 	default:
+		s.idleDeadline = time.Time{}
 		_ = s.conn.SetReadDeadline(time.Time{})
 	}
 	return true
+}
+
+// armIdleAfterRelease starts the client_idle_timeout clock once the client's server went back
+// to the pool: clientToServer's read began while the server was attached, without it.
+func (s *session) armIdleAfterRelease() {
+	idle := s.srv.config().ClientIdleTimeout
+	if idle <= 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.server == nil && !s.closing && s.idleDeadline.IsZero() {
+		s.kicked = false // the deadline set here replaces the parker's
+		s.idleDeadline = time.Now().Add(idle)
+		_ = s.conn.SetReadDeadline(s.idleDeadline)
+	}
 }
 
 // armTxIdleLocked starts or stops the idle_transaction_timeout clock on the client's reads:
@@ -72,6 +96,7 @@ func (s *session) armTxIdleLocked() {
 	if d <= 0 {
 		return
 	}
+	s.kicked = false // the deadline set here replaces the parker's
 	if s.server != nil && (s.TxStatus == 'T' || s.TxStatus == 'E') && s.Pending == 0 && s.Queued() == 0 && !s.Unsynced {
 		_ = s.conn.SetReadDeadline(time.Now().Add(d))
 	} else {

@@ -53,7 +53,8 @@ func txFuzzSession(cfg *config.Config) (s *session, server *recordConn, client *
 	srv.cfg.Store(cfg)
 	srv.stmts.Max = cfg.MaxPreparedStatementBytes
 	server, client = &recordConn{}, &recordConn{}
-	s = &session{srv: srv, txPooling: true, maxMsg: cfg.MaxMessageSize, log: srv.log, ctx: context.Background(), conn: client, cio: client}
+	s = &session{srv: srv, txPooling: true, maxMsg: cfg.MaxMessageSize, ctx: context.Background(), conn: client, cio: client}
+	s.log = sessionLog{s}
 	s.Tracker.Init(&srv.stmts, trackerLimitsOf(cfg, config.Upstream{}))
 	// SQL signals of minted PIDs are answered by the tracker; odd ones are found.
 	s.Tracker.SetSignalTarget(func(pid int64) bool { return pid%2 == 1 }, isMintedPID)
