@@ -152,8 +152,8 @@ func (s *session) kickToPark() {
 
 // parkableLocked reports whether the session may be parked now, apart from its buffered input.
 func (s *session) parkableLocked() bool {
-	return s.srv.parker != nil && s.raw != nil && s.txPooling && s.console == nil &&
-		s.server == nil && s.rereading == nil && !s.closing && s.loggedIn
+	return s.loggedIn && s.srv.parker != nil && s.raw != nil && s.txPooling && s.console == nil &&
+		s.server == nil && s.rereading == nil && !s.closing
 }
 
 // takeKick reports, after a read ended with a deadline error, whether the parker caused it,

@@ -187,8 +187,14 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	s.parker = s.startParker()
 	for _, ln := range s.listeners {
+		// The keepalive settings go on the listener, which its connections inherit: fewer
+		// system calls per connection.
+		opts, err := s.tcp.ApplyToListener(ln.(*net.TCPListener))
+		if err != nil {
+			s.log.Warn("could not set TCP options on a listener; setting them on each connection", "listen", ln.Addr().String(), "err", err)
+		}
 		s.acceptWG.Add(1)
-		go s.acceptLoop(ln)
+		go s.acceptLoop(ln, opts)
 	}
 	return nil
 }
@@ -238,7 +244,7 @@ func (s *Server) closeListeners() {
 	}
 }
 
-func (s *Server) acceptLoop(ln net.Listener) {
+func (s *Server) acceptLoop(ln net.Listener, opts tcpopt.Accepted) {
 	defer s.acceptWG.Done()
 	loopback := isLoopback(ln.Addr())
 	var delay time.Duration
@@ -255,7 +261,7 @@ func (s *Server) acceptLoop(ln net.Listener) {
 			continue
 		}
 		delay = 0
-		if err := s.tcp.Apply(conn); err != nil {
+		if err := opts.Apply(conn); err != nil {
 			// The session still works; only dead-peer detection is weaker.
 			s.log.Warn("could not set TCP options on a client socket", "err", err)
 		}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -49,17 +50,29 @@ func (s *startup) get(name string) string {
 
 // readStartup reads exactly one startup-phase packet (no read-ahead: after it the connection may
 // switch to TLS or to the relay).
+//
+// The first read asks for 8 bytes, the least a valid packet has, so that an SSLRequest (which
+// most clients send first) takes one system call, without reading past a valid packet.
 func readStartup(r io.Reader) (*startup, error) {
-	var hdr [4]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return nil, fmt.Errorf("read startup packet length: %w", err)
+	var hdr [8]byte
+	got := 0
+	for got < 4 {
+		n, err := r.Read(hdr[got:])
+		got += n
+		if err != nil && got < 4 {
+			if errors.Is(err, io.EOF) && got > 0 {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, fmt.Errorf("read startup packet length: %w", err)
+		}
 	}
 	n := int(binary.BigEndian.Uint32(hdr[:]))
 	if n < 8 || n > maxStartupPacketLen {
 		return nil, wire.Errorf("invalid startup packet length %d", n)
 	}
 	body := make([]byte, n-4)
-	if _, err := io.ReadFull(r, body); err != nil {
+	copy(body, hdr[4:got])
+	if _, err := io.ReadFull(r, body[got-4:]); err != nil {
 		return nil, fmt.Errorf("read startup packet: %w", err)
 	}
 	return parseStartup(body)

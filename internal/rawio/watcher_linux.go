@@ -3,22 +3,26 @@ package rawio
 import (
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"syscall"
+	"unsafe"
 )
 
-// Watcher wakes a Waker when a watched socket becomes readable, with one goroutine and one
-// epoll instance for all of them, so that a connection idly waiting for its peer needs no
+// Watcher wakes a Waker when a watched socket becomes readable, with one epoll instance and
+// one goroutine for all of them, so that a connection idly waiting for its peer needs no
 // goroutine of its own (a parked goroutine costs its stack, 2 to 8 KB; a watch costs a map
-// entry here and the kernel's epoll item).
+// entry here and the kernel's epoll item). The epoll instance is itself waited on through the
+// runtime's poller, so the Watcher's goroutine holds no thread while it waits, and waking it
+// costs no thread switch.
 //
 // A watch is one-shot: it wakes its Waker once, for the first readiness (data, hang-up or
 // error), after which the socket must be watched again to wake it again. Readiness is
 // level-triggered, so data that arrived before Watch wakes at once.
 type Watcher struct {
-	epfd int
-	// wakeFd is an eventfd that Close writes to, to end the loop.
-	wakeFd int
+	// file holds the epoll descriptor for the runtime's poller; rc waits on it.
+	file *os.File
+	rc   syscall.RawConn
 
 	mu      sync.Mutex
 	waiting map[uint64]Waker
@@ -38,25 +42,21 @@ func NewWatcher() (*Watcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
 	}
-	efd, _, errno := syscall.Syscall(syscall.SYS_EVENTFD2, 0, syscall.O_CLOEXEC|syscall.O_NONBLOCK, 0)
-	if errno != 0 {
+	if err := syscall.SetNonblock(epfd, true); err != nil {
 		_ = syscall.Close(epfd)
-		return nil, fmt.Errorf("eventfd: %w", errno)
+		return nil, fmt.Errorf("epoll non-blocking: %w", err)
 	}
-	w := &Watcher{epfd: epfd, wakeFd: int(efd), waiting: make(map[uint64]Waker), done: make(chan struct{})}
-	ev := syscall.EpollEvent{Events: syscall.EPOLLIN}
-	setKey(&ev, closeKey)
-	if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, w.wakeFd, &ev); err != nil {
-		_ = syscall.Close(w.wakeFd)
-		_ = syscall.Close(epfd)
-		return nil, fmt.Errorf("epoll_ctl eventfd: %w", err)
+	// Non-blocking, so os.NewFile hands it to the runtime's poller.
+	file := os.NewFile(uintptr(epfd), "rawio-watcher")
+	rc, err := file.SyscallConn()
+	if err != nil {
+		_ = file.Close()
+		return nil, fmt.Errorf("epoll raw conn: %w", err)
 	}
+	w := &Watcher{file: file, rc: rc, waiting: make(map[uint64]Waker), done: make(chan struct{})}
 	go w.loop()
 	return w, nil
 }
-
-// closeKey is the key of the Watcher's own eventfd; Watch refuses it.
-const closeKey = ^uint64(0)
 
 // setKey stores key in the event's 64 bits of user data (Fd and Pad in Go's layout).
 func setKey(ev *syscall.EpollEvent, key uint64) {
@@ -72,16 +72,13 @@ func keyOf(ev *syscall.EpollEvent) uint64 {
 var ErrWatcherClosed = errors.New("rawio: watcher closed")
 
 // Watch wakes wk, once, when c's socket becomes readable or is hung up. key identifies the
-// watch and must be unique among c's watches and never closeKey; first says c was never
+// watch and must be unique among c's watches; first says c was never
 // watched by w before (its socket is added to the epoll set, later watches re-arm it).
 //
 // The socket is reached through c's RawConn, so that a Close racing with Watch cannot make it
 // act on a reused descriptor; the kernel drops a closed socket from the set by itself. A Watch
 // that fails wakes nothing: the caller keeps reading on its own.
 func (w *Watcher) Watch(c *Conn, key uint64, first bool, wk Waker) error {
-	if key == closeKey {
-		return errors.New("rawio: reserved watch key")
-	}
 	w.mu.Lock()
 	if w.closed {
 		w.mu.Unlock()
@@ -93,12 +90,18 @@ func (w *Watcher) Watch(c *Conn, key uint64, first bool, wk Waker) error {
 	if first {
 		op = syscall.EPOLL_CTL_ADD
 	}
-	var ctlErr error
+	// Both descriptors are reached through their RawConns, which keep them open meanwhile.
+	var ctlErr, epErr error
 	err := c.rc.Control(func(fd uintptr) {
-		ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT}
-		setKey(&ev, key)
-		ctlErr = syscall.EpollCtl(w.epfd, op, int(fd), &ev)
+		epErr = w.rc.Control(func(epfd uintptr) {
+			ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT}
+			setKey(&ev, key)
+			ctlErr = epollCtl(epfd, op, fd, &ev)
+		})
 	})
+	if err == nil {
+		err = epErr
+	}
 	if err == nil {
 		err = ctlErr
 	}
@@ -127,29 +130,43 @@ func (w *Watcher) Len() int {
 func (w *Watcher) loop() {
 	defer close(w.done)
 	events := make([]syscall.EpollEvent, 128)
-	for {
-		n, err := syscall.EpollWait(w.epfd, events, -1)
-		if err != nil {
-			if errors.Is(err, syscall.EINTR) {
+	// The epoll instance is edge-triggered in the runtime's poller: each wait drains it. A
+	// batch smaller than events emptied it, so the loop waits then: an event arriving later
+	// makes the runtime's poller report it, the wait returns at once, and no event is lost
+	// for the one system call saved.
+	poll := func(fd uintptr) bool {
+		for {
+			n, err := epollPoll(fd, events)
+			if err == syscall.EINTR {
 				continue
 			}
-			// Not expected with a valid epoll descriptor; the watches would never wake, so
-			// wake them all: each reads for itself.
-			w.wakeAll()
-			return
+			if err != 0 {
+				return true // not expected with a valid epoll descriptor
+			}
+			w.dispatch(events[:n])
+			if n < len(events) {
+				return false
+			}
 		}
-		for i := range events[:n] {
-			key := keyOf(&events[i])
-			if key == closeKey {
-				return
-			}
-			w.mu.Lock()
-			wk := w.waiting[key]
-			delete(w.waiting, key)
-			w.mu.Unlock()
-			if wk != nil {
-				wk.Wake()
-			}
+	}
+	if err := w.rc.Read(poll); err != nil {
+		return // Close
+	}
+	// epoll_wait failed: the watches would never wake, so wake them all (each reads for
+	// itself) and refuse new ones.
+	w.wakeAll()
+}
+
+// dispatch wakes the Wakers of events.
+func (w *Watcher) dispatch(events []syscall.EpollEvent) {
+	for i := range events {
+		key := keyOf(&events[i])
+		w.mu.Lock()
+		wk := w.waiting[key]
+		delete(w.waiting, key)
+		w.mu.Unlock()
+		if wk != nil {
+			wk.Wake()
 		}
 	}
 }
@@ -176,12 +193,24 @@ func (w *Watcher) Close() error {
 	}
 	w.closed = true
 	w.mu.Unlock()
-	one := [8]byte{1}
-	if _, err := syscall.Write(w.wakeFd, one[:]); err != nil {
-		return fmt.Errorf("wake watcher: %w", err)
-	}
+	err := w.file.Close() // ends the loop's wait
 	<-w.done
 	w.wakeAll()
-	_ = syscall.Close(w.wakeFd)
-	return syscall.Close(w.epfd)
+	return err
+}
+
+// epollCtl and epollPoll are epoll_ctl and a non-blocking epoll_wait as raw system calls: they
+// never block, and an ordinary system call would tell the scheduler, whose monitor then keeps
+// waking every 20 us on a busy proxy (see Conn).
+func epollCtl(epfd uintptr, op int, fd uintptr, ev *syscall.EpollEvent) error {
+	_, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_CTL, epfd, uintptr(op), fd, uintptr(unsafe.Pointer(ev)), 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+func epollPoll(epfd uintptr, events []syscall.EpollEvent) (int, syscall.Errno) {
+	n, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, epfd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+	return int(n), e
 }

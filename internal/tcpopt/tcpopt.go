@@ -90,3 +90,31 @@ func (o Options) keepAliveConfig() net.KeepAliveConfig {
 	}
 	return net.KeepAliveConfig{Enable: true, Idle: o.KeepIdle, Interval: o.KeepInterval, Count: o.KeepCount}
 }
+
+// Accepted applies to each connection a listener accepts what ApplyToListener could not set on
+// the listener itself. The zero value applies nothing.
+type Accepted struct {
+	o                  Options
+	keepAliveInherited bool
+}
+
+// Apply sets on c what its listener did not give it.
+func (a Accepted) Apply(c net.Conn) error {
+	if !a.keepAliveInherited {
+		return a.o.Apply(c)
+	}
+	if a.o.UserTimeout <= 0 {
+		return nil // the kernel's default, as accepted
+	}
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	tcp, ok := c.(*net.TCPConn)
+	if !ok {
+		return nil
+	}
+	if err := setUserTimeout(tcp, a.o.UserTimeout); err != nil {
+		return fmt.Errorf("set TCP_USER_TIMEOUT: %w", err)
+	}
+	return nil
+}

@@ -141,3 +141,58 @@ func TestApplyClosed(t *testing.T) {
 	}
 	t.Log(err)
 }
+
+// TestApplyToListener: connections accepted by a listener the options were set on have them,
+// as Apply would have set them, with only TCP_USER_TIMEOUT set per connection.
+func TestApplyToListener(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts tcpopt.Options
+		want sockopts
+	}{
+		{"pgsidecar defaults",
+			tcpopt.Options{KeepAlive: true, KeepIdle: 30 * time.Second, KeepInterval: 10 * time.Second, KeepCount: 3, UserTimeout: time.Minute},
+			so(1, 30, 10, 3, 60000)},
+		{"zero values are Go's defaults and no user timeout",
+			tcpopt.Options{KeepAlive: true},
+			so(1, 15, 15, 9, 0)},
+		{"keepalive off",
+			tcpopt.Options{KeepAlive: false, UserTimeout: 1500 * time.Microsecond},
+			so(0, -1, -1, -1, 2)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			lc := net.ListenConfig{KeepAlive: -1} // as the proxy listens: no per-connection setup
+			ln, err := lc.Listen(t.Context(), "tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			rest, err := tc.opts.ApplyToListener(ln.(*net.TCPListener))
+			if err != nil {
+				t.Fatal(err)
+			}
+			dialed, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer dialed.Close()
+			accepted, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer accepted.Close()
+			if err := rest.Apply(accepted); err != nil {
+				t.Fatal(err)
+			}
+			got := readSockopts(t, accepted)
+			want := tc.want
+			if want.KeepAlive == 0 {
+				// With keepalive off, the probe settings do not matter: compare the rest.
+				got.IdleSecs, got.IntervalSecs, got.Count = -1, -1, -1
+			}
+			if got != want {
+				t.Errorf("accepted connection: %+v, want %+v", got, want)
+			}
+		})
+	}
+}
