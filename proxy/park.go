@@ -227,7 +227,7 @@ func (s *session) unpark(byOther bool) {
 	if byOther {
 		s.srv.parker.w.Forget(s.id)
 	}
-	go s.relay()
+	s.srv.sessionRuns.start(sessionTask{s: s, resume: true})
 }
 
 // idleTimerFired resumes a parked client whose client_idle_timeout passed: its read then

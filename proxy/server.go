@@ -99,8 +99,10 @@ type Server struct {
 	settable settableCache
 	// hooks are set by tests only.
 	hooks testHooks
-	// relays runs the sessions' serverToClient loops.
-	relays relayWorkers
+	// relays runs the sessions' serverToClient loops; sessionRuns their logins and the client
+	// loops of parked sessions that resume.
+	relays      workers[relayTask]
+	sessionRuns workers[sessionTask]
 	// parker parks idle clients (park.go); nil before Start, or when the system cannot.
 	parker *parker
 	// routes remembers resolved routes: a connection per transaction resolves one per login.
@@ -275,7 +277,7 @@ func (s *Server) acceptLoop(ln net.Listener, opts tcpopt.Accepted) {
 			s.removeSession(sess)
 			return
 		}
-		go sess.run()
+		s.sessionRuns.start(sessionTask{s: sess})
 	}
 }
 
@@ -408,6 +410,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-done:
 		s.cancel()
 		s.relays.stop()
+		s.sessionRuns.stop()
 		s.parker.close()
 		s.stopCertWatch()
 		return nil
@@ -421,6 +424,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	<-done
 	s.relays.stop()
+	s.sessionRuns.stop()
 	s.parker.close()
 	s.stopCertWatch()
 	return fmt.Errorf("shutdown: sessions closed at deadline: %w", context.Cause(ctx))

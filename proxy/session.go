@@ -186,12 +186,12 @@ func (s *session) run() {
 		}
 		if ok {
 			s.srv.endLogin(s)
-			s.startRelay()
 			return nil
 		}
 		return errNotLoggedIn
 	})
 	if err == nil {
+		s.startRelay()
 		return
 	}
 	if errPanic(err) {
@@ -207,9 +207,8 @@ func (s *session) run() {
 var errNotLoggedIn = errors.New("not logged in")
 
 // startRelay starts serving a client that just logged in. A transaction-mode client is parked
-// at once (park.go), so that its first request starts its goroutine; others get a new
-// goroutine now. Either way not this one: login (TLS, SCRAM, logging) grew its stack, and an
-// idle client should hold as little memory as possible.
+// at once (park.go), so that its first request starts its goroutine; the others are served on
+// this goroutine, a kept worker's (see workers).
 func (s *session) startRelay() {
 	if !s.srv.draining.Load() {
 		if d := s.srv.config().ClientIdleTimeout; d > 0 {
@@ -219,7 +218,7 @@ func (s *session) startRelay() {
 			return
 		}
 	}
-	go s.relay()
+	s.relay()
 }
 
 // relay serves a logged-in client until it leaves, then cleans up.

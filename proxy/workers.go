@@ -7,29 +7,34 @@ import (
 	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
 
-// relayWorkers runs serverToClient loops on goroutines that are kept between loops. A
-// transaction-mode client gets a server, and a loop relaying its replies, for every
-// transaction; a new goroutine each time starts on a small stack and grows it on the loop's
-// first deep call, which measured at several percent of the proxy's CPU under pgbench. A kept
-// worker has its stack already grown.
+// workers runs tasks on goroutines that are kept between tasks. A new goroutine starts on a
+// small stack and grows it (a copy of the stack each time) on the task's first deep calls:
+// measured at several percent of the proxy's CPU under pgbench, for the relay loops of every
+// transaction and for every login under a connection per transaction. A kept worker has its
+// stack already grown.
 //
-// Idle workers wait for their next loop, most recently used first; beyond maxIdleRelayWorkers
-// a worker ends when its loop does, so the number kept follows the peak number of servers in
-// use at once, not the number of clients. stop ends them.
-type relayWorkers struct {
+// Idle workers wait for their next task, most recently used first; beyond maxIdleWorkers a
+// worker ends when its task does, so the number kept follows the peak number of tasks at once,
+// not the number of clients. stop ends them. The zero value is ready to use.
+type workers[T task] struct {
 	mu      sync.Mutex
-	idle    []*relayWorker // most recently parked last
+	idle    []*worker[T] // most recently parked last
 	stopped bool
 	wg      sync.WaitGroup
 }
 
-// maxIdleRelayWorkers bounds the workers kept waiting: a parked worker costs its stack.
-const maxIdleRelayWorkers = 128
+// task is what workers run; f is the worker's scratch read state, kept between tasks so that a
+// relay loop allocates none.
+type task interface {
+	run(f *wire.Frames)
+}
 
-type relayWorker struct {
-	tasks chan relayTask // buffered: handing over a loop never blocks
-	// f is the read state of the worker's loops, reused so that a loop allocates none.
-	f wire.Frames
+// maxIdleWorkers bounds the workers kept waiting, per pool: a parked worker costs its stack.
+const maxIdleWorkers = 128
+
+type worker[T task] struct {
+	tasks chan T // buffered: handing over a task never blocks
+	f     wire.Frames
 }
 
 // relayTask is one serverToClient loop: session s relaying server c until done is closed.
@@ -39,8 +44,25 @@ type relayTask struct {
 	done chan struct{}
 }
 
+func (t relayTask) run(f *wire.Frames) { t.s.serverToClient(t.c, t.done, f) }
+
+// sessionTask runs a session: its login (run), or its client loop when it resumes from being
+// parked (relay).
+type sessionTask struct {
+	s      *session
+	resume bool
+}
+
+func (t sessionTask) run(*wire.Frames) {
+	if t.resume {
+		t.s.relay()
+	} else {
+		t.s.run()
+	}
+}
+
 // start runs t on an idle worker, or on a new one.
-func (w *relayWorkers) start(t relayTask) {
+func (w *workers[T]) start(t T) {
 	w.mu.Lock()
 	if n := len(w.idle); n > 0 {
 		wk := w.idle[n-1]
@@ -52,17 +74,18 @@ func (w *relayWorkers) start(t relayTask) {
 	}
 	w.wg.Add(1)
 	w.mu.Unlock()
-	wk := &relayWorker{tasks: make(chan relayTask, 1)}
-	go wk.run(w, t)
+	wk := &worker[T]{tasks: make(chan T, 1)}
+	go wk.loop(w, t)
 }
 
-func (wk *relayWorker) run(w *relayWorkers, t relayTask) {
+func (wk *worker[T]) loop(w *workers[T], t T) {
 	defer w.wg.Done()
+	var none T
 	for {
-		t.s.serverToClient(t.c, t.done, &wk.f)
-		t = relayTask{} // let the session go while parked
+		t.run(&wk.f)
+		t = none // let the task's session go while parked
 		w.mu.Lock()
-		if w.stopped || len(w.idle) >= maxIdleRelayWorkers {
+		if w.stopped || len(w.idle) >= maxIdleWorkers {
 			w.mu.Unlock()
 			return
 		}
@@ -75,9 +98,9 @@ func (wk *relayWorker) run(w *relayWorkers, t relayTask) {
 	}
 }
 
-// stop ends the idle workers and waits for the busy ones to finish their loops (the caller
-// has ended the sessions running them). Loops started later run on goroutines of their own.
-func (w *relayWorkers) stop() {
+// stop ends the idle workers and waits for the busy ones to finish their tasks (the caller
+// has ended the sessions running them). Tasks started later run on goroutines of their own.
+func (w *workers[T]) stop() {
 	w.mu.Lock()
 	w.stopped = true
 	idle := w.idle
