@@ -64,10 +64,11 @@ bench: bench-go bench-pgbench
 bench-go:
 	$(GO) test -run='^$$' -bench=. -benchmem $(PKGS)
 
-# pgbench through pgsidecar, directly and through PgBouncer, side by side from one run; the
-# last scenario holds 10,000 idle clients (max_client_conn raised for it) and reports the memory
-# each costs.
-BENCH_SCENARIOS ?= select:16 select:64 select:256 tpcb:64 select_prepared:64 connect_storm:16 idle_memory:10000
+# pgbench through pgsidecar, directly and through PgBouncer, side by side from one run, medians
+# of BENCH_ROUNDS rounds; the last scenarios hold 2,000 and 10,000 idle clients (max_client_conn
+# raised for them) and report the memory each costs. BENCHMARKS.md reads the results.
+BENCH_SCENARIOS ?= select:16 select:64 select:256 tpcb:64 select_prepared:64 connect_storm:16 idle_memory:2000 idle_memory:10000
+BENCH_ROUNDS ?= 2
 # PgBouncer 1.25 built from source by ../shared/bench/build-pgbouncer.sh, when it has been;
 # Debian's package otherwise.
 PGBOUNCER_125 ?= $(or $(TMPDIR),/tmp)/pgbouncer-1.25.2/bin/pgbouncer
@@ -75,7 +76,7 @@ bench-pgbench: build
 	@if [ -x '$(PGBOUNCER_125)' ]; then echo "bench: PgBouncer 1.25 built from source ($(PGBOUNCER_125))"; \
 	else echo "bench: PgBouncer from Debian's package (build 1.25 with ../shared/bench/build-pgbouncer.sh to compare with it)"; fi
 	PGBOUNCER_BIN="$$( [ -x '$(PGBOUNCER_125)' ] && echo '$(PGBOUNCER_125)' || echo /usr/sbin/pgbouncer )" \
-	SCENARIOS='$(BENCH_SCENARIOS)' MAX_CLIENT_CONN=12000 \
+	SCENARIOS='$(BENCH_SCENARIOS)' ROUNDS='$(BENCH_ROUNDS)' MAX_CLIENT_CONN=12000 \
 	PROXY_NAME=pgsidecar \
 	PROXY_CMD='$(CURDIR)/$(BIN) --listen {listen_host}:{listen_port} --http-listen= --database-url postgres://{user}@{upstream_host}:{upstream_port}/{dbname}?sslmode=disable --pool-size {pool_size} --max-client-conn {max_client_conn} --log-level warn' \
 	bash $(PGBENCH_COMPARE)
