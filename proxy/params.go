@@ -25,14 +25,20 @@ var startupOnly = map[string]bool{"user": true, "database": true, "replication":
 // clientParams derives a client's explicit parameters from its startup packet, leaving out those
 // equal to what the server reports by default (serverParams, as reported at login).
 func clientParams(st *startup, serverParams map[string]string) map[string]string {
-	defaults := make(map[string]string, len(serverParams))
-	for k, v := range serverParams {
-		defaults[strings.ToLower(k)] = v
+	// The server's names are matched without case by a scan: a client sends a handful of
+	// parameters, and a map of the lowered names cost every login an allocation per name.
+	isDefault := func(name, value string) bool {
+		for k, v := range serverParams {
+			if strings.EqualFold(k, name) {
+				return strings.EqualFold(v, value)
+			}
+		}
+		return false
 	}
 	params := make(map[string]string)
 	set := func(name, value string) {
 		name = strings.ToLower(name)
-		if d, ok := defaults[name]; ok && strings.EqualFold(d, value) {
+		if isDefault(name, value) {
 			delete(params, name)
 			return
 		}

@@ -189,15 +189,12 @@ func (s *session) park() bool {
 		}
 	}
 	s.parked.Store(true)
-	first := !s.watched
-	s.watched = true
 	s.mu.Unlock()
 	s.srv.parker.parks.Add(1)
-	if err := s.srv.parker.w.Watch(s.raw, s.id, first, s); err != nil {
+	if err := s.srv.parker.w.Watch(s.raw, s.id, s); err != nil {
 		// The client keeps its goroutine, unless a wake-up (Close, the idle timer) won.
 		if s.parked.CompareAndSwap(true, false) {
 			s.mu.Lock()
-			s.watched = !first
 			s.stopIdleTimerLocked()
 			s.mu.Unlock()
 			s.log.Debug("could not park an idle client", "err", err)
@@ -242,14 +239,6 @@ func (s *session) idleTimerFired() {
 func (s *session) closeClient(conn interface{ Close() error }) {
 	_ = conn.Close()
 	s.unpark(true)
-}
-
-// resumed prepares a goroutine that resumes a parked session: the stop timer of its idle
-// timeout is no longer needed (the read deadline, still set, takes over).
-func (s *session) resumed() {
-	s.mu.Lock()
-	s.stopIdleTimerLocked()
-	s.mu.Unlock()
 }
 
 // deadlineKick reports whether err, from a client read, is a kick to park (see kickToPark).

@@ -150,14 +150,13 @@ type session struct {
 	// Parking (park.go). parked is set while the session has no goroutine. reads counts the
 	// client goroutine's reads, odd while one is in progress; readsSeen is its value at the
 	// parker's last round (parker goroutine only). Under mu: kicked is set while a read
-	// deadline in the past is the parker's; watched once the socket is in the Watcher's set;
-	// idleTimer ends a parked client at its client_idle_timeout; idleDeadline is when the
-	// client's client_idle_timeout ends (zero: not running).
+	// deadline in the past is the parker's; idleTimer ends a parked client at its
+	// client_idle_timeout; idleDeadline is when the client's client_idle_timeout ends (zero:
+	// not running).
 	parked       atomic.Bool
 	reads        atomic.Uint32
 	readsSeen    uint32
 	kicked       bool
-	watched      bool
 	idleTimer    *time.Timer
 	idleDeadline time.Time
 }

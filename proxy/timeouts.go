@@ -83,9 +83,12 @@ func (s *session) armIdleAfterRelease() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.server == nil && !s.closing && s.idleDeadline.IsZero() {
-		s.kicked = false // the deadline set here replaces the parker's
 		s.idleDeadline = time.Now().Add(idle)
-		_ = s.conn.SetReadDeadline(s.idleDeadline)
+		if !s.kicked {
+			// A kick's deadline stands (the read may have failed on it already): takeKick
+			// sets this one after it.
+			_ = s.conn.SetReadDeadline(s.idleDeadline)
+		}
 	}
 }
 

@@ -72,13 +72,14 @@ func keyOf(ev *syscall.EpollEvent) uint64 {
 var ErrWatcherClosed = errors.New("rawio: watcher closed")
 
 // Watch wakes wk, once, when c's socket becomes readable or is hung up. key identifies the
-// watch and must be unique among c's watches; first says c was never
-// watched by w before (its socket is added to the epoll set, later watches re-arm it).
+// watch and must be unique among the Watcher's watches. The socket is added to the epoll set
+// the first time (an EPOLL_CTL_MOD that finds it absent is followed by an EPOLL_CTL_ADD), and
+// re-armed later; it stays in the set until closed.
 //
 // The socket is reached through c's RawConn, so that a Close racing with Watch cannot make it
 // act on a reused descriptor; the kernel drops a closed socket from the set by itself. A Watch
 // that fails wakes nothing: the caller keeps reading on its own.
-func (w *Watcher) Watch(c *Conn, key uint64, first bool, wk Waker) error {
+func (w *Watcher) Watch(c *Conn, key uint64, wk Waker) error {
 	w.mu.Lock()
 	if w.closed {
 		w.mu.Unlock()
@@ -86,17 +87,16 @@ func (w *Watcher) Watch(c *Conn, key uint64, first bool, wk Waker) error {
 	}
 	w.waiting[key] = wk
 	w.mu.Unlock()
-	op := syscall.EPOLL_CTL_MOD
-	if first {
-		op = syscall.EPOLL_CTL_ADD
-	}
 	// Both descriptors are reached through their RawConns, which keep them open meanwhile.
 	var ctlErr, epErr error
 	err := c.rc.Control(func(fd uintptr) {
 		epErr = w.rc.Control(func(epfd uintptr) {
 			ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT}
 			setKey(&ev, key)
-			ctlErr = epollCtl(epfd, op, fd, &ev)
+			ctlErr = epollCtl(epfd, syscall.EPOLL_CTL_MOD, fd, &ev)
+			if ctlErr == syscall.ENOENT {
+				ctlErr = epollCtl(epfd, syscall.EPOLL_CTL_ADD, fd, &ev)
+			}
 		})
 	})
 	if err == nil {
@@ -205,7 +205,7 @@ func (w *Watcher) Close() error {
 func epollCtl(epfd uintptr, op int, fd uintptr, ev *syscall.EpollEvent) error {
 	_, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_CTL, epfd, uintptr(op), fd, uintptr(unsafe.Pointer(ev)), 0, 0)
 	if e != 0 {
-		return e
+		return e // a syscall.Errno, compared by callers
 	}
 	return nil
 }

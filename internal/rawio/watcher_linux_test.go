@@ -33,7 +33,7 @@ func TestWatcher(t *testing.T) {
 	wk := make(chanWaker, 4)
 
 	// Nothing to read: no wake. Data: one wake, and only one (one-shot).
-	if err := w.Watch(ra, 1, true, wk); err != nil {
+	if err := w.Watch(ra, 1, wk); err != nil {
 		t.Fatal(err)
 	}
 	woken(t, wk, false)
@@ -47,7 +47,7 @@ func TestWatcher(t *testing.T) {
 	}
 
 	// Data already there (unread) wakes at once: readiness is level-triggered.
-	if err := w.Watch(ra, 2, false, wk); err != nil {
+	if err := w.Watch(ra, 2, wk); err != nil {
 		t.Fatal(err)
 	}
 	woken(t, wk, true)
@@ -57,7 +57,7 @@ func TestWatcher(t *testing.T) {
 	}
 
 	// Forgotten watches do not wake.
-	if err := w.Watch(ra, 3, false, wk); err != nil {
+	if err := w.Watch(ra, 3, wk); err != nil {
 		t.Fatal(err)
 	}
 	w.Forget(3)
@@ -70,7 +70,7 @@ func TestWatcher(t *testing.T) {
 	}
 
 	// A hang-up wakes.
-	if err := w.Watch(ra, 4, false, wk); err != nil {
+	if err := w.Watch(ra, 4, wk); err != nil {
 		t.Fatal(err)
 	}
 	_ = b.Close()
@@ -78,14 +78,14 @@ func TestWatcher(t *testing.T) {
 
 	// Close wakes the watches still waiting, and refuses new ones.
 	c, _ := pair(t)
-	if err := w.Watch(New(c), 5, true, wk); err != nil {
+	if err := w.Watch(New(c), 5, wk); err != nil {
 		t.Fatal(err)
 	}
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
 	woken(t, wk, true)
-	if err := w.Watch(New(c), 6, false, wk); err != ErrWatcherClosed {
+	if err := w.Watch(New(c), 6, wk); err != ErrWatcherClosed {
 		t.Fatalf("Watch after Close = %v, want ErrWatcherClosed", err)
 	}
 }

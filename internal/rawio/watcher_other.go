@@ -20,7 +20,7 @@ var ErrWatcherClosed = errors.New("rawio: watcher closed")
 func NewWatcher() (*Watcher, error) { return nil, errors.New("rawio: no watcher on this system") }
 
 // Watch is never called: there is no Watcher.
-func (w *Watcher) Watch(c *Conn, key uint64, first bool, wk Waker) error { return ErrWatcherClosed }
+func (w *Watcher) Watch(c *Conn, key uint64, wk Waker) error { return ErrWatcherClosed }
 
 // Forget is never called: there is no Watcher.
 func (w *Watcher) Forget(key uint64) {}
