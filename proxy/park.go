@@ -6,7 +6,6 @@ import (
 	"runtime/debug"
 	"runtime/metrics"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/pgsidecar/pgsidecar/internal/rawio"
@@ -39,11 +38,11 @@ type parker struct {
 	stop     chan struct{}
 	wg       sync.WaitGroup
 	stopOnce sync.Once
-	// parks counts the sessions parked; the rest is the kick loop's, for trimAfterBurst.
-	parks          atomic.Uint64
-	parksAtTrim    uint64
-	parksLastRound uint64
-	trimmedAt      time.Time
+	// The kick loop's, for trimAfterBurst: the number of sessions at the last trim and at the
+	// last round, and when it last trimmed.
+	sessionsAtTrim    int
+	sessionsLastRound int
+	trimmedAt         time.Time
 }
 
 // startParker starts parking idle sessions of s; nil when the system offers no Watcher (the
@@ -92,41 +91,50 @@ func (p *parker) kickLoop(s *Server) {
 				batch = append(batch, sess)
 			}
 		}
+		sessions := len(s.sessions)
 		s.mu.Unlock()
 		for i, sess := range batch {
 			sess.kickToPark()
 			batch[i] = nil
 		}
-		p.trimAfterBurst()
+		p.trimAfterBurst(sessions)
 	}
 }
 
 // Trimming after a burst: a burst of logins (an application's pods restarting, a connection
-// storm) leaves the heap at twice what the parked clients need, and the runtime gives that
-// back to the system only slowly. Once a burst of at least trimMinParks parkings is over (a
-// round without one) and at least trimFreeBytes of the heap is free, the parker returns it at
-// once, at most every trimInterval: a full collection, a few milliseconds of CPU.
+// storm) leaves the heap at twice what the clients that stay need, and a burst of departures
+// leaves it as large as before; the runtime gives that back to the system only slowly. Once
+// the number of sessions has moved by at least trimMinSessions since the last trim and has
+// held still for a round, and at least trimFreeBytes of the heap is free, the parker returns
+// it at once, at most every trimInterval: a full collection, a few milliseconds of CPU.
 const (
-	trimMinParks  = 256
-	trimFreeBytes = 1 << 20
-	trimInterval  = 10 * time.Second
+	trimMinSessions = 256
+	trimFreeBytes   = 1 << 20
+	trimInterval    = 2 * time.Second
 )
 
-// trimAfterBurst returns free heap memory to the system after a burst of parkings (above).
-func (p *parker) trimAfterBurst() {
-	parks := p.parks.Load()
-	burst, quiet := parks-p.parksAtTrim, parks == p.parksLastRound
-	p.parksLastRound = parks
-	if burst < trimMinParks || !quiet || time.Since(p.trimmedAt) < trimInterval {
+// trimAfterBurst returns free heap memory to the system after a burst of logins or departures
+// (above); sessions is the number of sessions now.
+func (p *parker) trimAfterBurst(sessions int) {
+	moved, quiet := abs(sessions-p.sessionsAtTrim), sessions == p.sessionsLastRound
+	p.sessionsLastRound = sessions
+	if moved < trimMinSessions || !quiet || time.Since(p.trimmedAt) < trimInterval {
 		return
 	}
-	p.parksAtTrim = parks
+	p.sessionsAtTrim = sessions
 	p.trimmedAt = time.Now()
 	sample := []metrics.Sample{{Name: "/memory/classes/heap/free:bytes"}}
 	metrics.Read(sample)
 	if sample[0].Value.Kind() == metrics.KindUint64 && sample[0].Value.Uint64() >= trimFreeBytes {
 		debug.FreeOSMemory()
 	}
+}
+
+func abs(n int) int {
+	if n < 0 {
+		return -n
+	}
+	return n
 }
 
 // waitingLong reports (parker goroutine only) whether the client goroutine has been waiting
@@ -190,7 +198,6 @@ func (s *session) park() bool {
 	}
 	s.parked.Store(true)
 	s.mu.Unlock()
-	s.srv.parker.parks.Add(1)
 	if err := s.srv.parker.w.Watch(s.raw, s.id, s); err != nil {
 		// The client keeps its goroutine, unless a wake-up (Close, the idle timer) won.
 		if s.parked.CompareAndSwap(true, false) {
