@@ -64,7 +64,7 @@ func (t *Tracker) AnswerIdle(f *wire.Frames) []byte {
 			if res := classify.Classify(bytesString(query), t.classifyTracked); res.Pin != classify.None {
 				t.pin(res.Pin)
 			}
-			t.stmts[string(name)] = &ClientStmt{ps: ps}
+			t.addStmt(string(name), &ClientStmt{ps: ps})
 			out = wire.AppendParseComplete(out)
 		case 'C':
 			name, _, _ := wire.CString(body[1:])

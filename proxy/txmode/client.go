@@ -380,7 +380,7 @@ func (t *Tracker) trackParse(body []byte, st *ServerState, w *wire.Batch, total 
 		t.refuse(w, total, retry.CodeConfigurationLimitExceeded, fmt.Sprintf("pgsidecar: the shared prepared statement registry is full (max_prepared_statement_bytes=%d)", t.lim.RegistryBytes))
 		return nil
 	}
-	t.stmts[string(name)] = &ClientStmt{ps: ps}
+	t.addStmt(string(name), &ClientStmt{ps: ps})
 	w.Cut(w.F.R + total)
 	// The Bind that follows uses what this Parse counted.
 	t.justParsed = ps

@@ -137,8 +137,16 @@ func (t *Tracker) Init(reg *Registry, lim Limits) {
 	t.reg, t.lim = reg, lim
 	t.tracked = isTracked
 	t.classifyTracked = t.noteTracked
-	t.stmts = make(map[string]*ClientStmt)
 	t.TxStatus = 'I'
+}
+
+// addStmt names a client statement; the map is made on the first (a client that prepares
+// nothing, or idles, holds none).
+func (t *Tracker) addStmt(name string, cs *ClientStmt) {
+	if t.stmts == nil {
+		t.stmts = make(map[string]*ClientStmt)
+	}
+	t.stmts[name] = cs
 }
 
 // Queued returns how many replies (groups of server messages, or the tracker's own) are
