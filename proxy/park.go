@@ -110,7 +110,7 @@ func (p *parker) kickLoop(s *Server) {
 const (
 	trimMinSessions = 256
 	trimFreeBytes   = 1 << 20
-	trimInterval    = 2 * time.Second
+	trimInterval    = time.Second
 )
 
 // trimAfterBurst returns free heap memory to the system after a burst of logins or departures
