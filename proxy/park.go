@@ -4,7 +4,6 @@ import (
 	"errors"
 	"os"
 	"runtime/debug"
-	"runtime/metrics"
 	"sync"
 	"time"
 
@@ -105,11 +104,10 @@ func (p *parker) kickLoop(s *Server) {
 // storm) leaves the heap at twice what the clients that stay need, and a burst of departures
 // leaves it as large as before; the runtime gives that back to the system only slowly. Once
 // the number of sessions has moved by at least trimMinSessions since the last trim and has
-// held still for a round, and at least trimFreeBytes of the heap is free, the parker returns
-// it at once, at most every trimInterval: a full collection, a few milliseconds of CPU.
+// held still for a round, the parker returns what is free at once, at most every
+// trimInterval: a full collection, a few milliseconds of CPU.
 const (
 	trimMinSessions = 256
-	trimFreeBytes   = 1 << 20
 	trimInterval    = time.Second
 )
 
@@ -123,11 +121,9 @@ func (p *parker) trimAfterBurst(sessions int) {
 	}
 	p.sessionsAtTrim = sessions
 	p.trimmedAt = time.Now()
-	sample := []metrics.Sample{{Name: "/memory/classes/heap/free:bytes"}}
-	metrics.Read(sample)
-	if sample[0].Value.Kind() == metrics.KindUint64 && sample[0].Value.Uint64() >= trimFreeBytes {
-		debug.FreeOSMemory()
-	}
+	// Not conditioned on the runtime's count of free heap: right after a burst the garbage
+	// is mostly unswept and counted as in use.
+	debug.FreeOSMemory()
 }
 
 func abs(n int) int {
