@@ -151,7 +151,7 @@ func (s *Server) sessionInfos() []sessionInfo {
 			continue
 		}
 		in := sessionInfo{sess: sess, id: sess.id, user: sess.user, database: sess.database, server: sess.server,
-			waiting: sess.waitingSince, connected: sess.connected, lastRequest: sess.queryStart,
+			waiting: s.timeOf(sess.waitingSince), connected: s.timeOf(sess.connected), lastRequest: sess.queryStart,
 			pinned: string(sess.Pinned), pinnedAt: sess.pinnedAt, appName: sess.Params["application_name"],
 			statements: sess.Tracker.Stats().Statements, remote: sess.conn.RemoteAddr(), local: sess.conn.LocalAddr(),
 			tls: tlsDescription(sess.conn), admin: sess.console != nil}

@@ -32,7 +32,7 @@ func (s *Server) admitLogin(sess *session) bool {
 		s.mu.Lock()
 		var victim *session
 		if max := s.config().MaxLoginsInProgress; max > 0 && len(s.logins) >= max {
-			age := now.Sub(s.logins[0].loginStart)
+			age := now.Sub(s.timeOf(s.logins[0].loginStart))
 			if age < loginEvictAge {
 				s.mu.Unlock()
 				if !s.awaitLoginRoom(loginEvictAge - age) {
@@ -43,7 +43,7 @@ func (s *Server) admitLogin(sess *session) bool {
 			victim = s.logins[0]
 			s.logins = slices.Delete(s.logins, 0, 1)
 		}
-		sess.loginStart = now
+		sess.loginStart = s.stampNow()
 		s.logins = append(s.logins, sess)
 		s.mu.Unlock()
 		if victim != nil {

@@ -177,11 +177,11 @@ func (s *session) acquireServer() (*pool.Conn, error) {
 		notice = time.AfterFunc(d, s.sendWaitNotice)
 	}
 	s.mu.Lock()
-	s.waitingSince = time.Now()
+	s.waitingSince = s.srv.stampNow()
 	s.mu.Unlock()
 	c, err := s.pool().AcquireWithin(s.ctx, wait)
 	s.mu.Lock()
-	s.waitingSince = time.Time{}
+	s.waitingSince = 0
 	s.mu.Unlock()
 	if notice != nil {
 		notice.Stop()

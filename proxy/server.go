@@ -93,8 +93,12 @@ type Server struct {
 	certs *certReloader
 	// creds keeps the SCRAM credentials of the users' plain-text passwords.
 	creds auth.Credentials
-	// clientParams shares the startup parameter maps of clients (params.go).
+	// epoch is the origin of the sessions' stamps.
+	epoch time.Time
+	// clientParams shares the startup parameter maps of clients (params.go); limits the
+	// tracker limits of the configuration in force (trackerLimits).
 	clientParams paramsIntern
+	limits       atomic.Pointer[limitsCache]
 	// settable keeps each route's replayed parameters (settable.go).
 	settable settableCache
 	// hooks are set by tests only.
@@ -126,6 +130,7 @@ func New(opts Options) (*Server, error) {
 		return nil, errors.New("proxy: Config, Pools and Logger are required")
 	}
 	s := &Server{
+		epoch:      time.Now(),
 		pools:      opts.Pools,
 		log:        opts.Logger,
 		metrics:    opts.Metrics,

@@ -53,7 +53,8 @@ type session struct {
 	adminCancel context.CancelFunc
 	// connected is when the login finished; waitingSince when the client began to wait for a
 	// server (zero when not waiting); pinnedAt when it was pinned. Guarded by mu.
-	connected, waitingSince, pinnedAt time.Time
+	connected, waitingSince stamp
+	pinnedAt                time.Time
 	// poolRef is the client's pool; a reload may move the client to another (rebind).
 	poolRef atomic.Pointer[pool.Pool]
 	// routeGen is the Server's routeGen the client's pool was bound at.
@@ -102,7 +103,7 @@ type session struct {
 	// loggedIn is set once the login is over (see shutdownIfIdle); loginStart is when it began
 	// (guarded by Server.mu, see admitLogin).
 	loggedIn   bool
-	loginStart time.Time
+	loginStart stamp
 	// retrying holds off clientToServer while the last batch moves to a new server.
 	retrying bool
 	// retryErr is why a retry could not get another server; the client is told.
@@ -287,8 +288,8 @@ func (s *session) logEnd(msg string, err error) {
 	connected := s.connected
 	s.mu.Unlock()
 	attrs := make([]any, 0, 8)
-	if !connected.IsZero() {
-		attrs = append(attrs, "duration_seconds", time.Since(connected).Seconds())
+	if connected != 0 {
+		attrs = append(attrs, "duration_seconds", time.Since(s.srv.timeOf(connected)).Seconds())
 	}
 	if p := s.pool(); p != nil {
 		attrs = append(attrs, "pool", p.Key())
@@ -446,7 +447,8 @@ func (s *session) startup() (ok bool, err error) {
 		s.sendStartupError(err)
 		return false, err
 	}
-	if err := s.bindPool(); err != nil {
+	up, err := s.bindPool()
+	if err != nil {
 		s.sendStartupError(err)
 		return false, err
 	}
@@ -464,12 +466,12 @@ func (s *session) startup() (ok bool, err error) {
 	}
 	pcancel()
 	if err != nil {
-		if s.route.user != "" && !s.route.hasPassword && authFailure(err) {
+		if up.User != "" && !up.HasPassword && authFailure(err) {
 			// The upstream wants a password pgsidecar does not have: say which setting is
 			// missing rather than pass on a password failure the client cannot fix.
 			err = &startupError{code: retry.CodeInvalidAuthorization, msg: fmt.Sprintf(
 				"pgsidecar: the upstream asks for a password for user %q and pgsidecar has none: set it in database_url (for that URL's user), in a route's password, or as a plain password in a users entry",
-				s.route.user)}
+				up.User)}
 		}
 		// Left before the client hears of it: a refused pool is gone by its next attempt.
 		s.leavePool()
@@ -532,7 +534,7 @@ func (s *session) finishLogin(params map[string]string, sessionServer *pool.Conn
 	}
 	s.mu.Lock()
 	s.loggedIn = true
-	s.connected = time.Now()
+	s.connected = s.srv.stampNow()
 	s.mu.Unlock()
 	if sessionServer != nil {
 		s.attachConn(sessionServer)
@@ -541,41 +543,39 @@ func (s *session) finishLogin(params map[string]string, sessionServer *pool.Conn
 	return nil
 }
 
-// bindPool resolves the client's route and finds or creates its pool.
-func (s *session) bindPool() error {
+// bindPool resolves the client's route and finds or creates its pool; it returns the route.
+func (s *session) bindPool() (config.Upstream, error) {
 	s.routeGen.Store(s.srv.routeGen.Load())
 	up, err := s.srv.routes.resolve(s.srv.config(), s.database, s.user)
 	if err != nil {
-		return &startupError{code: retry.CodeInvalidCatalogName, msg: fmt.Sprintf("pgsidecar: no upstream for database %q and user %q: %v", s.database, s.user, err)}
+		return up, &startupError{code: retry.CodeInvalidCatalogName, msg: fmt.Sprintf("pgsidecar: no upstream for database %q and user %q: %v", s.database, s.user, err)}
 	}
 	s.txPooling = up.PoolMode != "session"
-	s.Tracker.Init(&s.srv.stmts, trackerLimitsOf(s.srv.config(), up))
+	s.Tracker.Init(&s.srv.stmts, s.srv.trackerLimits(s.srv.config(), up))
 	s.Tracker.SetSignalTarget(s.maySignal, isMintedPID)
 	s.Tracker.SetErrorHook(s.noteError)
 	s.route = routeOf(up)
 	s.maxMsg = s.srv.config().MaxMessageSize
 	p, err := s.srv.pools.Join(up.Key, func() (pool.Config, error) { return s.srv.poolConfig(up) })
 	if err != nil {
-		return joinError(err, s.database, s.user)
+		return up, joinError(err, s.database, s.user)
 	}
 	s.srv.routes.used(up.Key, s.database, s.user, s.srv.poolExists)
 	s.setPool(p)
 	s.obs = s.srv.metrics.observersFor(up.Database, up.User).forSession()
-	return nil
+	return up, nil
 }
 
 // sessionRoute is what a session keeps of its route (config.Upstream).
 type sessionRoute struct {
-	// key is the route's pool key; user the upstream user, and hasPassword whether
-	// pgsidecar has a password for it; wantsPrimary whether target_session_attrs asks for a
+	// key is the route's pool key; wantsPrimary whether target_session_attrs asks for a
 	// primary.
-	key                       string
-	user                      string
-	hasPassword, wantsPrimary bool
+	key          string
+	wantsPrimary bool
 }
 
 func routeOf(up config.Upstream) sessionRoute {
-	return sessionRoute{key: up.Key, user: up.User, hasPassword: up.HasPassword, wantsPrimary: up.WantsPrimary}
+	return sessionRoute{key: up.Key, wantsPrimary: up.WantsPrimary}
 }
 
 // poolConfig is the configuration of up's pool.
@@ -757,6 +757,27 @@ func (s *session) abort(e *pgconn.PgError) {
 	s.closeClient(conn)
 }
 
+// trackerLimits returns the limits of cfg for a client of route up, shared by the clients of
+// the same configuration (a copy per client cost an idle client 56 bytes).
+func (srv *Server) trackerLimits(cfg *config.Config, up config.Upstream) *txmode.Limits {
+	c := srv.limits.Load()
+	if c == nil || c.cfg != cfg {
+		primary, other := trackerLimitsOf(cfg, config.Upstream{WantsPrimary: true}), trackerLimitsOf(cfg, config.Upstream{})
+		c = &limitsCache{cfg: cfg, primary: &primary, other: &other}
+		srv.limits.Store(c)
+	}
+	if up.WantsPrimary {
+		return c.primary
+	}
+	return c.other
+}
+
+// limitsCache holds the tracker limits of one configuration (see trackerLimits).
+type limitsCache struct {
+	cfg            *config.Config
+	primary, other *txmode.Limits
+}
+
 // trackerLimitsOf returns the limits of cfg for a client of route up.
 func trackerLimitsOf(cfg *config.Config, up config.Upstream) txmode.Limits {
 	return txmode.Limits{
@@ -866,4 +887,19 @@ func (l sessionLog) log(level slog.Level, msg string, args []any) {
 		attrs = append(attrs, "user", s.user, "database", s.database)
 	}
 	lg.Log(ctx, level, msg, append(attrs, args...)...)
+}
+
+// stamp is a time as nanoseconds since the Server's epoch (monotonic), 0 for none: 8 bytes
+// where a time.Time takes 24, for the timestamps every session keeps.
+type stamp int64
+
+// stampNow returns the stamp of now.
+func (srv *Server) stampNow() stamp { return stamp(time.Since(srv.epoch)) + 1 }
+
+// timeOf returns the time of st, the zero time for none.
+func (srv *Server) timeOf(st stamp) time.Time {
+	if st == 0 {
+		return time.Time{}
+	}
+	return srv.epoch.Add(time.Duration(st - 1))
 }

@@ -16,9 +16,10 @@ import (
 // be sent again. It does no I/O and takes no locks: the session feeds it the client's and the
 // server's messages under its lock and carries out what the Tracker decides.
 type Tracker struct {
-	// reg holds the statements shared by every client; lim are the limits the tracker keeps.
+	// reg holds the statements shared by every client; lim are the limits the tracker keeps,
+	// shared with the route's other clients (never written).
 	reg *Registry
-	lim Limits
+	lim *Limits
 	// tracked reports whether a parameter is replayed (see SetReplayed); a session-level change
 	// of any other pins the client. classifyTracked is what the classifier is given: tracked,
 	// noting the custom parameters the client changes (customParams), which pg_settings does
@@ -132,8 +133,9 @@ type Limits struct {
 	WantsPrimary     bool // the route wants a writable server: 25006 means it was demoted
 }
 
-// Init readies t for a client of a route with limits lim, sharing statements through reg.
-func (t *Tracker) Init(reg *Registry, lim Limits) {
+// Init readies t for a client of a route with limits lim, sharing statements through reg. lim
+// is kept, not copied: it must not change afterwards.
+func (t *Tracker) Init(reg *Registry, lim *Limits) {
 	t.reg, t.lim = reg, lim
 	t.tracked = isTracked
 	t.classifyTracked = t.noteTracked
