@@ -184,18 +184,17 @@ func (w *Watcher) wakeAll() {
 }
 
 // Close stops the Watcher; the watches still waiting are woken, so that no waiter is lost.
+// Calling it again does nothing.
 func (w *Watcher) Close() error {
 	w.mu.Lock()
-	if w.closed {
-		w.mu.Unlock()
-		<-w.done
-		return nil
-	}
 	w.closed = true
 	w.mu.Unlock()
-	err := w.file.Close() // ends the loop's wait
+	err := w.file.Close() // ends the loop's wait (if epoll_wait failed, the loop has ended)
 	<-w.done
 	w.wakeAll()
+	if errors.Is(err, os.ErrClosed) {
+		return nil
+	}
 	return err
 }
 

@@ -88,4 +88,7 @@ func TestWatcher(t *testing.T) {
 	if err := w.Watch(New(c), 6, wk); err != ErrWatcherClosed {
 		t.Fatalf("Watch after Close = %v, want ErrWatcherClosed", err)
 	}
+	if err := w.Close(); err != nil {
+		t.Fatalf("second Close = %v, want nil", err)
+	}
 }
