@@ -527,8 +527,11 @@ func TestIdleEviction(t *testing.T) {
 	if s := p.Stat(); s.Open != 3 || s.Idle != 3 {
 		t.Fatalf("Open=%d Idle=%d, want 3 3", s.Open, s.Idle)
 	}
-	eventually(t, 3500*time.Millisecond, func() bool { return p.Stat().Open == 1 }, func() string {
-		return fmt.Sprintf("Open still %d", p.Stat().Open)
+	// Closes counts a connection once it is closed, just after Open stops counting it: both
+	// are waited for (a check right after Open reached 1 once saw Closes still 1 under -race).
+	eventually(t, 3500*time.Millisecond, func() bool { s := p.Stat(); return s.Open == 1 && s.Closes == 2 }, func() string {
+		s := p.Stat()
+		return fmt.Sprintf("Open %d, Closes %d", s.Open, s.Closes)
 	})
 	checkStat(t, p, "evicted", counts{Open: 1, Idle: 1, Acquires: 3, Dials: 3, Closes: 2})
 	waitBackends(t, app, 1, 3*time.Second)
