@@ -43,25 +43,29 @@ func tcpPair(t *testing.T) (dialed, accepted net.Conn) {
 	return dialed, accepted
 }
 
+// applyCases are options and what the kernel reports once they are set, for Apply and for
+// ApplyToListener alike.
+var applyCases = []struct {
+	name string
+	opts tcpopt.Options
+	want sockopts
+}{
+	{"pgsidecar defaults",
+		tcpopt.Options{KeepAlive: true, KeepIdle: 30 * time.Second, KeepInterval: 10 * time.Second, KeepCount: 3, UserTimeout: time.Minute},
+		so(1, 30, 10, 3, 60000)},
+	{"rounded up to the kernel's units",
+		tcpopt.Options{KeepAlive: true, KeepIdle: 1500 * time.Millisecond, KeepInterval: time.Millisecond, KeepCount: 1, UserTimeout: 1500 * time.Microsecond},
+		so(1, 2, 1, 1, 2)},
+	{"zero values are Go's defaults and no user timeout",
+		tcpopt.Options{KeepAlive: true},
+		so(1, 15, 15, 9, 0)},
+	{"kernel maxima",
+		tcpopt.Options{KeepAlive: true, KeepIdle: tcpopt.MaxKeepIdle, KeepInterval: tcpopt.MaxKeepInterval, KeepCount: tcpopt.MaxKeepCount, UserTimeout: tcpopt.MaxUserTimeout},
+		so(1, 32767, 32767, 127, 1<<31-1)},
+}
+
 func TestApply(t *testing.T) {
-	tests := []struct {
-		name string
-		opts tcpopt.Options
-		want sockopts
-	}{
-		{"pgsidecar defaults",
-			tcpopt.Options{KeepAlive: true, KeepIdle: 30 * time.Second, KeepInterval: 10 * time.Second, KeepCount: 3, UserTimeout: time.Minute},
-			so(1, 30, 10, 3, 60000)},
-		{"rounded up to the kernel's units",
-			tcpopt.Options{KeepAlive: true, KeepIdle: 1500 * time.Millisecond, KeepInterval: time.Millisecond, KeepCount: 1, UserTimeout: 1500 * time.Microsecond},
-			so(1, 2, 1, 1, 2)},
-		{"zero values are Go's defaults and no user timeout",
-			tcpopt.Options{KeepAlive: true},
-			so(1, 15, 15, 9, 0)},
-		{"kernel maxima",
-			tcpopt.Options{KeepAlive: true, KeepIdle: tcpopt.MaxKeepIdle, KeepInterval: tcpopt.MaxKeepInterval, KeepCount: tcpopt.MaxKeepCount, UserTimeout: tcpopt.MaxUserTimeout},
-			so(1, 32767, 32767, 127, 1<<31-1)},
-	}
+	tests := applyCases
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dialed, accepted := tcpPair(t)
@@ -145,21 +149,14 @@ func TestApplyClosed(t *testing.T) {
 // TestApplyToListener: connections accepted by a listener the options were set on have them,
 // as Apply would have set them, with only TCP_USER_TIMEOUT set per connection.
 func TestApplyToListener(t *testing.T) {
-	for _, tc := range []struct {
+	cases := append(applyCases[:len(applyCases):len(applyCases)], struct {
 		name string
 		opts tcpopt.Options
 		want sockopts
-	}{
-		{"pgsidecar defaults",
-			tcpopt.Options{KeepAlive: true, KeepIdle: 30 * time.Second, KeepInterval: 10 * time.Second, KeepCount: 3, UserTimeout: time.Minute},
-			so(1, 30, 10, 3, 60000)},
-		{"zero values are Go's defaults and no user timeout",
-			tcpopt.Options{KeepAlive: true},
-			so(1, 15, 15, 9, 0)},
-		{"keepalive off",
-			tcpopt.Options{KeepAlive: false, UserTimeout: 1500 * time.Microsecond},
-			so(0, -1, -1, -1, 2)},
-	} {
+	}{"keepalive off",
+		tcpopt.Options{KeepAlive: false, UserTimeout: 1500 * time.Microsecond},
+		so(0, -1, -1, -1, 2)})
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			lc := net.ListenConfig{KeepAlive: -1} // as the proxy listens: no per-connection setup
 			ln, err := lc.Listen(t.Context(), "tcp", "127.0.0.1:0")
