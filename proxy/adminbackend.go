@@ -151,8 +151,8 @@ func (s *Server) sessionInfos() []sessionInfo {
 			continue
 		}
 		in := sessionInfo{sess: sess, id: sess.id, user: sess.user, database: sess.database, server: sess.server,
-			waiting: s.timeOf(sess.waitingSince), connected: s.timeOf(sess.connected), lastRequest: sess.queryStart,
-			pinned: string(sess.Pinned), pinnedAt: sess.pinnedAt, appName: sess.Params["application_name"],
+			waiting: s.timeOf(sess.waitingSince), connected: s.timeOf(sess.connected), lastRequest: s.timeOf(sess.queryStart),
+			pinned: string(sess.Pinned), pinnedAt: s.timeOf(sess.pinnedAt), appName: sess.Params["application_name"],
 			statements: sess.Tracker.Stats().Statements, remote: sess.conn.RemoteAddr(), local: sess.conn.LocalAddr(),
 			tls: tlsDescription(sess.conn), admin: sess.console != nil}
 		sess.mu.Unlock()

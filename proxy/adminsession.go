@@ -79,7 +79,7 @@ func (s *session) adminLoop() error {
 		f.R += 1 + length
 		switch typ {
 		case 'Q':
-			ctx, cancel := context.WithCancel(s.ctx)
+			ctx, cancel := context.WithCancel(s.context())
 			s.mu.Lock()
 			s.adminCancel = cancel
 			s.mu.Unlock()

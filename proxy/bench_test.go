@@ -43,7 +43,6 @@ func benchSession(tb testing.TB) (*session, *wire.Frames) {
 	tb.Cleanup(func() { conn.Close(); ln.Close() })
 	s := &session{srv: srv, txPooling: true, maxMsg: 1 << 30}
 	s.Tracker.Init(&srv.stmts, srv.trackerLimits(srv.config(), config.Upstream{}))
-	s.wrote.L = &s.mu
 	s.log = sessionLog{s}
 	s.server = &pool.Conn{Conn: conn}
 	stateOf(s.server)

@@ -267,7 +267,7 @@ func (s *session) rereadParams(c *pool.Conn) error {
 	if pin {
 		// The client switched to an encoding the classifier cannot read: it keeps the next
 		// server it gets (see session.startup).
-		s.Pinned, s.pinnedAt = classify.ClientEncoding, time.Now()
+		s.Pinned, s.pinnedAt = classify.ClientEncoding, s.srv.stampNow()
 	}
 	s.mu.Unlock()
 	if pin {

@@ -169,10 +169,10 @@ func (s *session) takeKick() bool {
 		return false
 	}
 	s.kicked = false
-	if !s.idleDeadline.IsZero() && !time.Now().Before(s.idleDeadline) {
+	if s.idleDeadline != 0 && s.srv.stampNow() >= s.idleDeadline {
 		return false // the client_idle_timeout passed too: that is the error
 	}
-	_ = s.conn.SetReadDeadline(s.idleDeadline)
+	_ = s.conn.SetReadDeadline(s.srv.timeOf(s.idleDeadline))
 	return true
 }
 
@@ -185,12 +185,17 @@ func (s *session) park() bool {
 		s.mu.Unlock()
 		return false
 	}
-	if d := s.idleDeadline; !d.IsZero() {
+	if s.idleDeadline != 0 {
+		d := -s.srv.since(s.idleDeadline)
 		if s.idleTimer == nil {
-			s.idleTimer = time.AfterFunc(time.Until(d), s.idleTimerFired)
+			s.idleTimer = time.AfterFunc(d, s.idleTimerFired)
 		} else {
-			s.idleTimer.Reset(time.Until(d))
+			s.idleTimer.Reset(d)
 		}
+	}
+	s.Tracker.Shed()
+	if s.Pending == 0 && !s.retrying {
+		s.dropContext(false) // nothing waits on it: the next request makes another
 	}
 	s.parked.Store(true)
 	s.mu.Unlock()

@@ -80,7 +80,7 @@ func (s *session) clientToServer() error {
 		if n > 0 {
 			if timeouts {
 				s.mu.Lock()
-				s.idleDeadline = time.Time{} // the client is not idle
+				s.idleDeadline = 0 // the client is not idle
 				s.mu.Unlock()
 			}
 			s.bytesIn.Add(uint64(n))
@@ -161,7 +161,7 @@ func (s *session) forwardClient(f *wire.Frames) error {
 		return s.forwardTracked(f)
 	}
 	start := f.R
-	b, err := scanClient(f, s.maxMsg)
+	b, err := scanClient(f, int(s.maxMsg))
 	if f.R > start {
 		// Messages before a bad one run, as they would on PostgreSQL (a COMMIT among them
 		// must not be lost); finish lets their results reach the client before the error.
@@ -411,7 +411,7 @@ func (s *session) checkDemotion(f *wire.Frames, srv *pool.Conn, st *txmode.Serve
 	if !s.route.wantsPrimary || !wire.HasErrorCode(f.Buf[f.R:f.W], retry.CodeReadOnlySQLTransaction) {
 		return
 	}
-	demoted := srv.Params["in_hot_standby"] == "on" || s.pool().Demoted(s.ctx, srv.Addr())
+	demoted := srv.Params["in_hot_standby"] == "on" || s.pool().Demoted(s.context(), srv.Addr())
 	s.mu.Lock()
 	st.Demoted = demoted
 	s.mu.Unlock()
@@ -449,7 +449,7 @@ func (s *session) awaitWritten() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for s.writing {
-		s.wrote.Wait()
+		s.wrote.Wait(&s.mu)
 	}
 }
 
@@ -473,7 +473,7 @@ func (s *session) afterTrackLocked() (signals []txmode.Signal) {
 		signals = slices.Clone(e.Signals)
 	}
 	if e.Pinned != "" {
-		s.pinnedAt = time.Now()
+		s.pinnedAt = s.srv.stampNow()
 		s.srv.metrics.pinned(string(e.Pinned))
 		s.log.Info("client pinned to its server connection", "reason", string(e.Pinned))
 	}
@@ -564,7 +564,7 @@ func (s *session) scanServer(f *wire.Frames) (ready int, status byte, err error)
 		if f.Advance(nil) {
 			continue
 		}
-		typ, length, ok, err := f.Next(s.maxMsg)
+		typ, length, ok, err := f.Next(int(s.maxMsg))
 		if err != nil {
 			return ready, status, fmt.Errorf("server sent %w", err)
 		}
@@ -584,7 +584,7 @@ func (s *session) scanServer(f *wire.Frames) (ready int, status byte, err error)
 			}
 			if typ == 'E' {
 				s.mu.Lock()
-				s.noteError(wire.ErrorCode(f.Buf[f.R+5 : f.R+1+length]))
+				s.ServerError(wire.ErrorCode(f.Buf[f.R+5 : f.R+1+length]))
 				s.mu.Unlock()
 			}
 			f.R += 1 + length
@@ -615,7 +615,7 @@ func (s *session) readyForQuery(n, ready int, status byte, clean bool) (release 
 	// The response can overtake clientToServer's return from writing its request. Waiting
 	// cannot deadlock: with nothing pending, the server has read everything sent so far.
 	for s.writing {
-		s.wrote.Wait()
+		s.wrote.Wait(&s.mu)
 	}
 	if !s.releasableLocked() {
 		return false, nil
@@ -634,14 +634,14 @@ func (s *session) accountLocked(ready int, status byte) {
 	if s.txPooling {
 		idle = uint64(s.Tracker.TakeIdleReady())
 	}
-	now := time.Now()
-	if s.Pending == 0 && !s.reqStart.IsZero() {
-		d := now.Sub(s.reqStart)
+	now := s.srv.stampNow()
+	if s.Pending == 0 && s.reqStart != 0 {
+		d := time.Duration(now - s.reqStart)
 		u.QueryTime += d
 		if o := s.obs.query; o != nil {
 			o.Observe(d.Seconds())
 		}
-		s.reqStart = time.Time{}
+		s.reqStart = 0
 		if limit := s.srv.config().SlowQueryThreshold; limit > 0 && d >= limit {
 			s.logSlowLocked(d)
 		}
@@ -651,13 +651,13 @@ func (s *session) accountLocked(ready int, status byte) {
 	if status != 'I' {
 		return
 	}
-	if !s.xactStart.IsZero() {
-		d := now.Sub(s.xactStart)
+	if s.xactStart != 0 {
+		d := time.Duration(now - s.xactStart)
 		u.XactTime += d
 		if o := s.obs.xact; o != nil {
 			o.Observe(d.Seconds())
 		}
-		s.xactStart = time.Time{}
+		s.xactStart = 0
 	}
 	// Folded at each transaction's end, not later: a client that goes idle for an hour must
 	// not keep its last transactions out of the metrics that long.
@@ -723,9 +723,9 @@ func (s *session) logSlowLocked(d time.Duration) {
 	s.reqText = s.reqText[:0]
 }
 
-// noteError counts an error relayed to the client and remembers its SQLSTATE for the
+// ServerError counts an error relayed to the client and remembers its SQLSTATE for the
 // slow-query log; called under mu (by the tracker, in transaction mode).
-func (s *session) noteError(code string) {
+func (s *session) ServerError(code string) {
 	s.srv.metrics.clientError(code)
 	s.reqErr = code
 }

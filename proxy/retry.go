@@ -158,11 +158,11 @@ func (s *session) acquireServer() (*pool.Conn, error) {
 	if err := s.rebind(); err != nil {
 		return nil, err
 	}
-	if err := s.srv.pauses.wait(s.ctx, s.database); err != nil {
+	if err := s.srv.pauses.wait(s.context(), s.database); err != nil {
 		return nil, &upstreamError{err: fmt.Errorf("wait for the admin console's RESUME: %w", err)}
 	}
 	if c := s.pool().TryAcquire(); c != nil {
-		if err := s.syncParams(s.ctx, c); err != nil {
+		if err := s.syncParams(s.context(), c); err != nil {
 			s.pool().Destroy(c)
 			return nil, &upstreamError{err: fmt.Errorf("apply session parameters: %w", err)}
 		}
@@ -179,7 +179,7 @@ func (s *session) acquireServer() (*pool.Conn, error) {
 	s.mu.Lock()
 	s.waitingSince = s.srv.stampNow()
 	s.mu.Unlock()
-	c, err := s.pool().AcquireWithin(s.ctx, wait)
+	c, err := s.pool().AcquireWithin(s.context(), wait)
 	s.mu.Lock()
 	s.waitingSince = 0
 	s.mu.Unlock()
@@ -200,7 +200,7 @@ func (s *session) acquireServer() (*pool.Conn, error) {
 		}
 		return nil, &upstreamError{err: err}
 	}
-	if err := s.syncParams(s.ctx, c); err != nil {
+	if err := s.syncParams(s.context(), c); err != nil {
 		s.pool().Destroy(c)
 		return nil, &upstreamError{err: fmt.Errorf("apply session parameters: %w", err)}
 	}
@@ -221,8 +221,8 @@ func (s *session) retryPause(attempt int) error {
 	select {
 	case <-t.C:
 		return nil
-	case <-s.ctx.Done():
-		return fmt.Errorf("retry: %w", context.Cause(s.ctx))
+	case <-s.context().Done():
+		return fmt.Errorf("retry: %w", context.Cause(s.context()))
 	}
 }
 
@@ -240,7 +240,7 @@ func (s *session) awaitReadyForQuery(c *pool.Conn) error {
 			if f.Advance(nil) {
 				continue
 			}
-			typ, length, ok, ferr := f.Next(s.maxMsg)
+			typ, length, ok, ferr := f.Next(int(s.maxMsg))
 			if ferr != nil {
 				return ferr
 			}
@@ -350,12 +350,12 @@ func (s *session) retryFailure() error {
 func (s *session) addPendingLocked(requests int) {
 	if requests > 0 && s.Pending == 0 {
 		s.queryCancelled = nil
-		now := time.Now()
+		now := s.srv.stampNow()
 		s.queryStart, s.reqStart = now, now
 		if s.TxStatus != 'T' && s.TxStatus != 'E' {
 			s.xactStart = now
 		}
-		if d := s.srv.config().QueryTimeout; d > 0 && s.queryTimerAt.IsZero() {
+		if d := s.srv.config().QueryTimeout; d > 0 && s.queryTimerAt == 0 {
 			s.armQueryTimerLocked(d)
 		}
 	}
@@ -364,7 +364,7 @@ func (s *session) addPendingLocked(requests int) {
 
 // armQueryTimerLocked makes the query timer fire in d.
 func (s *session) armQueryTimerLocked(d time.Duration) {
-	s.queryTimerAt = time.Now().Add(d)
+	s.queryTimerAt = s.srv.stampAfter(d)
 	if s.queryTimer == nil {
 		s.queryTimer = time.AfterFunc(d, s.queryTimedOut)
 		return
@@ -377,7 +377,7 @@ func (s *session) stopQueryTimerLocked() {
 	if s.queryTimer != nil {
 		s.queryTimer.Stop()
 	}
-	s.queryTimerAt = time.Time{}
+	s.queryTimerAt = 0
 }
 
 // queryTimedOut cancels the running query like a client's CancelRequest would: PostgreSQL
@@ -412,7 +412,7 @@ func (s *session) queryTimedOut() {
 		return
 	}
 	s.log.Info("query_timeout reached: cancelling the server query", "query_timeout", s.srv.config().QueryTimeout)
-	ctx, cancel := context.WithTimeout(s.ctx, cancelTimeout)
+	ctx, cancel := context.WithTimeout(s.context(), cancelTimeout)
 	defer cancel()
 	s.cancelRunningQuery(ctx)
 }
@@ -423,10 +423,10 @@ func (s *session) queryTimedOut() {
 func (s *session) queryTimerFired() (srv *pool.Conn, cancelled bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closing || s.queryTimerAt.IsZero() {
+	if s.closing || s.queryTimerAt == 0 {
 		return nil, false // stopped meanwhile
 	}
-	s.queryTimerAt = time.Time{}
+	s.queryTimerAt = 0
 	srv = s.server
 	if srv == nil || s.Pending == 0 && !s.Unsynced {
 		// Armed for a request that has ended; the next one arms it again.
@@ -435,7 +435,7 @@ func (s *session) queryTimerFired() (srv *pool.Conn, cancelled bool) {
 	// The hard stage is for the server that was sent the cancel, and only that one.
 	cancelled = s.queryCancelled == srv
 	d := s.srv.config().QueryTimeout
-	if ran := time.Since(s.queryStart); !cancelled && ran < d {
+	if ran := s.srv.since(s.queryStart); !cancelled && ran < d {
 		// Armed for an earlier request; this one has time left.
 		s.armQueryTimerLocked(d - ran)
 		return nil, false

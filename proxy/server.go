@@ -67,8 +67,10 @@ type Server struct {
 	loginEnded chan struct{}
 
 	// ctx is the parent of every session's context; cancel force-closes all sessions.
-	ctx    context.Context
-	cancel context.CancelFunc
+	// endedCtx is the context of sessions that ended (cancelled).
+	ctx      context.Context
+	endedCtx *sessionCtx
+	cancel   context.CancelFunc
 
 	mu       sync.Mutex
 	sessions map[*session]struct{}
@@ -175,6 +177,9 @@ func (s *Server) config() *config.Config { return s.cfg.Load() }
 // until Shutdown's deadline passes.
 func (s *Server) Start(ctx context.Context) error {
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	ended, cancelEnded := context.WithCancel(s.ctx)
+	cancelEnded()
+	s.endedCtx = &sessionCtx{ctx: ended, cancel: cancelEnded}
 	if err := s.openConfiguredPools(); err != nil {
 		return err
 	}
@@ -307,8 +312,6 @@ func (s *Server) newSession(conn net.Conn, loopback bool) *session {
 		remote:   conn.RemoteAddr(),
 	}
 	sess.log = sessionLog{sess}
-	sess.wrote.L = &sess.mu
-	sess.ctx, sess.cancel = context.WithCancel(s.ctx)
 	s.sessions[sess] = struct{}{}
 	s.sessWG.Add(1)
 	return sess

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"sort"
@@ -38,13 +39,13 @@ type session struct {
 	id   uint64
 	conn net.Conn
 	// cio does the relay's I/O on conn; raw is the same when conn is plain TCP (nil otherwise).
-	cio      io.ReadWriter
-	raw      *rawio.Conn
-	loopback bool
-	remote   net.Addr
-	log      sessionLog
-	ctx      context.Context
-	cancel   context.CancelFunc
+	cio    io.ReadWriter
+	raw    *rawio.Conn
+	remote net.Addr
+	log    sessionLog
+	// sctx is the session's context (see context); nil until first used, and again while
+	// parked; the Server's endedCtx once the session ended.
+	sctx atomic.Pointer[sessionCtx]
 
 	user, database string
 	// console answers an admin console client (nil for others); adminCancel cancels the
@@ -53,14 +54,16 @@ type session struct {
 	adminCancel context.CancelFunc
 	// connected is when the login finished; waitingSince when the client began to wait for a
 	// server (zero when not waiting); pinnedAt when it was pinned. Guarded by mu.
-	connected, waitingSince stamp
-	pinnedAt                time.Time
+	connected, waitingSince, pinnedAt stamp
 	// poolRef is the client's pool; a reload may move the client to another (rebind).
 	poolRef atomic.Pointer[pool.Pool]
 	// routeGen is the Server's routeGen the client's pool was bound at.
 	routeGen  atomic.Uint64
 	txPooling bool
-	maxMsg    int
+	// loopback is set when the client came over a loopback address. maxMsg is
+	// max_message_size, at most what a message's int32 length can say.
+	loopback bool
+	maxMsg   int32
 
 	cancelPID uint32
 	cancelKey [4]byte
@@ -78,7 +81,7 @@ type session struct {
 	// is not released in the middle of that write.
 	writing bool
 	// wrote is signalled (with mu) when writing is cleared.
-	wrote sync.Cond
+	wrote lazyCond
 	// cancelling counts cancel requests being delivered to the attached server (or to the one
 	// just released, which waits for them in awaitCancels).
 	cancelling int
@@ -115,16 +118,16 @@ type session struct {
 	// not armed). queryCancelled is the server whose request it cancelled (the current
 	// request's): firing again for that server closes its connection.
 	queryTimer     *time.Timer
-	queryTimerAt   time.Time
-	queryStart     time.Time
+	queryTimerAt   stamp
+	queryStart     stamp
 	queryCancelled *pool.Conn
 	// reqStart and xactStart are when the current requests and transaction began, for the
 	// metrics (zero once counted); usage counts what the client did since its last
 	// transaction ended (accountLocked); bytesIn and bytesOut count the bytes relayed from and
 	// to the client meanwhile, by the goroutines that move them. obs are the histograms of
 	// the client's pool.
-	reqStart  time.Time
-	xactStart time.Time
+	reqStart  stamp
+	xactStart stamp
 	// reqText is the start of the SQL text of the requests being timed and reqErr the SQLSTATE
 	// of their last error, for the slow-query log.
 	reqText           []byte
@@ -159,7 +162,7 @@ type session struct {
 	readsSeen    uint32
 	kicked       bool
 	idleTimer    *time.Timer
-	idleDeadline time.Time
+	idleDeadline stamp
 }
 
 // closeConn closes the client connection. After an error was sent it first half-closes and
@@ -212,7 +215,7 @@ var errNotLoggedIn = errors.New("not logged in")
 func (s *session) startRelay() {
 	if !s.srv.draining.Load() {
 		if d := s.srv.config().ClientIdleTimeout; d > 0 {
-			s.idleDeadline = time.Now().Add(d)
+			s.idleDeadline = s.srv.stampAfter(d)
 		}
 		if s.park() {
 			return
@@ -275,7 +278,7 @@ func (s *session) setPool(p *pool.Pool) { s.poolRef.Store(p) }
 // end releases what the session holds on the server side of the proxy.
 func (s *session) end() {
 	s.closeConn()
-	s.cancel()
+	s.dropContext(true)
 	// After finish: the session holds none of the pool's connections any more.
 	s.leavePool()
 	s.srv.metrics.clientDisconnected()
@@ -344,7 +347,7 @@ func (s *session) startup() (ok bool, err error) {
 				return false, fmt.Errorf("answer SSLRequest: %w", err)
 			}
 			tc := tls.Server(s.conn, s.srv.tls)
-			if err := tc.HandshakeContext(s.ctx); err != nil {
+			if err := tc.HandshakeContext(s.context()); err != nil {
 				return false, fmt.Errorf("tls handshake: %w", err)
 			}
 			// Under the lock: Shutdown may abort a session still logging in.
@@ -365,7 +368,7 @@ func (s *session) startup() (ok bool, err error) {
 			}
 			continue
 		case codeCancelRequest:
-			ctx, cancel := context.WithTimeout(s.ctx, cancelTimeout)
+			ctx, cancel := context.WithTimeout(s.context(), cancelTimeout)
 			s.srv.cancelQuery(ctx, st.cancelPID, st.cancelKey)
 			cancel()
 			return false, nil
@@ -422,7 +425,7 @@ func (s *session) startup() (ok bool, err error) {
 	secret, found := s.srv.config().UserSecret(s.user)
 	if err := auth.AuthenticateWith(s.loginIO(), method, s.user, secret, found, &s.srv.creds); err != nil {
 		if authFailure(err) {
-			s.loginFailed(s.ctx)
+			s.loginFailed(s.context())
 		}
 		s.sendStartupError(err)
 		return false, fmt.Errorf("authenticate %q: %w", s.user, err)
@@ -456,7 +459,7 @@ func (s *session) startup() (ok bool, err error) {
 	// Derived from the Server's context, not the session's: a child would leave the session's
 	// context with a children map and a Done channel, about 400 bytes per idle client. The
 	// login runs on the session's goroutine, so the session cannot end meanwhile.
-	pctx, pcancel := s.ctx, context.CancelFunc(func() {})
+	pctx, pcancel := s.context(), context.CancelFunc(func() {})
 	if d := s.srv.config().QueryWaitTimeout; d > 0 {
 		pctx, pcancel = context.WithTimeout(s.srv.ctx, d)
 	}
@@ -482,13 +485,13 @@ func (s *session) startup() (ok bool, err error) {
 	if v, ok := s.Params["standard_conforming_strings"]; ok && !strings.EqualFold(v, "on") {
 		// The SQL classifier reads strings as PostgreSQL does with this on; it cannot vouch
 		// for this client's SQL, so the client keeps its server.
-		s.Pinned, s.pinnedAt = classify.SetUntracked, time.Now()
+		s.Pinned, s.pinnedAt = classify.SetUntracked, s.srv.stampNow()
 		s.srv.metrics.pinned(string(s.Pinned))
 	}
 	if s.Pinned == "" && classify.UnsafeEncoding(s.Params["client_encoding"]) {
 		// In these encodings a character's second byte can be a quote or a backslash, so the
 		// classifier cannot tell where a string ends: the client keeps its server.
-		s.Pinned, s.pinnedAt = classify.ClientEncoding, time.Now()
+		s.Pinned, s.pinnedAt = classify.ClientEncoding, s.srv.stampNow()
 		s.srv.metrics.pinned(string(s.Pinned))
 	}
 	var sessionServer *pool.Conn
@@ -552,10 +555,10 @@ func (s *session) bindPool() (config.Upstream, error) {
 	}
 	s.txPooling = up.PoolMode != "session"
 	s.Tracker.Init(&s.srv.stmts, s.srv.trackerLimits(s.srv.config(), up))
-	s.Tracker.SetSignalTarget(s.maySignal, isMintedPID)
-	s.Tracker.SetErrorHook(s.noteError)
+	s.Tracker.SetSignalTarget(s, isMintedPID)
+	s.Tracker.SetErrorHook(s)
 	s.route = routeOf(up)
-	s.maxMsg = s.srv.config().MaxMessageSize
+	s.maxMsg = int32(min(s.srv.config().MaxMessageSize, math.MaxInt32))
 	p, err := s.srv.pools.Join(up.Key, func() (pool.Config, error) { return s.srv.poolConfig(up) })
 	if err != nil {
 		return up, joinError(err, s.database, s.user)
@@ -719,7 +722,7 @@ func (s *session) cancelRunningQuery(ctx context.Context) {
 func (s *session) awaitCancels() {
 	s.mu.Lock()
 	for s.cancelling > 0 {
-		s.wrote.Wait()
+		s.wrote.Wait(&s.mu)
 	}
 	s.mu.Unlock()
 }
@@ -792,10 +795,10 @@ func trackerLimitsOf(cfg *config.Config, up config.Upstream) txmode.Limits {
 	}
 }
 
-// maySignal reports whether this client may cancel or terminate, by SQL, the client the proxy
+// MaySignal reports whether this client may cancel or terminate, by SQL, the client the proxy
 // gave backend PID pid: one of the same user, as PostgreSQL allows for a role's own backends.
 // It is called under s.mu and takes only the server's cancel-key lock.
-func (s *session) maySignal(pid int64) bool {
+func (s *session) MaySignal(pid int64) bool {
 	target := s.srv.sessionByPID(uint32(pid))
 	return target != nil && target.user == s.user
 }
@@ -810,7 +813,7 @@ func (s *session) carryOutSignals(signals []txmode.Signal) {
 		if target == nil || target.user != s.user {
 			continue // gone meanwhile
 		}
-		ctx, cancel := context.WithTimeout(s.ctx, cancelTimeout)
+		ctx, cancel := context.WithTimeout(s.context(), cancelTimeout)
 		target.cancelRunningQuery(ctx)
 		cancel()
 		if sig.Terminate {
@@ -836,17 +839,17 @@ func (c *writeTimeoutConn) Write(b []byte) (int, error) {
 // loginServer takes a session-mode client's server at login, within query_wait_timeout, with
 // the client's parameters applied.
 func (s *session) loginServer() (*pool.Conn, error) {
-	if err := s.srv.pauses.wait(s.ctx, s.database); err != nil {
+	if err := s.srv.pauses.wait(s.context(), s.database); err != nil {
 		return nil, &upstreamError{err: fmt.Errorf("wait for the admin console's RESUME: %w", err)}
 	}
-	c, err := s.pool().AcquireWithin(s.ctx, s.srv.config().QueryWaitTimeout)
+	c, err := s.pool().AcquireWithin(s.context(), s.srv.config().QueryWaitTimeout)
 	if err != nil {
 		if errors.Is(err, pool.ErrWaitTimeout) {
 			return nil, &startupError{code: retry.CodeConnectionFailure, msg: fmt.Sprintf("pgsidecar: no server connection became free within query_wait_timeout (%s)", s.srv.config().QueryWaitTimeout)}
 		}
 		return nil, &upstreamError{err: err}
 	}
-	if err := s.syncParams(s.ctx, c); err != nil {
+	if err := s.syncParams(s.context(), c); err != nil {
 		s.pool().Destroy(c)
 		return nil, &upstreamError{err: fmt.Errorf("apply session parameters: %w", err)}
 	}
@@ -889,12 +892,73 @@ func (l sessionLog) log(level slog.Level, msg string, args []any) {
 	lg.Log(ctx, level, msg, append(attrs, args...)...)
 }
 
+// lazyCond is a condition variable on a session's mu, made at its first Wait: most sessions
+// never wait, and a sync.Cond is 56 bytes. Every call must hold the mutex.
+type lazyCond struct{ c *sync.Cond }
+
+// Wait waits as sync.Cond's Wait does, with mu the mutex held.
+func (l *lazyCond) Wait(mu *sync.Mutex) {
+	if l.c == nil {
+		l.c = sync.NewCond(mu)
+	}
+	l.c.Wait()
+}
+
+// Broadcast wakes every waiter (none before the first Wait).
+func (l *lazyCond) Broadcast() {
+	if l.c != nil {
+		l.c.Broadcast()
+	}
+}
+
+// sessionCtx is a session's context and its cancel.
+type sessionCtx struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// context returns the session's context, a child of the Server's, which is cancelled when the
+// session ends, so that what waits on the session's behalf (a server, a retry) stops. It is
+// made when first needed, and dropped when the session is parked with nothing in flight:
+// with the entry it takes in its parent, a context costs an idle client about 170 bytes.
+func (s *session) context() context.Context {
+	for {
+		if c := s.sctx.Load(); c != nil {
+			return c.ctx
+		}
+		ctx, cancel := context.WithCancel(s.srv.ctx)
+		if s.sctx.CompareAndSwap(nil, &sessionCtx{ctx: ctx, cancel: cancel}) {
+			return ctx
+		}
+		cancel()
+	}
+}
+
+// dropContext cancels the session's context; the next call of context makes another, unless
+// ended says the session has ended, when it returns a cancelled one.
+func (s *session) dropContext(ended bool) {
+	var next *sessionCtx
+	if ended {
+		next = s.srv.endedCtx
+	}
+	if c := s.sctx.Swap(next); c != nil && c != s.srv.endedCtx {
+		c.cancel()
+	}
+}
+
 // stamp is a time as nanoseconds since the Server's epoch (monotonic), 0 for none: 8 bytes
 // where a time.Time takes 24, for the timestamps every session keeps.
 type stamp int64
 
-// stampNow returns the stamp of now.
+// stampNow returns the stamp of now. (time.Since of a monotonic time reads one clock where
+// time.Now reads two.)
 func (srv *Server) stampNow() stamp { return stamp(time.Since(srv.epoch)) + 1 }
+
+// stampAfter returns the stamp of d from now.
+func (srv *Server) stampAfter(d time.Duration) stamp { return srv.stampNow() + stamp(d) }
+
+// since returns how long ago st was (st not zero).
+func (srv *Server) since(st stamp) time.Duration { return time.Duration(srv.stampNow() - st) }
 
 // timeOf returns the time of st, the zero time for none.
 func (srv *Server) timeOf(st stamp) time.Time {

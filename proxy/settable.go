@@ -14,7 +14,12 @@ import (
 // change of anything else pins the client (set_untracked), as do the exceptions below.
 
 // settableParams is the set of parameters one route's clients may change and have replayed.
-type settableParams struct{ names map[string]bool }
+type settableParams struct {
+	names map[string]bool
+	// replayedFn is replayed, bound once: a method value made per client would cost each
+	// client an allocation it keeps.
+	replayedFn func(name string) bool
+}
 
 // replayed reports whether a change of parameter name (lower case) is replayed.
 func (p *settableParams) replayed(name string) bool {
@@ -85,6 +90,7 @@ func (s *session) useSettableParams(ctx context.Context, serverParams map[string
 		}
 		s.pool().Release(c)
 		p = &settableParams{names: make(map[string]bool, len(rows))}
+		p.replayedFn = p.replayed
 		for _, r := range rows {
 			if len(r) == 1 && r[0] != nil {
 				p.names[string(r[0])] = true
@@ -92,5 +98,5 @@ func (s *session) useSettableParams(ctx context.Context, serverParams map[string
 		}
 		s.srv.settable.put(key, p)
 	}
-	s.Tracker.SetReplayed(p.replayed)
+	s.Tracker.SetReplayed(p.replayedFn)
 }

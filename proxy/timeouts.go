@@ -37,7 +37,7 @@ func (s *session) awaitRoom() error {
 	}
 	s.awaitingRoom = true
 	for s.Queued() > limit/2 && s.server != nil && s.loopErr == nil && !s.closing {
-		s.wrote.Wait()
+		s.wrote.Wait(&s.mu)
 	}
 	s.awaitingRoom = false
 	return nil
@@ -59,15 +59,15 @@ func (s *session) armIdleTimeout(f *wire.Frames) bool {
 	case idle > 0 && s.server == nil && f.R == f.W && f.Remaining == 0:
 		// Kept over the reads of one idle period: a kick to park (park.go) must not give the
 		// client its time again.
-		if s.idleDeadline.IsZero() {
-			s.idleDeadline = time.Now().Add(idle)
+		if s.idleDeadline == 0 {
+			s.idleDeadline = s.srv.stampAfter(idle)
 		}
-		_ = s.conn.SetReadDeadline(s.idleDeadline)
+		_ = s.conn.SetReadDeadline(s.srv.timeOf(s.idleDeadline))
 	case s.server != nil && inTx > 0:
-		s.idleDeadline = time.Time{}
+		s.idleDeadline = 0
 		s.armTxIdleLocked()
 	default:
-		s.idleDeadline = time.Time{}
+		s.idleDeadline = 0
 		_ = s.conn.SetReadDeadline(time.Time{})
 	}
 	return true
@@ -82,12 +82,12 @@ func (s *session) armIdleAfterRelease() {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.server == nil && !s.closing && s.idleDeadline.IsZero() {
-		s.idleDeadline = time.Now().Add(idle)
+	if s.server == nil && !s.closing && s.idleDeadline == 0 {
+		s.idleDeadline = s.srv.stampAfter(idle)
 		if !s.kicked {
 			// A kick's deadline stands (the read may have failed on it already): takeKick
 			// sets this one after it.
-			_ = s.conn.SetReadDeadline(s.idleDeadline)
+			_ = s.conn.SetReadDeadline(s.srv.timeOf(s.idleDeadline))
 		}
 	}
 }

@@ -49,16 +49,15 @@ func txFuzzLimits() config.Config {
 // txFuzzSession is a transaction-mode session with no sockets: the client and its server are
 // recorders, and the test feeds it client and server bytes itself.
 func txFuzzSession(cfg *config.Config) (s *session, server *recordConn, client *recordConn) {
-	srv := &Server{epoch: time.Now(), log: slog.New(slog.NewTextHandler(io.Discard, nil)), sessions: map[*session]struct{}{}, byPID: map[uint32]*session{}}
+	srv := &Server{epoch: time.Now(), log: slog.New(slog.NewTextHandler(io.Discard, nil)), sessions: map[*session]struct{}{}, byPID: map[uint32]*session{}, ctx: context.Background()}
 	srv.cfg.Store(cfg)
 	srv.stmts.Max = cfg.MaxPreparedStatementBytes
 	server, client = &recordConn{}, &recordConn{}
-	s = &session{srv: srv, txPooling: true, maxMsg: cfg.MaxMessageSize, ctx: context.Background(), conn: client, cio: client}
+	s = &session{srv: srv, txPooling: true, maxMsg: int32(cfg.MaxMessageSize), conn: client, cio: client}
 	s.log = sessionLog{s}
 	s.Tracker.Init(&srv.stmts, srv.trackerLimits(cfg, config.Upstream{}))
 	// SQL signals of minted PIDs are answered by the tracker; odd ones are found.
-	s.Tracker.SetSignalTarget(func(pid int64) bool { return pid%2 == 1 }, isMintedPID)
-	s.wrote.L = &s.mu
+	s.Tracker.SetSignalTarget(txmode.SignalTargetFunc(func(pid int64) bool { return pid%2 == 1 }), isMintedPID)
 	s.server = &pool.Conn{Conn: server}
 	stateOf(s.server)
 	return s, server, client

@@ -72,7 +72,7 @@ func (s *session) awaitShape() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for !s.VerifyDone && s.server != nil && s.loopErr == nil && !s.closing {
-		s.wrote.Wait()
+		s.wrote.Wait(&s.mu)
 	}
 }
 
@@ -97,7 +97,7 @@ func (s *session) scanTracked(f *wire.Frames) (b trackedBatch, attach bool) {
 	for s.retrying || s.ServerGone {
 		// serverToClient is moving the last batch to another server, or dropping one that
 		// is shutting down.
-		s.wrote.Wait()
+		s.wrote.Wait(&s.mu)
 	}
 	if s.server == nil && txmode.NeedsServer(f) {
 		return b, true

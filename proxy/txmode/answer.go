@@ -61,7 +61,7 @@ func (t *Tracker) AnswerIdle(f *wire.Frames) []byte {
 				failed = true
 				break
 			}
-			if res := classify.Classify(bytesString(query), t.classifyTracked); res.Pin != classify.None {
+			if res := classify.Classify(bytesString(query), t.classifier()); res.Pin != classify.None {
 				t.pin(res.Pin)
 			}
 			t.addStmt(string(name), &ClientStmt{ps: ps})
@@ -95,7 +95,7 @@ func (t *Tracker) knownParse(body []byte) bool {
 	if !ok {
 		return false
 	}
-	res := classify.Classify(bytesString(query), t.classifyTracked)
+	res := classify.Classify(bytesString(query), t.classifier())
 	if res.Pin != classify.None && t.refusesState() {
 		return false // the normal path refuses it
 	}

@@ -90,7 +90,8 @@ func (t *Tracker) ScanClient(f *wire.Frames, st *ServerState) (c ClientScan) {
 	// A batch that starts a transaction with nothing in flight can be re-run if a schema change
 	// fails it before any of its results reached the client (see rerunBatch).
 	startsIdle := t.resp.len() == 0 && t.Pending == 0 && t.TxStatus != 'T' && t.TxStatus != 'E'
-	w := wire.Batch{F: f, Out: t.cout[:0], RunStart: f.R}
+	b := t.bufs()
+	w := wire.Batch{F: f, Out: b.cout[:0], RunStart: f.R}
 	requests, unsynced := 0, -1
 	var err error
 	terminate := false
@@ -230,7 +231,7 @@ scan:
 	}
 	out := w.Bytes()
 	if w.Used {
-		t.cout = keepScratch(w.Out)
+		b.cout = keepScratch(w.Out)
 	}
 	c.SynthAtHead = t.resp.len() > 0 && t.resp.head().msg == 0
 	if len(out) > 0 {
@@ -253,7 +254,7 @@ func (t *Tracker) trackQuery(body []byte, st *ServerState, w *wire.Batch, total 
 	if len(sql) > 0 && sql[len(sql)-1] == 0 {
 		sql = sql[:len(sql)-1]
 	}
-	res := classify.Classify(bytesString(sql), t.classifyTracked)
+	res := classify.Classify(bytesString(sql), t.classifier())
 	if res.Statements == 1 && len(res.Deallocate) == 1 && t.TxStatus != 'E' {
 		if t.dropStmt(res.Deallocate[0]) {
 			w.Cut(w.F.R + total)
@@ -321,7 +322,7 @@ func (t *Tracker) trackParse(body []byte, st *ServerState, w *wire.Batch, total 
 	if !ok {
 		return wire.Errorf("malformed Parse message")
 	}
-	res := classify.Classify(bytesString(query), t.classifyTracked)
+	res := classify.Classify(bytesString(query), t.classifier())
 	// What executing the statement does to prepared statements, applied at its Bind. A
 	// DEALLOCATE names the client's statement, which the server knows by its shared name, or
 	// another client's shared statement, which it must keep: the text is rewritten for both.
@@ -357,7 +358,11 @@ func (t *Tracker) trackParse(body []byte, st *ServerState, w *wire.Batch, total 
 		}
 		t.unnamedCommits = res.CommitsAlone
 		t.unnamedEffect = effect
-		t.unnamedSignal = res.Signal
+		t.unnamedSignal = nil
+		if res.Signal.Func != "" {
+			sig := res.Signal
+			t.unnamedSignal = &sig
+		}
 		t.unnamedSeq++
 		st.unnamedBy, st.unnamedSeq = t, t.unnamedSeq
 		t.resp.push(Entry{msg: 'P', unnamed: true})

@@ -29,7 +29,10 @@ func (t *Tracker) trackBind(body []byte, st *ServerState, w *wire.Batch, total i
 		return 0, false, wire.Errorf("malformed Bind message")
 	}
 	t.call = nil
-	sig := t.unnamedSignal
+	var sig classify.Signal
+	if t.unnamedSignal != nil {
+		sig = *t.unnamedSignal
+	}
 	if len(name) != 0 {
 		if cs, ok := t.stmts[string(name)]; ok {
 			sig = cs.ps.signal
@@ -67,7 +70,7 @@ func (t *Tracker) trackBind(body []byte, st *ServerState, w *wire.Batch, total i
 	if t.verifying == ps {
 		// The statement was prepared for this Bind, its shape read back.
 		t.verifying = nil
-		if !t.verifyFailed && !bytes.Equal(t.verifyShape, cs.shape) {
+		if !t.verifyFailed && !bytes.Equal(t.bufs().verifyShape, cs.shape) {
 			// The client chose its formats, and decodes the rows, by the shape it was told;
 			// the statement has another one now (its columns' types changed). PostgreSQL
 			// fails such a Bind, and drivers prepare again when it does.
@@ -82,7 +85,8 @@ func (t *Tracker) trackBind(body []byte, st *ServerState, w *wire.Batch, total i
 		w.Out = appendDescribe(w.Out, 'S', ps.name)
 		w.Out = wire.AppendFlush(w.Out)
 		t.resp.push(Entry{msg: 'D', swallow: true, verify: true, stmt: ps})
-		t.verifying, t.VerifyDone, t.verifyFailed, t.verifyShape = ps, false, false, t.verifyShape[:0]
+		b := t.bufs()
+		t.verifying, t.VerifyDone, t.verifyFailed, b.verifyShape = ps, false, false, b.verifyShape[:0]
 		return 0, true, nil
 	}
 	head := 5 + len(portal) + 1 + len(name) + 1

@@ -11,16 +11,39 @@ import (
 // maxRetryBatch bounds the batches kept for a re-run after a schema change.
 const maxRetryBatch = 16 << 10
 
+// rememberedBatch is a batch kept to be sent again (rememberBatch), with how that went.
+type rememberedBatch struct {
+	// batch and entries are what was sent and the replies it expects (empty: nothing kept).
+	batch   []byte
+	entries []Entry
+	// attempts counts how often it was sent again; replied is set once the server sent any
+	// part of its results.
+	attempts int
+	replied  bool
+	// reason is set with the Tracker's RetryNeeded: why the server refused the batch, as the
+	// pgsidecar_retries_total reason (a retry.Reason). oldReady says the refusing server's
+	// ReadyForQuery was already read (conflicts only: that server stays usable).
+	reason   string
+	oldReady bool
+}
+
+// remembered returns the remembered batch's entries (none when nothing is kept).
+func (t *Tracker) remembered() []Entry {
+	if t.rb == nil {
+		return nil
+	}
+	return t.rb.entries
+}
+
 // rememberBatch keeps a copy of what a batch sent to the server when it could be sent
 // again: it started a transaction with nothing in flight and is either one simple Query or an
 // execution of prepared statements (Bind, Describe, Execute, Sync, and the proxy's own Parse of
 // them). Whether it is sent again depends on how the first attempt failed (see
 // rerunBatch and the proxy's re-send on another server), never on a guess that it did not run.
 func (t *Tracker) rememberBatch(out []byte, startsIdle bool) {
-	t.retryBatch = t.retryBatch[:0]
-	t.retryEntries = t.retryEntries[:0]
-	t.retryAttempts = 0
-	t.replied = false
+	if rb := t.rb; rb != nil {
+		rb.batch, rb.entries, rb.attempts, rb.replied = rb.batch[:0], rb.entries[:0], 0, false
+	}
 	if !startsIdle || len(out) > maxRetryBatch || t.resp.len() == 0 {
 		return
 	}
@@ -48,8 +71,11 @@ func (t *Tracker) rememberBatch(out []byte, startsIdle bool) {
 	if last := entries[len(entries)-1].msg; last != 'S' && last != 'Q' {
 		return
 	}
-	t.retryBatch = append(t.retryBatch, out...)
-	t.retryEntries = append(t.retryEntries, entries...)
+	if t.rb == nil {
+		t.rb = &rememberedBatch{}
+	}
+	t.rb.batch = append(t.rb.batch, out...)
+	t.rb.entries = append(t.rb.entries, entries...)
 }
 
 // rerunBatch handles a failure of a shared statement on the first message of a
@@ -60,12 +86,13 @@ func (t *Tracker) rememberBatch(out []byte, startsIdle bool) {
 // shape), where PostgreSQL alone would have failed the statement once. It reports whether it did
 // so; reason labels the retry.
 func (t *Tracker) rerunBatch(ps *Stmt, st *ServerState, reason string) bool {
-	n := len(t.retryEntries)
+	n := len(t.remembered())
 	if n == 0 || t.resp.len() != n {
 		return false
 	}
+	rb := t.rb
 	described, executes := 0, 0
-	for _, e := range t.retryEntries {
+	for _, e := range rb.entries {
 		switch {
 		case e.msg == 'P' || e.msg == 'Q':
 			return false
@@ -90,16 +117,16 @@ func (t *Tracker) rerunBatch(ps *Stmt, st *ServerState, reason string) bool {
 	var buf []byte
 	buf = wire.AppendClose(buf, 'S', ps.name)
 	buf = append(buf, ps.parse...)
-	buf = append(buf, t.retryBatch...)
+	buf = append(buf, rb.batch...)
 	t.resp.push(Entry{msg: 'C', swallow: true})
 	t.resp.push(Entry{msg: 'P', swallow: true, stmt: ps})
-	for _, e := range t.retryEntries {
+	for _, e := range rb.entries {
 		t.resp.push(e)
 	}
 	st.add(ps)
-	t.retryBatch = t.retryBatch[:0]
-	t.retryEntries = t.retryEntries[:0]
-	t.resend = append(t.resend, buf...)
+	rb.batch, rb.entries = rb.batch[:0], rb.entries[:0]
+	b := t.bufs()
+	b.resend = append(b.resend, buf...)
 	t.rerunReason = reason
 	return true
 }
@@ -107,7 +134,7 @@ func (t *Tracker) rerunBatch(ps *Stmt, st *ServerState, reason string) bool {
 // batchCommits reports whether the remembered batch holds a request that may commit on its
 // own (CALL, DO, VACUUM, ...): once a server got it, it is never sent again.
 func (t *Tracker) batchCommits() bool {
-	for _, e := range t.retryEntries {
+	for _, e := range t.remembered() {
 		if e.commits {
 			return true
 		}
@@ -118,11 +145,11 @@ func (t *Tracker) batchCommits() bool {
 // firstReply reports whether the server has not answered any part of the remembered
 // batch yet (so no byte of its result has reached the client).
 func (t *Tracker) firstReply() bool {
-	n := len(t.retryEntries)
-	if n == 0 || t.resp.len() != n || t.replied {
+	n := len(t.remembered())
+	if n == 0 || t.resp.len() != n || t.rb.replied {
 		return false
 	}
-	for i, e := range t.retryEntries {
+	for i, e := range t.rb.entries {
 		h := t.resp.e[t.resp.h+i]
 		if h.msg != e.msg || h.stmt != e.stmt {
 			return false
@@ -134,12 +161,20 @@ func (t *Tracker) firstReply() bool {
 // CanResend reports whether the remembered batch is what is in flight, and so could be sent to
 // another server.
 func (t *Tracker) CanResend() bool {
-	n := len(t.retryEntries)
+	n := len(t.remembered())
 	return n > 0 && t.resp.len() == n
 }
 
 // RetriesLeft reports whether the remembered batch may be sent once more (retries).
-func (t *Tracker) RetriesLeft() bool { return t.retryAttempts < t.lim.Retries }
+func (t *Tracker) RetriesLeft() bool { return t.attempts() < t.lim.Retries }
+
+// attempts returns how often the remembered batch was sent again.
+func (t *Tracker) attempts() int {
+	if t.rb == nil {
+		return 0
+	}
+	return t.rb.attempts
+}
 
 // Resend is a remembered batch taken to be sent to another server.
 type Resend struct {
@@ -151,14 +186,16 @@ type Resend struct {
 	entries      []Entry
 }
 
-// TakeResend takes the remembered batch for a re-send, counting the attempt.
+// TakeResend takes the remembered batch for a re-send, counting the attempt (CanResend must
+// have reported one).
 func (t *Tracker) TakeResend() Resend {
-	t.retryAttempts++
-	t.replied = false
+	rb := t.rb
+	rb.attempts++
+	rb.replied = false
 	t.RetryNeeded = false
-	r := Resend{Reason: t.retryReason, OldReady: t.retryOldReady, Attempt: t.retryAttempts,
-		batch: bytes.Clone(t.retryBatch), entries: slices.Clone(t.retryEntries)}
-	t.retryReason, t.retryOldReady = "", false
+	r := Resend{Reason: rb.reason, OldReady: rb.oldReady, Attempt: rb.attempts,
+		batch: bytes.Clone(rb.batch), entries: slices.Clone(rb.entries)}
+	rb.reason, rb.oldReady = "", false
 	if r.Reason == "" {
 		r.Reason, r.WroteNothing = retry.ReasonNetwork, true // the write failed: relayTracked saw no refusal
 	}

@@ -30,10 +30,11 @@ func (t *Tracker) PopSynths() []byte {
 // to be called again once the write is done. closing says the client is gone (nothing is sent
 // again for it).
 func (t *Tracker) ScanServer(f *wire.Frames, st *ServerState, writing, closing bool) (out []byte, ready int, status byte, needWrite bool, err error) {
-	w := wire.Batch{F: f, Out: t.sout[:0], RunStart: f.R}
+	b := t.bufs()
+	w := wire.Batch{F: f, Out: b.sout[:0], RunStart: f.R}
 	defer func() {
 		if w.Used {
-			t.sout = keepScratch(w.Out)
+			b.sout = keepScratch(w.Out)
 		}
 	}()
 	for f.R < f.W {
@@ -60,7 +61,9 @@ func (t *Tracker) ScanServer(f *wire.Frames, st *ServerState, writing, closing b
 		drop := false
 		if typ != 'E' && typ != 'N' && typ != 'S' && typ != 'A' && h != nil && !h.swallow {
 			// Part of a result: from now on the batch may have run.
-			t.replied = true
+			if t.rb != nil {
+				t.rb.replied = true
+			}
 		}
 		switch typ {
 		case 'N', 'S', 'A':
@@ -107,15 +110,15 @@ func (t *Tracker) ScanServer(f *wire.Frames, st *ServerState, writing, closing b
 			// on its own. An ERROR with the same code (a statement can raise any code) proves
 			// nothing, and neither does a FATAL followed by anything but the connection's end.
 			refused := fatal && retryableServerError(code) && f.R+total == f.W
-			if code != "" && (readOnly || conflict || refused) && t.firstReply() && !closing && t.retryAttempts < t.lim.Retries && !t.batchCommits() {
+			if code != "" && (readOnly || conflict || refused) && t.firstReply() && !closing && t.rb.attempts < t.lim.Retries && !t.batchCommits() {
 				// Send the batch again instead of failing it. Nothing after this error
 				// matters to the client.
 				t.RetryNeeded = true
-				t.retryReason = retry.ClassifyCode(code).Reason
+				t.rb.reason = retry.ClassifyCode(code).Reason
 				if readOnly {
-					t.retryReason = retry.ReasonReadOnly
+					t.rb.reason = retry.ReasonReadOnly
 				}
-				t.retryOldReady = conflict && wire.HasReadyForQuery(f.Buf[f.R+total:f.W])
+				t.rb.oldReady = conflict && wire.HasReadyForQuery(f.Buf[f.R+total:f.W])
 				w.Cut(f.W)
 				f.R = f.W
 				return w.Bytes(), ready, status, false, nil
@@ -241,29 +244,30 @@ func (t *Tracker) ScanServer(f *wire.Frames, st *ServerState, writing, closing b
 // unless too large for the buffer, when the shape cannot be known. The last message completes
 // the shape: the client's statement remembers it, or the verification is done.
 func (t *Tracker) captureShape(h *Entry, typ byte, msg []byte, whole bool) {
+	b := t.bufs()
 	if !whole {
-		t.shapeBuf = nil
+		b.shapeBuf = nil
 		return
 	}
 	if typ == 't' {
-		t.shapeBuf = append(t.shapeBuf[:0], msg...)
+		b.shapeBuf = append(b.shapeBuf[:0], msg...)
 	} else {
-		t.shapeBuf = append(t.shapeBuf, msg...)
+		b.shapeBuf = append(b.shapeBuf, msg...)
 	}
 	if typ == 't' {
 		return
 	}
 	// An unknowable shape (nil buffer) matches none, and makes the client prepare again.
-	shape := bytes.Clone(t.shapeBuf)
+	shape := bytes.Clone(b.shapeBuf)
 	if shape == nil {
 		shape = []byte{}
 	}
-	t.shapeBuf = keepScratch(t.shapeBuf)
+	b.shapeBuf = keepScratch(b.shapeBuf)
 	if h.described != nil {
 		h.described.shape = shape
 		return
 	}
-	t.verifyShape, t.VerifyDone = shape, true
+	b.verifyShape, t.VerifyDone = shape, true
 	t.wake = true
 }
 

@@ -14,9 +14,17 @@ import (
 // itself, as PostgreSQL would (one boolean column), when the PID is one the proxy minted, and
 // asks the caller to carry it out (Events.Signals); any other PID goes to the server unchanged.
 
-// SignalTarget reports whether a minted PID belongs to a client this client may signal
-// (PostgreSQL lets a role signal its own backends); it must not block.
-type SignalTarget func(pid int64) bool
+// SignalTarget decides whether a minted PID belongs to a client this client may signal
+// (PostgreSQL lets a role signal its own backends); it must not block. An interface, not a
+// func, so that a session is one itself: a method value would cost every client an
+// allocation.
+type SignalTarget interface{ MaySignal(pid int64) bool }
+
+// SignalTargetFunc is a function that is a SignalTarget.
+type SignalTargetFunc func(pid int64) bool
+
+// MaySignal calls f.
+func (f SignalTargetFunc) MaySignal(pid int64) bool { return f(pid) }
 
 // Signal is a pg_cancel_backend or pg_terminate_backend the caller is to carry out.
 type Signal struct {
@@ -42,7 +50,7 @@ func (t *Tracker) SetSignalTarget(target SignalTarget, minted func(pid int64) bo
 
 // signal decides a call of sig for pid: whether it succeeds, noting the signal to carry out.
 func (t *Tracker) signal(fn string, pid int64) bool {
-	if !t.signalTarget(pid) {
+	if !t.signalTarget.MaySignal(pid) {
 		return false
 	}
 	t.signals = append(t.signals, Signal{Terminate: fn == "pg_terminate_backend", PID: pid})

@@ -26,28 +26,28 @@ type Tracker struct {
 	// not list and must be read back by name.
 	// signalTarget and minted decide calls of pg_cancel_backend for minted PIDs (signal.go);
 	// signals are the calls to carry out; call is one being answered through the extended
-	// protocol; unnamedSignal is the unnamed statement's call, if it is one.
+	// protocol; unnamedSignal is the unnamed statement's call, if it is one (nil: it is not; a
+	// pointer, as such calls are rare and a Signal is 32 bytes every session would carry).
 	signalTarget    SignalTarget
 	minted          func(pid int64) bool
 	signals         []Signal
 	call            *signalCall
-	unnamedSignal   classify.Signal
+	unnamedSignal   *classify.Signal
 	tracked         func(name string) bool
 	classifyTracked func(name string) bool
 	customParams    []string
 
 	// What the caller must act on after a call (TakeEvents): a pin to count
-	// and log, a batch run again to count and its bytes to send, the attached server to retire
-	// (a demoted primary), and waiters to wake.
+	// and log, a batch run again to count (its bytes to send are b's resend), the attached
+	// server to retire (a demoted primary), and waiters to wake.
 	newPin      classify.Reason
 	rerunReason string
-	resend      []byte
 	retire      bool
 	wake        bool
 	// cache counts statement cache use (TakeCacheUse); onError is told the SQLSTATE of every
 	// server error relayed to the client (SetErrorHook).
 	cache   CacheUse
-	onError func(code string)
+	onError ErrorHook
 	// justParsed is the statement of the client's last Parse, until a Bind uses it: that Bind
 	// is not counted again.
 	justParsed *Stmt
@@ -77,13 +77,11 @@ type Tracker struct {
 	unnamedEffect  Effect
 	// verifying is the statement whose shape is being read back from the attached server
 	// before the client's Bind of it is sent (see verifyShape); verifyDone is set when the
-	// reply is in, with verifyShape holding it, or verifyFailed set when the server failed the
-	// prepare. shapeBuf collects a Describe reply being read.
+	// reply is in, with b's verifyShape holding it, or verifyFailed set when the server failed
+	// the prepare.
 	verifying    *Stmt
 	VerifyDone   bool
 	verifyFailed bool
-	verifyShape  []byte
-	shapeBuf     []byte
 	// Skipping drops client messages until Sync after an error the proxy raised itself.
 	Skipping bool
 	// Pinned is why the client keeps its server for the rest of its session ("" = it does not).
@@ -95,31 +93,36 @@ type Tracker struct {
 	// ParamsDirty is set when the client changed a tracked parameter with SQL (the session's
 	// rereading is closed once they have been read back from the server after the transaction).
 	ParamsDirty bool
-	// retryBatch and retryEntries keep the last batch that could be re-run after a schema
-	// change (see rerunBatch).
-	retryBatch   []byte
-	retryEntries []Entry
-	// retryAttempts counts how often the remembered batch was sent again; retryNeeded is set by
-	// relayTracked when the server refused the batch in a way that makes sending it again safe.
-	retryAttempts int
-	// replied is set once the server sent any part of the remembered batch's results.
-	replied     bool
+	// rb is the last batch that could be sent again (see rememberBatch); nil until the first
+	// such batch, and again after Shed. RetryNeeded is set by ScanServer when the server
+	// refused the batch in a way that makes sending it again safe.
+	rb          *rememberedBatch
 	RetryNeeded bool
-	// retryReason is set with retryNeeded: why the server refused the batch, as the
-	// pgsidecar_retries_total reason (a retry.Reason).
-	// retryOldReady says the refusing server's ReadyForQuery was already read (conflicts only:
-	// that server stays usable).
-	retryReason   string
-	retryOldReady bool
 	// WriteFailed is set when clientToServer could not write to the server: the batch did not
 	// reach it, and serverToClient decides whether to send it to another server.
 	WriteFailed bool
 	// ServerGone is set when the attached server announced its shutdown after the client's
 	// last request completed: its end is expected and is no error for the client.
 	ServerGone bool
-	// cout and sout are scratch buffers for rewritten batches (client to server, server to
-	// client), reused to avoid allocating per batch.
-	cout, sout []byte
+	// b holds the scratch buffers (nil until the first request, and again after Shed).
+	b *buffers
+}
+
+// buffers are a tracker's scratch buffers, kept between requests so that a request allocates
+// none, and let go by Shed when the client goes idle.
+type buffers struct {
+	// cout and sout are for rewritten batches (client to server, server to client); resend is
+	// a batch to send again (Events.Resend); shapeBuf collects a Describe reply being read;
+	// verifyShape is the shape read back for a verification.
+	cout, sout, resend, shapeBuf, verifyShape []byte
+}
+
+// bufs returns the tracker's scratch buffers, made on first use.
+func (t *Tracker) bufs() *buffers {
+	if t.b == nil {
+		t.b = &buffers{}
+	}
+	return t.b
 }
 
 // Limits are the settings a tracker works to.
@@ -138,7 +141,6 @@ type Limits struct {
 func (t *Tracker) Init(reg *Registry, lim *Limits) {
 	t.reg, t.lim = reg, lim
 	t.tracked = isTracked
-	t.classifyTracked = t.noteTracked
 	t.TxStatus = 'I'
 }
 
@@ -149,6 +151,29 @@ func (t *Tracker) addStmt(name string, cs *ClientStmt) {
 		t.stmts = make(map[string]*ClientStmt)
 	}
 	t.stmts[name] = cs
+}
+
+// classifier returns what the SQL classifier is given to tell tracked parameters, bound at
+// the first use: a client that sends no SQL holds no method value.
+func (t *Tracker) classifier() func(name string) bool {
+	if t.classifyTracked == nil {
+		t.classifyTracked = t.noteTracked
+	}
+	return t.classifyTracked
+}
+
+// Shed lets go of what the tracker keeps only to serve requests: the remembered batch (it
+// can be sent again only while it is in flight), the reply queue's storage and the scratch
+// buffers. Called when the client goes idle for a while with no server and nothing in flight,
+// so that an idle client holds none of them; they are made again by its next request. It does
+// nothing while anything is in flight.
+func (t *Tracker) Shed() {
+	if t.Pending != 0 || t.Unsynced || t.Partial || t.resp.len() != 0 || t.verifying != nil || t.call != nil {
+		return
+	}
+	t.rb = nil
+	t.resp = Queue{}
+	t.b, t.signals = nil, nil
 }
 
 // Queued returns how many replies (groups of server messages, or the tracker's own) are
@@ -177,10 +202,13 @@ type Events struct {
 
 // TakeEvents returns the events of the calls since the last TakeEvents.
 func (t *Tracker) TakeEvents() Events {
-	e := Events{Pinned: t.newPin, Resend: t.resend, RerunReason: t.rerunReason, Retire: t.retire, Wake: t.wake, Signals: t.signals}
+	e := Events{Pinned: t.newPin, RerunReason: t.rerunReason, Retire: t.retire, Wake: t.wake, Signals: t.signals}
+	if b := t.b; b != nil {
+		e.Resend = b.resend
+		b.resend = keepScratch(b.resend[:0])
+	}
 	t.signals = t.signals[:0]
 	t.newPin, t.rerunReason, t.retire, t.wake = "", "", false, false
-	t.resend = keepScratch(t.resend[:0])
 	return e
 }
 
@@ -191,9 +219,16 @@ type CacheUse struct {
 	Evictions uint64 // a statement closed on the server to make room (ServerStatements)
 }
 
-// SetErrorHook makes the tracker call fn with the SQLSTATE of every ErrorResponse of the server
-// it relays to the client (not those it answers or swallows itself).
-func (t *Tracker) SetErrorHook(fn func(code string)) { t.onError = fn }
+// ErrorHook is told of the errors relayed to the client (an interface for the reason
+// SignalTarget is one).
+type ErrorHook interface {
+	// ServerError is called with the SQLSTATE of every ErrorResponse of the server relayed
+	// to the client (not those the tracker answers or swallows itself).
+	ServerError(code string)
+}
+
+// SetErrorHook makes the tracker tell h of the errors it relays to the client.
+func (t *Tracker) SetErrorHook(h ErrorHook) { t.onError = h }
 
 // errorReply is an ERROR of the proxy's own for the client, counted as the server's are.
 func (t *Tracker) errorReply(code, msg string) []byte {
@@ -203,7 +238,7 @@ func (t *Tracker) errorReply(code, msg string) []byte {
 
 func (t *Tracker) countError(code string) {
 	if t.onError != nil {
-		t.onError(code)
+		t.onError.ServerError(code)
 	}
 }
 
@@ -278,5 +313,5 @@ func (t *Tracker) CustomParams() []string { return t.customParams }
 // a Close of it or a failed Parse.
 func (t *Tracker) forgetUnnamed() {
 	t.unnamedParse = t.unnamedParse[:0]
-	t.unnamedCommits, t.unnamedEffect, t.unnamedSignal = false, Effect{}, classify.Signal{}
+	t.unnamedCommits, t.unnamedEffect, t.unnamedSignal = false, Effect{}, nil
 }
