@@ -1035,13 +1035,18 @@ func (p *Pool) closeConn(c *Conn, reason CloseReason) {
 // terminateMsg is the protocol's Terminate message.
 var terminateMsg = []byte{'X', 0, 0, 0, 4}
 
+// KnownServerParams returns the server parameters ServerParams would return, without waiting:
+// nil until a connection of the pool has reported them.
+func (p *Pool) KnownServerParams() map[string]string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.params
+}
+
 // ServerParams returns the ParameterStatus values of this upstream, dialing a connection if the
 // pool has not connected yet. Errors are the upstream's own (e.g. 3D000, 28P01).
 func (p *Pool) ServerParams(ctx context.Context) (map[string]string, error) {
-	p.mu.Lock()
-	params := p.params
-	p.mu.Unlock()
-	if params != nil {
+	if params := p.KnownServerParams(); params != nil {
 		return params, nil
 	}
 	c, err := p.Acquire(ctx)
@@ -1049,9 +1054,7 @@ func (p *Pool) ServerParams(ctx context.Context) (map[string]string, error) {
 		return nil, err
 	}
 	p.Release(c)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.params, nil
+	return p.KnownServerParams(), nil
 }
 
 // Stat returns a snapshot of the pool.

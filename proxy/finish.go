@@ -24,8 +24,9 @@ func (s *session) finish(cause error) {
 		s.foldUsageLocked() // what accountLocked has not folded yet
 		s.mu.Unlock()
 	}()
+	// A clean end (Terminate, nil) skips the checks: each errors.As target is an allocation.
 	var pe *wire.ProtocolError
-	if errors.As(cause, &pe) {
+	if cause != nil && errors.As(cause, &pe) {
 		s.awaitResults(drainTimeout)
 	}
 	s.mu.Lock()
@@ -45,7 +46,7 @@ func (s *session) finish(cause error) {
 	var se *startupError
 	var ue *upstreamError
 	var ce *pgconn.PgError // refused by the tracker (54000)
-	if errors.As(cause, &pe) || errors.As(cause, &se) || errors.As(cause, &ue) || errors.As(cause, &ce) || errPanic(cause) {
+	if cause != nil && (errors.As(cause, &pe) || errors.As(cause, &se) || errors.As(cause, &ue) || errors.As(cause, &ce) || errPanic(cause)) {
 		_ = s.conn.SetWriteDeadline(time.Time{})
 		s.sendError(clientError(cause))
 	}

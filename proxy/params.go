@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgproto3"
+
 	"github.com/pgsidecar/pgsidecar/pool"
 	"github.com/pgsidecar/pgsidecar/proxy/classify"
 	"github.com/pgsidecar/pgsidecar/proxy/txmode"
@@ -169,17 +171,20 @@ const (
 	maxInternedKeyBytes = 1024
 )
 
-// intern returns params, or an equal map already in use, and its key (paramsKeyOf).
+// intern returns params, or an equal map already in use, and its key (paramsKeyOf). Finding
+// one allocates nothing: the key is built on the stack.
 func (pi *paramsIntern) intern(params map[string]string) (map[string]string, string) {
-	key := paramsKeyOf(params)
-	if len(key) > maxInternedKeyBytes {
-		return params, key
+	var buf [512]byte
+	kb := appendParamsKey(buf[:0], params)
+	if len(kb) > maxInternedKeyBytes {
+		return params, string(kb)
 	}
 	pi.mu.Lock()
 	defer pi.mu.Unlock()
-	if e, ok := pi.m[key]; ok {
+	if e, ok := pi.m[string(kb)]; ok {
 		return e.params, e.key
 	}
+	key := string(kb)
 	if len(pi.m) < maxInternedParams {
 		if pi.m == nil {
 			pi.m = make(map[string]internedParams)
@@ -192,17 +197,24 @@ func (pi *paramsIntern) intern(params map[string]string) (map[string]string, str
 // paramsKeyOf returns a canonical form of a parameter set: equal sets, and only they, have
 // equal keys. Parameter names and values cannot contain NUL (the protocol ends strings with it).
 func paramsKeyOf(params map[string]string) string {
-	if len(params) == 0 {
-		return ""
+	return string(appendParamsKey(nil, params))
+}
+
+// appendParamsKey appends paramsKeyOf(params) to b.
+func appendParamsKey(b []byte, params map[string]string) []byte {
+	var buf [16]string
+	names := buf[:0]
+	for name := range params {
+		names = append(names, name)
 	}
-	var b strings.Builder
-	for _, name := range slices.Sorted(maps.Keys(params)) {
-		b.WriteString(name)
-		b.WriteByte(0)
-		b.WriteString(params[name])
-		b.WriteByte(0)
+	slices.Sort(names)
+	for _, name := range names {
+		b = append(b, name...)
+		b = append(b, 0)
+		b = append(b, params[name]...)
+		b = append(b, 0)
 	}
-	return b.String()
+	return b
 }
 
 // syncParams brings a server to the client's parameters before the client uses it.
@@ -277,6 +289,56 @@ func (s *session) rereadParams(c *pool.Conn) error {
 	st := stateOf(c)
 	st.Params, st.ParamsKey = maps.Clone(params), key
 	return nil
+}
+
+// welcomeCache keeps the ParameterStatus messages a login sends, encoded, per pool and client
+// parameter set: the clients of an application log in with the same parameters, and building
+// the messages (a copy of the server's parameters, sorted and encoded) cost every login a
+// dozen allocations. A pool reads its server's parameters once, at its first connection, and
+// keeps them (pool.ServerParams), so an entry does not go stale; the cache is emptied when
+// full, which also lets go of pools removed meanwhile.
+type welcomeCache struct {
+	mu sync.Mutex
+	m  map[welcomeKey][]byte
+}
+
+type welcomeKey struct {
+	pool   *pool.Pool
+	params string // the client's ParamsKey
+}
+
+// maxWelcomes bounds welcomeCache (entries of a few hundred bytes each).
+const maxWelcomes = 256
+
+// get returns the ParameterStatus messages for a client of p with parameters client (key
+// their ParamsKey), p's server reporting server.
+func (wc *welcomeCache) get(p *pool.Pool, server, client map[string]string, key string) []byte {
+	k := welcomeKey{pool: p, params: key}
+	wc.mu.Lock()
+	b, ok := wc.m[k]
+	wc.mu.Unlock()
+	if ok {
+		return b
+	}
+	b = appendParameterStatus(nil, reportedParams(server, client))
+	wc.mu.Lock()
+	if len(wc.m) >= maxWelcomes {
+		clear(wc.m)
+	}
+	if wc.m == nil {
+		wc.m = make(map[welcomeKey][]byte)
+	}
+	wc.m[k] = b
+	wc.mu.Unlock()
+	return b
+}
+
+// appendParameterStatus appends a ParameterStatus message for each of params, by name.
+func appendParameterStatus(buf []byte, params map[string]string) []byte {
+	for _, name := range slices.Sorted(maps.Keys(params)) {
+		buf, _ = (&pgproto3.ParameterStatus{Name: name, Value: params[name]}).Encode(buf)
+	}
+	return buf
 }
 
 // reportedParams is what the client is told at login: the server's reported parameters, with

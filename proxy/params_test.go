@@ -1,14 +1,18 @@
 package proxy
 
 import (
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"maps"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgsidecar/pgsidecar/config"
+	"github.com/pgsidecar/pgsidecar/pool"
 )
 
 func TestParseOptions(t *testing.T) {
@@ -32,6 +36,51 @@ func TestParseOptions(t *testing.T) {
 				t.Errorf("parseOptions(%q)[%q] = %q, want %q", tc.in, k, got[k], v)
 			}
 		}
+	}
+}
+
+// TestWelcomeCache: the ParameterStatus messages of a login are built once per pool and client
+// parameter set, each client set gets its own values over the server's, and the cache stays
+// bounded.
+func TestWelcomeCache(t *testing.T) {
+	var wc welcomeCache
+	p1, p2 := &pool.Pool{}, &pool.Pool{}
+	server := map[string]string{"application_name": "", "TimeZone": "UTC", "server_version": "15.20"}
+	decode := func(b []byte) map[string]string {
+		t.Helper()
+		got := map[string]string{}
+		for len(b) > 0 {
+			if b[0] != 'S' || len(b) < 5 {
+				t.Fatalf("not a ParameterStatus: %q", b)
+			}
+			n := 1 + int(binary.BigEndian.Uint32(b[1:5]))
+			parts := strings.Split(string(b[5:n]), "\x00")
+			got[parts[0]] = parts[1]
+			b = b[n:]
+		}
+		return got
+	}
+	a := wc.get(p1, server, map[string]string{"application_name": "a", "timezone": "Europe/Paris"}, "a")
+	want := map[string]string{"application_name": "a", "TimeZone": "Europe/Paris", "server_version": "15.20"}
+	if got := decode(a); !maps.Equal(got, want) {
+		t.Errorf("client a is told %v, want %v", got, want)
+	}
+	b := wc.get(p1, server, map[string]string{"application_name": "b"}, "b")
+	if got := decode(b)["application_name"]; got != "b" {
+		t.Errorf("client b is told application_name %q", got)
+	}
+	if again := wc.get(p1, server, nil, "a"); &again[0] != &a[0] {
+		t.Error("the same pool and parameters built the messages again")
+	}
+	other := map[string]string{"application_name": "", "TimeZone": "GMT"}
+	if got := decode(wc.get(p2, other, nil, "a"))["TimeZone"]; got != "GMT" {
+		t.Errorf("another pool's client is told TimeZone %q, want that pool's GMT", got)
+	}
+	for i := range 3 * maxWelcomes {
+		wc.get(p1, server, nil, fmt.Sprint(i))
+	}
+	if n := len(wc.m); n > maxWelcomes {
+		t.Errorf("cache holds %d entries, want at most %d", n, maxWelcomes)
 	}
 }
 

@@ -19,23 +19,31 @@ import (
 	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
 
-// Relay buffers. An idle client holds only its small buffer; a large buffer is borrowed while a
-// message is too big for it and returned as soon as the client's input is drained.
+// Relay buffers. A client goroutine borrows a small buffer while it runs (a parked client holds
+// none, and a login need not allocate one); a large buffer is borrowed while a message is too
+// big for the small one and returned as soon as the client's input is drained.
 const (
 	smallBufSize = 1 << 10
 	largeBufSize = 64 << 10
 )
 
-var largeBufs = sync.Pool{New: func() any { b := make([]byte, largeBufSize); return &b }}
+var (
+	smallBufs = sync.Pool{New: func() any { b := make([]byte, smallBufSize); return &b }}
+	largeBufs = sync.Pool{New: func() any { b := make([]byte, largeBufSize); return &b }}
+)
 
 // clientToServer reads the client's messages and forwards them to the attached server, taking
 // one from the pool when a message arrives and none is attached. It returns when the client
 // leaves or breaks the protocol; the caller cleans up.
 func (s *session) clientToServer() error {
-	small := make([]byte, smallBufSize)
+	// Nothing keeps a reference to the buffers once this returns: a session parks only with
+	// nothing buffered, and what is forwarded is written before the next read.
+	smallp := smallBufs.Get().(*[]byte)
+	small := *smallp
 	f := wire.Frames{Buf: small}
 	var large *[]byte
 	defer func() {
+		smallBufs.Put(smallp)
 		if large != nil {
 			largeBufs.Put(large)
 		}

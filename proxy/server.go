@@ -101,6 +101,8 @@ type Server struct {
 	// tracker limits of the configuration in force (trackerLimits).
 	clientParams paramsIntern
 	limits       atomic.Pointer[limitsCache]
+	// welcomes keeps the ParameterStatus messages of logins (params.go).
+	welcomes welcomeCache
 	// settable keeps each route's replayed parameters (settable.go).
 	settable settableCache
 	// hooks are set by tests only.

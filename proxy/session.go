@@ -10,7 +10,6 @@ import (
 	"math"
 	"net"
 	"os"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -439,7 +438,7 @@ func (s *session) startup() (ok bool, err error) {
 			s.sendStartupError(err)
 			return false, err
 		}
-		if err := s.finishLogin(adminParams(), nil); err != nil {
+		if err := s.finishLogin(appendParameterStatus(nil, adminParams()), nil); err != nil {
 			return false, err
 		}
 		loggedIn = true
@@ -456,18 +455,18 @@ func (s *session) startup() (ok bool, err error) {
 		return false, err
 	}
 	// The upstream may be down; the pool retries its dial for as long as a query would wait.
-	// Derived from the Server's context, not the session's: a child would leave the session's
-	// context with a children map and a Done channel, about 400 bytes per idle client. The
-	// login runs on the session's goroutine, so the session cannot end meanwhile.
-	pctx, pcancel := s.context(), context.CancelFunc(func() {})
-	if d := s.srv.config().QueryWaitTimeout; d > 0 {
-		pctx, pcancel = context.WithTimeout(s.srv.ctx, d)
+	// The wait's context is made only if the pool must reach the upstream: usually the pool
+	// knows its server's parameters and the route's settable ones, and a login makes none.
+	wait := loginWait{s: s}
+	p := s.pool()
+	params := p.KnownServerParams()
+	if params == nil {
+		params, err = p.ServerParams(wait.context())
 	}
-	params, err := s.pool().ServerParams(pctx)
 	if err == nil && s.txPooling {
-		s.useSettableParams(pctx, params)
+		s.useSettableParams(wait.context, params)
 	}
-	pcancel()
+	wait.done()
 	if err != nil {
 		if up.User != "" && !up.HasPassword && authFailure(err) {
 			// The upstream wants a password pgsidecar does not have: say which setting is
@@ -505,22 +504,49 @@ func (s *session) startup() (ok bool, err error) {
 		}
 		sessionServer = c
 	}
-	if err := s.finishLogin(reportedParams(params, s.Params), sessionServer); err != nil {
+	if err := s.finishLogin(s.srv.welcomes.get(p, params, s.Params, s.ParamsKey), sessionServer); err != nil {
 		return false, err
 	}
 	loggedIn = true
 	return true, nil
 }
 
-// finishLogin tells the client it is in (params, its cancel key) and readies the session to
-// relay; sessionServer, in session mode, is the client's server for good.
-func (s *session) finishLogin(params map[string]string, sessionServer *pool.Conn) error {
+// loginWait is the context of a login's waits for its pool, made when first needed: bounded by
+// query_wait_timeout, and derived from the Server's context, not the session's (the login
+// runs on the session's goroutine, so the session cannot end meanwhile).
+type loginWait struct {
+	s      *session
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func (w *loginWait) context() context.Context {
+	if w.ctx == nil {
+		w.ctx, w.cancel = w.s.context(), func() {}
+		if d := w.s.srv.config().QueryWaitTimeout; d > 0 {
+			w.ctx, w.cancel = context.WithTimeout(w.s.srv.ctx, d)
+		}
+	}
+	return w.ctx
+}
+
+// done ends the waits' context, if one was made.
+func (w *loginWait) done() {
+	if w.cancel != nil {
+		w.cancel()
+	}
+}
+
+// finishLogin tells the client it is in (its ParameterStatus messages, its cancel key) and
+// readies the session to relay; sessionServer, in session mode, is the client's server for
+// good.
+func (s *session) finishLogin(paramStatus []byte, sessionServer *pool.Conn) error {
 	var serverPID uint32
 	if sessionServer != nil {
 		serverPID = sessionServer.PID
 	}
 	s.srv.registerCancelKey(s, serverPID)
-	if err := s.sendWelcome(params); err != nil {
+	if err := s.sendWelcome(paramStatus); err != nil {
 		s.srv.unregisterCancelKey(s)
 		if sessionServer != nil {
 			s.pool().Release(sessionServer)
@@ -625,16 +651,10 @@ func redactedParseError(err error) string {
 	return "cannot parse"
 }
 
-func (s *session) sendWelcome(params map[string]string) error {
-	buf, _ := (&pgproto3.AuthenticationOk{}).Encode(nil)
-	names := make([]string, 0, len(params))
-	for k := range params {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	for _, k := range names {
-		buf, _ = (&pgproto3.ParameterStatus{Name: k, Value: params[k]}).Encode(buf)
-	}
+func (s *session) sendWelcome(paramStatus []byte) error {
+	buf := make([]byte, 0, 9+len(paramStatus)+13+6)
+	buf, _ = (&pgproto3.AuthenticationOk{}).Encode(buf)
+	buf = append(buf, paramStatus...)
 	buf, _ = (&pgproto3.BackendKeyData{ProcessID: s.cancelPID, SecretKey: s.cancelKey[:]}).Encode(buf)
 	buf, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(buf)
 	_, err := s.loginIO().Write(buf)
