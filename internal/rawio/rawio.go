@@ -25,10 +25,10 @@ import (
 type Conn struct {
 	rc syscall.RawConn
 	tc *net.TCPConn
-	// writeTimeout bounds how long a Write may stay blocked (0: no bound); writeOnceFn makes
-	// the one attempt that needs no deadline.
+	// writeTimeout bounds how long a Write may stay blocked (0: no bound); writeOnce is set for
+	// the one attempt that needs no deadline (writeFn then does not wait for the poller).
 	writeTimeout time.Duration
-	writeOnceFn  func(fd uintptr) bool
+	writeOnce    bool
 
 	rbuf    []byte
 	rn      int
@@ -54,10 +54,6 @@ func New(conn net.Conn) *Conn {
 	r := &Conn{rc: rc, tc: tc}
 	r.readFn = r.doRead
 	r.writeFn = r.doWrite
-	r.writeOnceFn = func(fd uintptr) bool {
-		r.doWrite(fd)
-		return true // no wait for the poller: the caller sets a deadline first
-	}
 	return r
 }
 
@@ -107,7 +103,7 @@ func (r *Conn) doWrite(fd uintptr) bool {
 			r.wn += int(n)
 		case syscall.EINTR:
 		case syscall.EAGAIN:
-			return false
+			return r.writeOnce // then no wait for the poller: the caller sets a deadline first
 		default:
 			r.werr = e
 			return true
@@ -128,7 +124,10 @@ func (r *Conn) Write(p []byte) (int, error) {
 	}
 	r.wbuf, r.wn, r.werr = p, 0, 0
 	if r.writeTimeout > 0 {
-		if err := r.rc.Write(r.writeOnceFn); err != nil || r.werr != 0 || r.wn == len(p) {
+		r.writeOnce = true
+		err := r.rc.Write(r.writeFn)
+		r.writeOnce = false
+		if err != nil || r.werr != 0 || r.wn == len(p) {
 			return r.finishWrite(err)
 		}
 		_ = r.tc.SetWriteDeadline(time.Now().Add(r.writeTimeout))

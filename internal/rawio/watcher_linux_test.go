@@ -92,3 +92,25 @@ func TestWatcher(t *testing.T) {
 		t.Fatalf("second Close = %v, want nil", err)
 	}
 }
+
+// TestWatchAllocatesNothing: a watch costs its map entry and no allocation of its own (one
+// per login under a connection per transaction).
+func TestWatchAllocatesNothing(t *testing.T) {
+	w, err := NewWatcher()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	a, _ := pair(t)
+	ra := New(a)
+	wk := make(chanWaker, 4)
+	n := testing.AllocsPerRun(100, func() {
+		if err := w.Watch(ra, 7, wk); err != nil {
+			t.Fatal(err)
+		}
+		w.Forget(7)
+	})
+	if n != 0 {
+		t.Errorf("%v allocations per Watch, want 0", n)
+	}
+}
