@@ -307,12 +307,17 @@ type welcomeKey struct {
 	params string // the client's ParamsKey
 }
 
-// maxWelcomes bounds welcomeCache (entries of a few hundred bytes each).
+// maxWelcomes bounds welcomeCache (entries of a few hundred bytes each; a key is at most
+// maxInternedKeyBytes).
 const maxWelcomes = 256
 
 // get returns the ParameterStatus messages for a client of p with parameters client (key
 // their ParamsKey), p's server reporting server.
 func (wc *welcomeCache) get(p *pool.Pool, server, client map[string]string, key string) []byte {
+	if len(key) > maxInternedKeyBytes {
+		// Parameters of a client's own, as paramsIntern does not share: not kept either.
+		return appendParameterStatus(nil, reportedParams(server, client))
+	}
 	k := welcomeKey{pool: p, params: key}
 	wc.mu.Lock()
 	b, ok := wc.m[k]

@@ -76,6 +76,11 @@ func TestWelcomeCache(t *testing.T) {
 	if got := decode(wc.get(p2, other, nil, "a"))["TimeZone"]; got != "GMT" {
 		t.Errorf("another pool's client is told TimeZone %q, want that pool's GMT", got)
 	}
+	long := strings.Repeat("x", maxInternedKeyBytes+1)
+	before := len(wc.m)
+	if got := decode(wc.get(p1, server, map[string]string{"application_name": long}, long))["application_name"]; got != long || len(wc.m) != before {
+		t.Errorf("a client's own long parameters: told %d bytes, cache %d -> %d entries (want them told, not kept)", len(got), before, len(wc.m))
+	}
 	for i := range 3 * maxWelcomes {
 		wc.get(p1, server, nil, fmt.Sprint(i))
 	}

@@ -464,7 +464,7 @@ func (s *session) startup() (ok bool, err error) {
 		params, err = p.ServerParams(wait.context())
 	}
 	if err == nil && s.txPooling {
-		s.useSettableParams(wait.context, params)
+		s.useSettableParams(&wait, params)
 	}
 	wait.done()
 	if err != nil {
@@ -520,6 +520,7 @@ type loginWait struct {
 	cancel context.CancelFunc
 }
 
+// context returns the waits' context, making it on the first call.
 func (w *loginWait) context() context.Context {
 	if w.ctx == nil {
 		w.ctx, w.cancel = w.s.context(), func() {}

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"strconv"
 	"strings"
 	"sync"
@@ -73,11 +72,11 @@ func settableSQL(version string) string {
 // useSettableParams makes the client's tracker replay the parameters of its route's settable
 // set, reading the set from a server first if no client of the route has. If it cannot be read,
 // the tracker keeps its built-in list.
-func (s *session) useSettableParams(waitCtx func() context.Context, serverParams map[string]string) {
+func (s *session) useSettableParams(wait *loginWait, serverParams map[string]string) {
 	key := s.route.key
 	p := s.srv.settable.get(key)
 	if p == nil {
-		ctx := waitCtx()
+		ctx := wait.context()
 		c, err := s.pool().Acquire(ctx)
 		if err != nil {
 			s.log.Info("could not read the settable parameters; replaying the built-in list", "err", err)
