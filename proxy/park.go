@@ -96,7 +96,7 @@ func (p *parker) kickLoop(s *Server) {
 			sess.kickToPark()
 			batch[i] = nil
 		}
-		p.trimAfterBurst(sessions)
+		p.trimAfterBurst(s, sessions)
 	}
 }
 
@@ -105,15 +105,21 @@ func (p *parker) kickLoop(s *Server) {
 // leaves it as large as before; the runtime gives that back to the system only slowly. Once
 // the number of sessions has moved by at least trimMinSessions since the last trim and has
 // held still for a round, the parker returns what is free at once, at most every
-// trimInterval: a full collection, a few milliseconds of CPU.
+// trimInterval: a full collection, a few milliseconds of CPU. The goroutines kept for logins
+// and relay loops (workers) beyond a few end first, as a burst leaves up to maxIdleWorkers of
+// each with a grown stack.
 const (
 	trimMinSessions = 256
 	trimInterval    = time.Second
 )
 
+// keptAfterBurst is how many idle workers of each kind a trim keeps.
+const keptAfterBurst = 16
+
 // trimAfterBurst returns free heap memory to the system after a burst of logins or departures
-// (above); sessions is the number of sessions now.
-func (p *parker) trimAfterBurst(sessions int) {
+// (above), and ends the idle workers beyond keptAfterBurst; sessions is the number of srv's
+// sessions now.
+func (p *parker) trimAfterBurst(srv *Server, sessions int) {
 	moved, quiet := abs(sessions-p.sessionsAtTrim), sessions == p.sessionsLastRound
 	p.sessionsLastRound = sessions
 	if moved < trimMinSessions || !quiet || time.Since(p.trimmedAt) < trimInterval {
@@ -121,6 +127,9 @@ func (p *parker) trimAfterBurst(sessions int) {
 	}
 	p.sessionsAtTrim = sessions
 	p.trimmedAt = time.Now()
+	// The workers a burst of logins needed end first, so that their stacks are returned too.
+	srv.sessionRuns.trim(keptAfterBurst)
+	srv.relays.trim(keptAfterBurst)
 	// Not conditioned on the runtime's count of free heap: right after a burst the garbage
 	// is mostly unswept and counted as in use.
 	debug.FreeOSMemory()

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"slices"
 	"sync"
 
 	"github.com/pgsidecar/pgsidecar/pool"
@@ -35,6 +36,8 @@ const maxIdleWorkers = 128
 type worker[T task] struct {
 	tasks chan T // buffered: handing over a task never blocks
 	f     wire.Frames
+	// exited is closed when the worker's goroutine ends (see trim).
+	exited chan struct{}
 }
 
 // relayTask is one serverToClient loop: session s relaying server c until done is closed.
@@ -74,12 +77,13 @@ func (w *workers[T]) start(t T) {
 	}
 	w.wg.Add(1)
 	w.mu.Unlock()
-	wk := &worker[T]{tasks: make(chan T, 1)}
+	wk := &worker[T]{tasks: make(chan T, 1), exited: make(chan struct{})}
 	go wk.loop(w, t)
 }
 
 func (wk *worker[T]) loop(w *workers[T], t T) {
 	defer w.wg.Done()
+	defer close(wk.exited)
 	var none T
 	for {
 		t.run(&wk.f)
@@ -95,6 +99,28 @@ func (wk *worker[T]) loop(w *workers[T], t T) {
 		if t, ok = <-wk.tasks; !ok {
 			return
 		}
+	}
+}
+
+// trim ends the idle workers beyond keep, those idle longest first, and returns once their
+// goroutines are on their way out (past their last deferred call), so that a collection right
+// after finds their stacks free. After a burst of logins the workers it needed, with their
+// grown stacks, would otherwise stay for good (up to maxIdleWorkers, up to 16 KB each).
+func (w *workers[T]) trim(keep int) {
+	w.mu.Lock()
+	n := len(w.idle) - keep
+	if n <= 0 {
+		w.mu.Unlock()
+		return
+	}
+	ended := slices.Clone(w.idle[:n])
+	w.idle = slices.Delete(w.idle, 0, n)
+	w.mu.Unlock()
+	for _, wk := range ended {
+		close(wk.tasks)
+	}
+	for _, wk := range ended {
+		<-wk.exited
 	}
 }
 

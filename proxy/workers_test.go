@@ -1,11 +1,14 @@
 package proxy
 
 import (
+	"runtime"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgsidecar/pgsidecar/config"
+	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
 
 // TestRelayWorkersReused checks that transaction-mode relay loops run on kept workers (no
@@ -42,4 +45,62 @@ func TestRelayWorkersReused(t *testing.T) {
 		t.Errorf("after Shutdown: %d idle workers, stopped=%v; want 0, true", idle, stopped)
 	}
 	w.wg.Wait() // returns only when every worker ended
+}
+
+// blockTask is a task that waits for release, telling started when it runs.
+type blockTask struct{ started, release chan struct{} }
+
+func (t blockTask) run(*wire.Frames) {
+	t.started <- struct{}{}
+	<-t.release
+}
+
+// TestWorkersTrim: a burst of tasks leaves as many idle workers; trim ends all but the ones
+// asked for, their goroutines included, and the workers left still run tasks.
+func TestWorkersTrim(t *testing.T) {
+	var w workers[blockTask]
+	defer w.stop()
+	const burst = 20
+	started, release := make(chan struct{}), make(chan struct{})
+	for range burst {
+		w.start(blockTask{started, release})
+		<-started
+	}
+	before := runtime.NumGoroutine()
+	close(release)
+	waitIdle := func(want int) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+			w.mu.Lock()
+			n := len(w.idle)
+			w.mu.Unlock()
+			if n == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d idle workers, want %d", n, want)
+			}
+		}
+	}
+	waitIdle(burst)
+	w.trim(3)
+	w.mu.Lock()
+	idle := len(w.idle)
+	w.mu.Unlock()
+	if idle != 3 {
+		t.Errorf("%d idle workers after trim(3)", idle)
+	}
+	// The ended workers' goroutines go (trim waits for their last deferred call; the runtime
+	// may count them a moment longer).
+	for deadline := time.Now().Add(5 * time.Second); runtime.NumGoroutine() > before-(burst-3); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines after trim, %d before: want %d fewer", runtime.NumGoroutine(), before, burst-3)
+		}
+	}
+	started2, release2 := make(chan struct{}), make(chan struct{})
+	w.start(blockTask{started2, release2})
+	<-started2
+	close(release2)
+	w.trim(10) // fewer idle than that: nothing to end
+	waitIdle(3)
 }
