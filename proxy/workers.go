@@ -102,10 +102,11 @@ func (wk *worker[T]) loop(w *workers[T], t T) {
 	}
 }
 
-// trim ends the idle workers beyond keep, those idle longest first, and returns once their
-// goroutines are on their way out (past their last deferred call), so that a collection right
-// after finds their stacks free. After a burst of logins the workers it needed, with their
-// grown stacks, would otherwise stay for good (up to maxIdleWorkers, up to 16 KB each).
+// trim ends the idle workers beyond keep, those idle longest first, and returns once each of
+// their goroutines is in its deferred calls, about to exit (its stack is freed when it does),
+// so that the collection the caller runs next mostly finds those stacks free. After a burst
+// of logins the workers it needed, with their grown stacks, would otherwise stay for good (up
+// to maxIdleWorkers, up to 16 KB each).
 func (w *workers[T]) trim(keep int) {
 	w.mu.Lock()
 	n := len(w.idle) - keep

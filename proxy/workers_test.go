@@ -90,8 +90,8 @@ func TestWorkersTrim(t *testing.T) {
 	if idle != 3 {
 		t.Errorf("%d idle workers after trim(3)", idle)
 	}
-	// The ended workers' goroutines go (trim waits for their last deferred call; the runtime
-	// may count them a moment longer).
+	// The ended workers' goroutines go (trim returns once they are in their deferred calls;
+	// the runtime may count them a moment longer).
 	for deadline := time.Now().Add(5 * time.Second); runtime.NumGoroutine() > before-(burst-3); time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d goroutines after trim, %d before: want %d fewer", runtime.NumGoroutine(), before, burst-3)
