@@ -523,7 +523,7 @@ type loginWait struct {
 // context returns the waits' context, making it on the first call.
 func (w *loginWait) context() context.Context {
 	if w.ctx == nil {
-		w.ctx, w.cancel = w.s.context(), func() {}
+		w.ctx, w.cancel = w.s.srv.ctx, func() {}
 		if d := w.s.srv.config().QueryWaitTimeout; d > 0 {
 			w.ctx, w.cancel = context.WithTimeout(w.s.srv.ctx, d)
 		}
