@@ -11,8 +11,22 @@ PGBENCH_COMPARE ?= ../shared/bench/pgbench-compare.sh
 
 all: build
 
+# The runtime's monitor thread (sysmon) falls into a deep sleep whenever every processor is
+# idle, and the next ordinary system call wakes it to poll every 20 us until the processors go
+# idle again. A proxy between bursts of network work is idle that way thousands of times a
+# second, and every new connection makes such calls (accept4, setsockopt, close): under pgbench
+# -C the monitor took 14 to 16 % of pgsidecar's CPU. A schedtrace period keeps the monitor
+# from that deep sleep, so it backs off to one wake-up every 10 ms instead; the period, the
+# largest the runtime takes (24.8 days), also sets how often it prints one scheduler line on
+# stderr, and it prints one at start on a host up longer than that. Set in the binary's
+# default GODEBUG, which the go command leaves empty for this module (cmd/pgsidecar's tests
+# check both), so GODEBUG=schedtrace=0 in the environment restores the runtime's own
+# behaviour. BENCHMARKS.md section 3 has the measurements.
+RUNTIME_GODEBUG := schedtrace=2147483647
+LDFLAGS  := -X=runtime.godebugDefault=$(RUNTIME_GODEBUG)
+
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/pgsidecar
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='$(LDFLAGS)' -o $(BIN) ./cmd/pgsidecar
 
 # PostgreSQL's server binaries, psql and pgbench: Debian's packages are installed when missing
 # (as root), or the command to install them is printed and make stops.

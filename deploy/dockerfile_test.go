@@ -1,6 +1,8 @@
 package deploy_test
 
 import (
+	"bufio"
+	"context"
 	"debug/elf"
 	"encoding/json"
 	"net"
@@ -11,7 +13,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"mvdan.cc/sh/v3/expand"
 	"mvdan.cc/sh/v3/syntax"
@@ -185,6 +189,7 @@ func TestDockerfile(t *testing.T) {
 		t.Errorf("go build writes %s but the final stage copies %s", build.args[o+1], src)
 	}
 	checkFinalStage(t, final, dst)
+	checkRuntimeGODEBUG(t, build.args, line)
 
 	if testing.Short() {
 		t.Skip("builds the binary; skipped with -short")
@@ -208,6 +213,92 @@ func TestDockerfile(t *testing.T) {
 		t.Fatalf("%v: %v\n%s", cmd.Args, err, out)
 	}
 	checkStatic(t, bin)
+	checkMonitorAwake(t, bin)
+}
+
+// godebugLinkFlag is how the Makefile and the Dockerfile set the binary's default GODEBUG.
+const godebugLinkFlag = "-X=runtime.godebugDefault="
+
+// checkRuntimeGODEBUG checks that the image's binary gets the Makefile's runtime setting (see
+// RUNTIME_GODEBUG there), and that the go command sets no default GODEBUG of its own for the
+// binary, which the link flag would replace.
+func checkRuntimeGODEBUG(t *testing.T, args []string, line int) {
+	t.Helper()
+	makefile, err := os.ReadFile("../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want string
+	for l := range strings.Lines(string(makefile)) {
+		if v, ok := strings.CutPrefix(l, "RUNTIME_GODEBUG :="); ok {
+			want = godebugLinkFlag + strings.TrimSpace(v)
+		}
+	}
+	if want == "" {
+		t.Fatal("Makefile: no RUNTIME_GODEBUG := line")
+	}
+	var ldflags string
+	for i, a := range args {
+		if v, ok := strings.CutPrefix(a, "-ldflags="); ok {
+			ldflags = v
+		} else if a == "-ldflags" && i+1 < len(args) {
+			ldflags = args[i+1]
+		}
+	}
+	if !slices.Contains(strings.Fields(ldflags), want) {
+		t.Errorf("Dockerfile:%d: go build -ldflags %q lacks the Makefile's %s", line, ldflags, want)
+	}
+	cmd := exec.Command("go", "list", "-f", "{{.DefaultGODEBUG}}", "./cmd/pgsidecar")
+	cmd.Dir = ".."
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	if d := strings.TrimSpace(string(out)); d != "" {
+		t.Errorf("the go command sets the binary's default GODEBUG to %q, which %s would replace: merge the two", d, want)
+	}
+}
+
+// checkMonitorAwake checks that the runtime setting is in effect in the built binary: with a
+// schedtrace period, the runtime's crash report (here for SIGQUIT) includes its scheduler's
+// state, which it leaves out otherwise.
+func checkMonitorAwake(t *testing.T, bin string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// No upstream is needed: the pool connects when a client comes.
+	cmd := exec.CommandContext(ctx, bin, "--listen", "127.0.0.1:0", "--http-listen=",
+		"--database-url", "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable")
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GODEBUG=") && !strings.HasPrefix(kv, "PGSIDECAR_") && !strings.HasPrefix(kv, "DATABASE_URL=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	var out strings.Builder
+	cmd.Stderr = &out
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	cmd.Stdout = pw
+	err = cmd.Start()
+	pw.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// It serves once it prints the line to connect with, on standard output.
+	if _, err := bufio.NewReader(pr).ReadString('\n'); err != nil {
+		_ = cmd.Wait()
+		t.Fatalf("the binary did not start: %v\n%s", err, out.String())
+	}
+	if err := cmd.Process.Signal(syscall.SIGQUIT); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	if !strings.Contains(out.String(), "SCHED ") {
+		t.Errorf("the binary's crash report has no scheduler state: its default GODEBUG lacks a schedtrace period\n%s", out.String())
+	}
 }
 
 // checkFinalStage checks the user, entrypoint and ports of the image.
