@@ -45,8 +45,10 @@ type Conn struct {
 	// buf is the read buffer used by the proxy's relay; it lives as long as the connection so
 	// that a busy server connection never allocates per transaction.
 	buf []byte
-	// raw does the relay's socket I/O on plain TCP connections; nil for TLS.
-	raw *rawio.Conn
+	// raw does the relay's socket I/O on plain TCP connections; nil for TLS. loop reads it for
+	// ReadEach, made on first use.
+	raw  *rawio.Conn
+	loop *rawio.ReadLoop
 	// peek checks the idle connection before reuse; set on first use.
 	peek *peeker
 	// cancelTLS is the TLS configuration the connection was made with (nil without TLS): a
@@ -122,6 +124,50 @@ func (c *Conn) Read(p []byte) (int, error) {
 		return c.raw.Read(p)
 	}
 	return c.Conn.Read(p)
+}
+
+// ReadEach reads from the server for the relay, handing each read to rd until rd has had
+// enough: see rawio.ReadLoop, which it is on plain TCP (on TLS, reads in a loop). The error of a
+// read goes to rd; ReadEach returns the error of waiting for one (a deadline, a close). Only
+// the connection's holder may call it, and rd must not close the connection.
+func (c *Conn) ReadEach(rd rawio.Reader) error {
+	if c.raw == nil {
+		for {
+			n, err := c.Conn.Read(rd.ReadBuffer())
+			if !rd.Handle(n, err) || err != nil {
+				return nil
+			}
+		}
+	}
+	if c.loop == nil {
+		c.loop = rawio.NewReadLoop(c.raw)
+	}
+	return c.loop.Run(rd)
+}
+
+// Abort ends the connection's session with its server at once: the socket is shut down both
+// ways, so that the server sees its client gone and the holder's read, waiting or next, ends
+// with io.EOF. It does not close the connection: the holder still destroys it. Unlike Close,
+// it never waits for the holder's read in progress to return (see ReadEach), which a relay
+// blocked writing to a client that reads nothing would not do.
+func (c *Conn) Abort() error {
+	nc := c.Conn
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	tc, ok := nc.(*net.TCPConn)
+	if !ok {
+		return c.Conn.Close() // tests' pipes: they have no reads to wait for
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = syscall.Shutdown(int(fd), syscall.SHUT_RDWR) }); err != nil {
+		return err
+	}
+	return serr
 }
 
 // Write writes to the server for the relay. Only the connection's holder may call it.

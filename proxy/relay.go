@@ -279,19 +279,21 @@ func (e *upstreamError) Unwrap() error { return e.err }
 
 // serverToClient relays srv's output to the client until the server can go back to the pool
 // (transaction mode, ReadyForQuery idle with nothing in flight), the client leaves, or either
-// side fails. It is the only writer to the client while it runs. f is the caller's read state,
-// kept between loops so that a transaction allocates none; the loop resets it.
-func (s *session) serverToClient(srv *pool.Conn, done chan struct{}, f *wire.Frames) {
+// side fails. It is the only writer to the client while it runs. l is its worker's relay
+// state, kept between loops so that a transaction allocates none; the loop resets it.
+func (s *session) serverToClient(srv *pool.Conn, done chan struct{}, l *relayState) {
 	defer close(done)
-	*f = wire.Frames{Buf: srv.ReadBuffer()}
-	// Let go of the server's buffer once the loop ends: the server may be closed by then.
-	defer func() { *f = wire.Frames{} }()
+	*l = relayState{f: wire.Frames{Buf: srv.ReadBuffer()}, s: s, srv: srv}
+	// Let go of the server's buffer and the session once the loop ends: the server may be
+	// closed by then, and the worker keeps l while it waits for its next loop.
+	defer func() { *l = relayState{} }()
 	var st *txmode.ServerState
 	if s.txPooling {
 		st = srv.Tag.(*txmode.ServerState)
 		if !st.Relaying.CompareAndSwap(false, true) {
 			panic("proxy: two relays on one server connection")
 		}
+		l.st = st
 	}
 	// On the paths that keep srv attached, the flag is cleared here; released clears it itself
 	// before the pool can hand srv to another client.
@@ -306,7 +308,7 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}, f *wire.Fra
 	// state is unknown.
 	defer func() {
 		if v := recover(); v != nil {
-			s.loopFailed(s.recovered("relay loop", v), f.Remaining == 0, false)
+			s.loopFailed(s.recovered("relay loop", v), l.f.Remaining == 0, false)
 		}
 	}()
 	// The request was written just before this loop started, and the server needs a moment to
@@ -316,99 +318,175 @@ func (s *session) serverToClient(srv *pool.Conn, done chan struct{}, f *wire.Fra
 	// transaction and cut its CPU per transaction by a fifth at 64 and 256 clients.
 	runtime.Gosched()
 	for {
-		n, err := srv.Read(f.Buf[f.W:])
-		f.W += n
-		if n > 0 {
-			if h := s.srv.hooks.serverBatch; h != nil {
-				h(s)
-			}
-			var ready int
-			var status byte
-			var perr, werr error
-			if st != nil {
-				s.checkDemotion(f, srv, st)
-				ready, status, perr, werr = s.relayTrackedAndWrite(f, st)
-			} else {
-				start := f.R
-				ready, status, perr = s.scanServer(f)
-				if f.R > start {
-					werr = s.writeClient(f.Buf[start:f.R])
-				}
-			}
-			if werr != nil {
-				s.loopFailed(fmt.Errorf("write to client: %w", werr), false, false)
+		// The reads and what can be done with each while the loop stays on srv are Handle's;
+		// what ends the loop or moves it to another server is done here, once srv's poller
+		// wait is over (closing srv inside it would wait for itself).
+		l.next, l.err, l.perr, l.werr, l.reread = relayOn, nil, nil, nil, nil
+		if err := srv.ReadEach(l); err != nil && l.err == nil {
+			l.err = err
+		}
+		switch l.next {
+		case relayWriteFailed:
+			s.loopFailed(fmt.Errorf("write to client: %w", l.werr), false, false)
+			return
+		case relayProtocolFailed:
+			s.loopFailed(l.perr, true, false)
+			return
+		case relayServerGone:
+			// Already answered; the server is closing. Not released: destroyed.
+			st.Relaying.Store(false)
+			handedBack = true
+			s.pool().Destroy(srv)
+			return
+		case relayRetry:
+			c, cst, ok := s.retryOnNewServer(srv)
+			if !ok {
+				s.loopFailed(s.retryFailure(), true, false)
 				return
 			}
-			if perr != nil {
-				s.loopFailed(perr, true, false)
-				return
-			}
-			if st != nil && s.dropGoneServer() {
-				// Already answered; the server is closing. Not released: destroyed.
-				st.Relaying.Store(false)
-				handedBack = true
-				s.pool().Destroy(srv)
-				return
-			}
-			if st != nil && s.takeRetryNeeded() {
-				c, cst, ok := s.retryOnNewServer(srv)
-				if !ok {
-					s.loopFailed(s.retryFailure(), true, false)
-					return
-				}
+			srv, st = c, cst
+			l.moveTo(srv, st)
+			continue
+		case relayRelease:
+			handedBack = true
+			s.released(srv, l.reread)
+			return
+		}
+		err := l.err
+		if err == nil {
+			continue // not expected: ReadEach returns when Handle stops or with an error
+		}
+		f := &l.f
+		boundary := f.R == f.W && f.Remaining == 0
+		if st != nil && !deadlineErr(err) && connectionLost(err) && s.lostBeforeRequest() {
+			if c, cst, ok := s.retryOnNewServer(srv); ok {
 				srv, st = c, cst
-				*f = wire.Frames{Buf: srv.ReadBuffer()}
+				l.moveTo(srv, st)
 				continue
 			}
-			f.Compact()
-			if ready > 0 {
-				counted := 0 // relayTracked counts them itself
-				if st == nil {
-					counted = ready
-				}
-				if release, reread := s.readyForQuery(counted, ready, status, f.R == f.W && f.Remaining == 0); release {
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// clientToServer's kick, unless finish is stopping this loop. The deadline is
+			// cleared under mu, so a later kick is not lost.
+			s.mu.Lock()
+			closing := s.closing
+			if !closing {
+				_ = srv.SetReadDeadline(time.Time{})
+			}
+			release := !closing && boundary && s.server == srv && s.releasableLocked()
+			var reread chan struct{}
+			if release {
+				reread = s.detachLocked()
+			}
+			s.mu.Unlock()
+			if !closing {
+				if release {
 					handedBack = true
 					s.released(srv, reread)
 					return
 				}
+				continue
 			}
 		}
-		if err != nil {
-			boundary := f.R == f.W && f.Remaining == 0
-			if st != nil && !deadlineErr(err) && connectionLost(err) && s.lostBeforeRequest() {
-				if c, cst, ok := s.retryOnNewServer(srv); ok {
-					srv, st = c, cst
-					*f = wire.Frames{Buf: srv.ReadBuffer()}
-					continue
-				}
-			}
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				// clientToServer's kick, unless finish is stopping this loop. The deadline is
-				// cleared under mu, so a later kick is not lost.
-				s.mu.Lock()
-				closing := s.closing
-				if !closing {
-					_ = srv.SetReadDeadline(time.Time{})
-				}
-				release := !closing && boundary && s.server == srv && s.releasableLocked()
-				var reread chan struct{}
-				if release {
-					reread = s.detachLocked()
-				}
-				s.mu.Unlock()
-				if !closing {
-					if release {
-						handedBack = true
-						s.released(srv, reread)
-						return
-					}
-					continue
-				}
-			}
-			s.loopFailed(fmt.Errorf("read from server: %w", err), true, boundary)
-			return
+		s.loopFailed(fmt.Errorf("read from server: %w", err), true, boundary)
+		return
+	}
+}
+
+// relayState is a serverToClient loop's state. Its worker keeps it between loops, so that a
+// loop allocates nothing, and it takes the loop's reads from the server (rawio.Reader).
+type relayState struct {
+	f   wire.Frames
+	s   *session
+	srv *pool.Conn
+	st  *txmode.ServerState // transaction mode only
+
+	// What Handle found that the loop must do once out of the server's poller wait.
+	next       relayNext
+	err        error // the read's
+	perr, werr error // the reply's (protocol) and the client's (write)
+	reread     chan struct{}
+}
+
+// relayNext is what the loop does after its reads stop.
+type relayNext uint8
+
+const (
+	relayOn             relayNext = iota // read on (a read error, if any, is in err)
+	relayWriteFailed                     // the client could not be written to: werr
+	relayProtocolFailed                  // the server broke the protocol: perr
+	relayServerGone                      // the server is closing, its reply relayed
+	relayRetry                           // the server refused the batch retryably
+	relayRelease                         // the server goes back to the pool (reread)
+)
+
+// moveTo points the state at the server a retry moved the client to.
+func (l *relayState) moveTo(srv *pool.Conn, st *txmode.ServerState) {
+	l.srv, l.st = srv, st
+	l.f = wire.Frames{Buf: srv.ReadBuffer()}
+}
+
+// ReadBuffer is where the next read from the server goes (rawio.Reader).
+func (l *relayState) ReadBuffer() []byte { return l.f.Buf[l.f.W:] }
+
+// Handle relays what a read brought (rawio.Reader), and stops the reads for what the loop
+// must do itself.
+func (l *relayState) Handle(n int, err error) bool {
+	l.f.W += n
+	if n > 0 {
+		if l.next = l.s.relayBatch(l); l.next != relayOn {
+			return false
 		}
 	}
+	if err != nil {
+		l.err = err
+		return false
+	}
+	return true
+}
+
+// relayBatch relays the server's messages read into l.f and says what the loop does next.
+func (s *session) relayBatch(l *relayState) relayNext {
+	f, srv, st := &l.f, l.srv, l.st
+	if h := s.srv.hooks.serverBatch; h != nil {
+		h(s)
+	}
+	var ready int
+	var status byte
+	if st != nil {
+		s.checkDemotion(f, srv, st)
+		ready, status, l.perr, l.werr = s.relayTrackedAndWrite(f, st)
+	} else {
+		start := f.R
+		ready, status, l.perr = s.scanServer(f)
+		if f.R > start {
+			l.werr = s.writeClient(f.Buf[start:f.R])
+		}
+	}
+	if l.werr != nil {
+		return relayWriteFailed
+	}
+	if l.perr != nil {
+		return relayProtocolFailed
+	}
+	if st != nil && s.dropGoneServer() {
+		return relayServerGone
+	}
+	if st != nil && s.takeRetryNeeded() {
+		return relayRetry
+	}
+	f.Compact()
+	if ready > 0 {
+		counted := 0 // relayTracked counts them itself
+		if st == nil {
+			counted = ready
+		}
+		if release, reread := s.readyForQuery(counted, ready, status, f.R == f.W && f.Remaining == 0); release {
+			l.reread = reread
+			return relayRelease
+		}
+	}
+	return relayOn
 }
 
 // checkDemotion confirms, before the tracker sees it, that a read-only error (25006) from a

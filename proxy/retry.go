@@ -397,7 +397,9 @@ func (s *session) queryTimedOut() {
 		s.mu.Lock()
 		s.abandoned = true
 		s.mu.Unlock()
-		_ = srv.Close()
+		// Aborted, not closed: closing would wait for the relay loop's read, whose loop may be
+		// stuck in a write to the client below.
+		_ = srv.Abort()
 		if s.wmu.TryLock() {
 			s.wmu.Unlock()
 			s.log.Warn("server did not answer a cancelled query; closing its connection")

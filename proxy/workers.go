@@ -5,7 +5,6 @@ import (
 	"sync"
 
 	"github.com/pgsidecar/pgsidecar/pool"
-	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
 
 // workers runs tasks on goroutines that are kept between tasks. A new goroutine starts on a
@@ -24,10 +23,10 @@ type workers[T task] struct {
 	wg      sync.WaitGroup
 }
 
-// task is what workers run; f is the worker's scratch read state, kept between tasks so that a
-// relay loop allocates none.
+// task is what workers run; l is the worker's relay state, kept between tasks so that a relay
+// loop allocates none.
 type task interface {
-	run(f *wire.Frames)
+	run(l *relayState)
 }
 
 // maxIdleWorkers bounds the workers kept waiting, per pool: a parked worker costs its stack.
@@ -35,7 +34,7 @@ const maxIdleWorkers = 128
 
 type worker[T task] struct {
 	tasks chan T // buffered: handing over a task never blocks
-	f     wire.Frames
+	l     relayState
 	// exited is closed when the worker's goroutine ends (see trim).
 	exited chan struct{}
 }
@@ -47,7 +46,7 @@ type relayTask struct {
 	done chan struct{}
 }
 
-func (t relayTask) run(f *wire.Frames) { t.s.serverToClient(t.c, t.done, f) }
+func (t relayTask) run(l *relayState) { t.s.serverToClient(t.c, t.done, l) }
 
 // sessionTask runs a session: its login (run), or its client loop when it resumes from being
 // parked (relay).
@@ -56,7 +55,7 @@ type sessionTask struct {
 	resume bool
 }
 
-func (t sessionTask) run(*wire.Frames) {
+func (t sessionTask) run(*relayState) {
 	if t.resume {
 		t.s.relay()
 	} else {
@@ -86,7 +85,7 @@ func (wk *worker[T]) loop(w *workers[T], t T) {
 	defer close(wk.exited)
 	var none T
 	for {
-		t.run(&wk.f)
+		t.run(&wk.l)
 		t = none // let the task's session go while parked
 		w.mu.Lock()
 		if w.stopped || len(w.idle) >= maxIdleWorkers {

@@ -8,7 +8,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgsidecar/pgsidecar/config"
-	"github.com/pgsidecar/pgsidecar/proxy/wire"
 )
 
 // TestRelayWorkersReused checks that transaction-mode relay loops run on kept workers (no
@@ -50,7 +49,7 @@ func TestRelayWorkersReused(t *testing.T) {
 // blockTask is a task that waits for release, telling started when it runs.
 type blockTask struct{ started, release chan struct{} }
 
-func (t blockTask) run(*wire.Frames) {
+func (t blockTask) run(*relayState) {
 	t.started <- struct{}{}
 	<-t.release
 }
