@@ -23,15 +23,16 @@ type Reader interface {
 // Why: a relay that reads in a loop with Read makes, before every wait, one read that finds
 // nothing (EAGAIN), because each Read starts by forgetting what the runtime's poller knew of
 // the socket (its readiness is edge-triggered: only a read that finds nothing proves that the
-// next edge is still to come). Within one wait of the poller that knowledge is kept, so a
-// ReadLoop can skip that read: after a read that did not fill its buffer, which took all the
-// socket held, the next waits for readability first. Under pgbench's tpcb-like transactions,
-// where the relay loop stays with its server between the seven statements of a transaction,
-// that was six reads in thirteen.
+// next edge is still to come). Within one call of the RawConn's Read that knowledge is kept
+// from one wait to the next, so a ReadLoop, which is one such call, can skip that read: after
+// a read that did not fill its buffer, which took all the socket held, the next waits for
+// readability first. Under pgbench's tpcb-like transactions, where the relay loop stays with
+// its server between the seven statements of a transaction, that saves six of the thirteen
+// reads per transaction that found nothing.
 type ReadLoop struct {
 	c  *Conn
 	rd Reader
-	// waitFirst is set after a read that left the socket empty.
+	// waitFirst is set after a read that left the socket empty; err is Run's own error.
 	waitFirst bool
 	err       error
 	fn        func(fd uintptr) bool
@@ -46,7 +47,7 @@ func NewReadLoop(c *Conn) *ReadLoop {
 	return l
 }
 
-// errEmptyBuffer is Run's error for a Reader whose buffer is full.
+// errEmptyBuffer is Run's error for a Reader with no room left to read into.
 var errEmptyBuffer = errors.New("rawio: ReadLoop: empty read buffer")
 
 // Run reads into rd's buffer and hands each read to rd until Handle returns false, then returns
