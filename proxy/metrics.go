@@ -136,8 +136,16 @@ type sessionObservers struct {
 	xact, query prometheus.Observer
 }
 
-func (o poolObservers) forSession() sessionObservers {
-	return sessionObservers{xact: o.xact, query: o.query}
+// sessionObserversFor returns a session's histograms: two label lookups, where observersFor
+// makes four, once per login.
+func (m *Metrics) sessionObserversFor(database, user string) sessionObservers {
+	if m == nil {
+		return sessionObservers{}
+	}
+	return sessionObservers{
+		xact:  m.xactSeconds.WithLabelValues(database, user),
+		query: m.querySeconds.WithLabelValues(database, user),
+	}
 }
 
 func (m *Metrics) observersFor(database, user string) poolObservers {

@@ -108,7 +108,7 @@ func (s *session) rebind() error {
 	s.foldUsageLocked() // what the client did on the old pool is counted there
 	s.setPool(p)
 	s.route = routeOf(up)
-	s.obs = s.srv.metrics.observersFor(up.Database, up.User).forSession()
+	s.obs = s.srv.metrics.sessionObserversFor(up.Database, up.User)
 	s.mu.Unlock()
 	s.srv.pools.Leave(old)
 	return nil

@@ -592,7 +592,7 @@ func (s *session) bindPool() (config.Upstream, error) {
 	}
 	s.srv.routes.used(up.Key, s.database, s.user, s.srv.poolExists)
 	s.setPool(p)
-	s.obs = s.srv.metrics.observersFor(up.Database, up.User).forSession()
+	s.obs = s.srv.metrics.sessionObserversFor(up.Database, up.User)
 	return up, nil
 }
 
