@@ -19,9 +19,10 @@ all: build
 # from that deep sleep, so it backs off to one wake-up every 10 ms instead; the period, the
 # largest the runtime takes (24.8 days), also sets how often it prints one scheduler line on
 # stderr, and it prints one at start on a host up longer than that. Set in the binary's
-# default GODEBUG, which the go command leaves empty for this module (cmd/pgsidecar's tests
-# check both), so GODEBUG=schedtrace=0 in the environment restores the runtime's own
-# behaviour. BENCHMARKS.md section 3 has the measurements.
+# default GODEBUG, which the go command leaves empty for this module, so GODEBUG=schedtrace=0
+# in the environment restores the runtime's own behaviour (deploy's TestDockerfile checks that
+# the default is empty otherwise, that the image's build sets the same, and that the setting
+# is in effect in the binary). BENCHMARKS.md section 3 has the measurements.
 RUNTIME_GODEBUG := schedtrace=2147483647
 LDFLAGS  := -X=runtime.godebugDefault=$(RUNTIME_GODEBUG)
 
