@@ -21,8 +21,8 @@ all: build
 # stderr, and it prints one at start on a host up longer than that. Set in the binary's
 # default GODEBUG, which the go command leaves empty for this module, so GODEBUG=schedtrace=0
 # in the environment restores the runtime's own behaviour (deploy's TestDockerfile checks that
-# the default is empty otherwise, that the image's build sets the same, and that the setting
-# is in effect in the binary). BENCHMARKS.md section 3 has the measurements.
+# the default is empty otherwise, that this build and the image's set the same, and that the
+# setting is in effect in the binary). BENCHMARKS.md section 3 has the measurements.
 RUNTIME_GODEBUG := schedtrace=2147483647
 LDFLAGS  := -X=runtime.godebugDefault=$(RUNTIME_GODEBUG)
 
